@@ -1,0 +1,37 @@
+// The one schema list of the fastsample ops. Every backend (csrc/cpu, csrc/cuda, fastsample/triton,
+// fastsample/reference.py) implements exactly these, with the semantics of DESIGN.md section 5.
+//
+// Per-row parameters come as (Tensor? <name>_arr, scalar <name>_val): the tensor, when given, is [B]
+// (float32 for temperature/top_p/min_p, int64 for top_k) on the input's device and wins over the scalar.
+// seed and offset are int64 [B] on the input's device (fastsample/_rng.py builds them).
+#include <Python.h>
+#include <torch/library.h>
+
+// Lets `import fastsample._C` load the library that registers the ops.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(fastsample, m) {
+  // float32 probs = softmax(logits / T); T == 0 -> uniform over the row's maxima; T < 0 or NaN -> NaN row.
+  m.def("softmax(Tensor logits, Tensor? temperature_arr, float temperature_val) -> Tensor");
+  // torch.topk(largest=True) with ties to the lower index and NaN largest; values keep x's dtype.
+  m.def("top_k(Tensor x, int k, bool sorted) -> (Tensor values, Tensor indices)");
+  // logits with every token below the row's k-th largest value set to -inf (k <= 0 or k >= V: unchanged).
+  m.def("top_k_mask_logits(Tensor logits, Tensor? top_k_arr, int top_k_val) -> Tensor");
+  // probs renormalised over the tokens kept by top-k -> top-p -> min-p; an invalid row comes back all zeros.
+  m.def(
+      "renorm_probs(Tensor probs, Tensor? top_k_arr, int top_k_val, Tensor? top_p_arr, float top_p_val, "
+      "Tensor? min_p_arr, float min_p_val) -> Tensor");
+  // One token per row from logits (is_logits) or probs, after temperature -> top-k -> top-p -> min-p;
+  // -1 for a row with no valid token. logprobs: float32 [B] (empty [0] unless return_logprobs), NaN on -1 rows.
+  m.def(
+      "sample(Tensor x, bool is_logits, Tensor? temperature_arr, float temperature_val, Tensor? top_k_arr, "
+      "int top_k_val, Tensor? top_p_arr, float top_p_val, Tensor? min_p_arr, float min_p_val, Tensor seed, "
+      "Tensor offset, bool return_logprobs) -> (Tensor tokens, Tensor logprobs)");
+  // Speculative acceptance (DESIGN 5): output [B, n+1] padded with -1, accepted_num [B], emitted_num [B].
+  m.def(
+      "chain_speculative_sampling(Tensor draft_probs, Tensor draft_token_ids, Tensor target_probs, "
+      "Tensor seed, Tensor offset) -> (Tensor output_token_ids, Tensor accepted_num, Tensor emitted_num)");
+}

@@ -1,0 +1,89 @@
+"""Typed wrappers over torch.ops.fastsample.* (the C++ CPU and CUDA kernels) and every register_fake.
+
+The schemas live in csrc/ops.cpp. Each backend module (this one, reference.py, triton/ops.py) exposes the
+same six op-level functions with the same signatures; fastsample/sampling.py validates arguments and
+picks one. Fake kernels give output shapes and dtypes so torch.compile and CUDA-graph capture can trace.
+"""
+from __future__ import annotations
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers the ops)
+
+    AVAILABLE = True
+except ImportError as exc:  # the package imports without its extension; only backend "torch" works then
+    AVAILABLE = False
+    IMPORT_ERROR = exc
+
+
+def cuda_built() -> bool:
+    """True when the extension was compiled with its CUDA kernels."""
+    return AVAILABLE and torch._C._dispatch_has_kernel_for_dispatch_key("fastsample::sample", "CUDA")
+
+
+Tensor = torch.Tensor
+OptTensor = torch.Tensor | None
+
+
+def softmax(logits: Tensor, temperature_arr: OptTensor, temperature_val: float) -> Tensor:
+    return torch.ops.fastsample.softmax(logits, temperature_arr, temperature_val)
+
+
+def top_k(x: Tensor, k: int, sorted: bool) -> tuple[Tensor, Tensor]:
+    return torch.ops.fastsample.top_k(x, k, sorted)
+
+
+def top_k_mask_logits(logits: Tensor, top_k_arr: OptTensor, top_k_val: int) -> Tensor:
+    return torch.ops.fastsample.top_k_mask_logits(logits, top_k_arr, top_k_val)
+
+
+def renorm_probs(probs: Tensor, top_k_arr: OptTensor, top_k_val: int, top_p_arr: OptTensor, top_p_val: float,
+                 min_p_arr: OptTensor, min_p_val: float) -> Tensor:
+    return torch.ops.fastsample.renorm_probs(probs, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr,
+                                             min_p_val)
+
+
+def sample(x: Tensor, is_logits: bool, temperature_arr: OptTensor, temperature_val: float, top_k_arr: OptTensor,
+           top_k_val: int, top_p_arr: OptTensor, top_p_val: float, min_p_arr: OptTensor, min_p_val: float,
+           seed: Tensor, offset: Tensor, return_logprobs: bool) -> tuple[Tensor, Tensor]:
+    return torch.ops.fastsample.sample(x, is_logits, temperature_arr, temperature_val, top_k_arr, top_k_val,
+                                       top_p_arr, top_p_val, min_p_arr, min_p_val, seed, offset, return_logprobs)
+
+
+def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, target_probs: Tensor, seed: Tensor,
+                               offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.fastsample.chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, seed, offset)
+
+
+if AVAILABLE:
+
+    @torch.library.register_fake("fastsample::softmax")
+    def _softmax_fake(logits, temperature_arr, temperature_val):
+        return logits.new_empty(logits.shape, dtype=torch.float32)
+
+    @torch.library.register_fake("fastsample::top_k")
+    def _top_k_fake(x, k, sorted):
+        shape = (x.shape[0], k)
+        return x.new_empty(shape), x.new_empty(shape, dtype=torch.int64)
+
+    @torch.library.register_fake("fastsample::top_k_mask_logits")
+    def _top_k_mask_logits_fake(logits, top_k_arr, top_k_val):
+        return torch.empty_like(logits)
+
+    @torch.library.register_fake("fastsample::renorm_probs")
+    def _renorm_probs_fake(probs, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val):
+        return torch.empty_like(probs)
+
+    @torch.library.register_fake("fastsample::sample")
+    def _sample_fake(x, is_logits, temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr, top_p_val,
+                     min_p_arr, min_p_val, seed, offset, return_logprobs):
+        batch = x.shape[0]
+        logprobs = x.new_empty((batch if return_logprobs else 0,), dtype=torch.float32)
+        return x.new_empty((batch,), dtype=torch.int64), logprobs
+
+    @torch.library.register_fake("fastsample::chain_speculative_sampling")
+    def _chain_speculative_sampling_fake(draft_probs, draft_token_ids, target_probs, seed, offset):
+        batch, n = draft_token_ids.shape
+        ids = draft_token_ids.new_empty((batch, n + 1), dtype=torch.int64)
+        return ids, ids.new_empty((batch,)), ids.new_empty((batch,))
