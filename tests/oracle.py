@@ -1,0 +1,432 @@
+"""Float64 numpy oracle of every fastsample semantic: DESIGN.md sections 4 and 5, docs/ops.md.
+
+This module imports nothing from fastsample (and not torch), so a bug shared by the kernels and the
+oracle can only come from a shared misreading of the spec, never from shared code.
+
+Every function takes numpy arrays (logits/probs as float64 holding the exact float32/float16/bfloat16
+values the kernels see) and per-row parameters that are either a scalar or an array of shape [B].
+
+Float32 kernels and this float64 oracle can disagree where a decision compares two nearly equal numbers:
+u * W against a CDF step, a top-p mass against p * S, a min-p weight against min_p * max w, a speculative
+u * q against p. The functions below therefore also report which rows are *ambiguous* (the decision would
+flip if those numbers moved by ``tol`` relative), and, where a test wants to keep checking such rows, the
+set of results any rounding within ``tol`` could produce (``*_candidates``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+#: Relative distance below which a comparison may flip under float32 rounding (see the module docstring).
+REL_TOL = 1e-5
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+_MUL0, _MUL1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_WEYL0, _WEYL1 = np.uint64(0x9E3779B9), np.uint64(0xBB67AE85)
+
+
+# --------------------------------------------------------------------------------------------- Philox
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 (Random123), vectorised over broadcastable arrays.
+
+    Parameters
+    ----------
+    c0, c1, c2, c3 : int or array of uint32 values, the counter words.
+    k0, k1 : int or array of uint32 values, the key words.
+
+    Returns
+    -------
+    tuple of four uint32 arrays, the output words.
+    """
+    # uint64 holds the 32x32 products exactly; masking after each add gives the uint32 wrap-around.
+    c0, c1, c2, c3, k0, k1 = np.broadcast_arrays(*(np.asarray(v, dtype=np.uint64) & _MASK32
+                                                   for v in (c0, c1, c2, c3, k0, k1)))
+    for _ in range(10):
+        p0 = _MUL0 * c0
+        p1 = _MUL1 * c2
+        c0, c1, c2, c3 = ((p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & _MASK32,
+                          (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & _MASK32)
+        k0 = (k0 + _WEYL0) & _MASK32
+        k1 = (k1 + _WEYL1) & _MASK32
+    return tuple(w.astype(np.uint32) for w in (c0, c1, c2, c3))
+
+
+def uniform(seed, offset, draw):
+    """The uniform of DESIGN section 4 for each row.
+
+    Parameters
+    ----------
+    seed, offset : int or int64 array [B]; used as uint64 bit patterns (negative values wrap).
+    draw : int or int array broadcastable with them, the draw index j.
+
+    Returns
+    -------
+    float64 array: ``(word0 >> 8) * 2**-24`` of Philox with key (lo32(seed), hi32(seed)) and counter
+    (lo32(offset), hi32(offset), draw, 0). Every value is an exact float32 in [0, 1).
+    """
+    s = np.asarray(seed, dtype=np.int64).astype(np.uint64)
+    o = np.asarray(offset, dtype=np.int64).astype(np.uint64)
+    w0, _, _, _ = philox4x32_10(o & _MASK32, o >> np.uint64(32), np.asarray(draw, dtype=np.uint64), 0,
+                                s & _MASK32, s >> np.uint64(32))
+    return (w0 >> np.uint32(8)).astype(np.float64) * 2.0**-24
+
+
+# ------------------------------------------------------------------------------------------ row rules
+def _rows(value, batch: int, dtype) -> np.ndarray:
+    """A scalar or [B] parameter as an array of shape [B]."""
+    arr = np.asarray(value, dtype=dtype)
+    if arr.ndim == 0:
+        return np.full(batch, arr, dtype=dtype)
+    if arr.shape != (batch,):
+        raise ValueError(f"per-row parameter must have shape [{batch}], got {arr.shape}")
+    return arr
+
+
+def _matrix(x) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"expected a [B, V] array, got shape {x.shape}")
+    return x
+
+
+def _weights(x: np.ndarray, is_logits: bool, temperature: float) -> np.ndarray | None:
+    """The row weights w of docs/ops.md "Weights", or None for an invalid row.
+
+    For logits with T == 0 the weights are 1 on the row maxima (the T -> 0 limit), which is what softmax
+    returns; `sample` handles those rows as greedy instead.
+    """
+    if np.isnan(x).any():
+        return None
+    if not is_logits:
+        if (x < 0).any() or np.isinf(x).any() or x.sum() == 0:
+            return None
+        return x.copy()
+    if not temperature >= 0:  # also catches NaN
+        return None
+    m = x.max()
+    if m == -np.inf:
+        return None
+    if m == np.inf or temperature == 0:
+        return (x == m).astype(np.float64)
+    # exp(-inf) = 0 covers the -inf logits; written out so that T = +inf cannot turn them into NaN.
+    with np.errstate(invalid="ignore"):
+        return np.where(x == -np.inf, 0.0, np.exp((x - m) / temperature))
+
+
+def _params_valid(top_p: float, min_p: float) -> bool:
+    return bool(0 <= top_p <= 1 and 0 <= min_p <= 1)  # NaN fails both comparisons
+
+
+def _top_p_thresholds(x, w, theta_k, top_p, tol) -> list[float]:
+    """Candidate top-p thresholds on x over the top-k survivors, the float64 decision first."""
+    survivors = x >= theta_k
+    values, inverse = np.unique(x[survivors], return_inverse=True)
+    mass = np.bincount(inverse, weights=w[survivors], minlength=values.size)[::-1]
+    values = values[::-1]  # distinct values, descending
+    above = np.concatenate(([0.0], np.cumsum(mass)[:-1]))  # mass strictly more probable than each group
+    total = mass.sum()
+
+    def groups_kept(limit: float) -> int:
+        # `above` is non-decreasing, so the kept groups are a prefix; the top group is always kept (p = 0).
+        return max(1, int(np.count_nonzero(above < limit)))
+
+    primary = groups_kept(top_p * total)
+    lo, hi = groups_kept(top_p * total - tol * total), groups_kept(top_p * total + tol * total)
+    return [values[primary - 1]] + [values[n - 1] for n in range(lo, hi + 1) if n != primary]
+
+
+def _min_p_thresholds(x, w, min_p, tol) -> list[float]:
+    """Candidate min-p thresholds on x, the float64 decision first."""
+    wmax = w.max()
+    limit = min_p * wmax
+    near = w[(w >= limit * (1 - tol)) & (w <= limit * (1 + tol))]
+    # Each weight in the window, and each end of the window, is a place where the kept set can change.
+    limits = [limit, limit * (1 - tol), limit * (1 + tol), *near]
+    return [x[w >= min(t, wmax)].min() for t in limits]
+
+
+def _thresholds(x, w, top_k, top_p, min_p, tol) -> list[float]:
+    """Candidate row thresholds theta (kept = x >= theta) after top-k -> top-p -> min-p, primary first."""
+    vocab = x.size
+    theta_k = np.partition(x, vocab - top_k)[vocab - top_k] if 0 < top_k < vocab else -np.inf
+    thetas_p = _top_p_thresholds(x, w, theta_k, top_p, tol) if top_p < 1 else [-np.inf]
+    thetas_m = _min_p_thresholds(x, w, min_p, tol) if min_p > 0 else [-np.inf]
+    out = [max(theta_k, thetas_p[0], thetas_m[0])]
+    for a in thetas_p:
+        for b in thetas_m:
+            theta = max(theta_k, a, b)
+            if theta not in out:
+                out.append(theta)
+    return out
+
+
+def _analyse(x, is_logits, temperature, top_k, top_p, min_p, tol):
+    """(w, thetas) of one row, or None for an invalid row."""
+    if not _params_valid(top_p, min_p):
+        return None
+    w = _weights(x, is_logits, temperature)
+    if w is None:
+        return None
+    return w, _thresholds(x, w, top_k, top_p, min_p, tol)
+
+
+def _inverse_cdf(w: np.ndarray, u: float, tol: float) -> tuple[int, float, set[int]]:
+    """Inverse-CDF draw from weights w (zeros allowed, positive total): (token, logprob, candidates).
+
+    The token is the smallest i with cumsum(w)[i] > u * W; the candidates are every token some u * W within
+    tol * W of it selects (the CDF steps a float32 kernel could land on instead).
+    """
+    cum = np.cumsum(w)
+    total = cum[-1]
+    target = u * total
+    token = int(np.searchsorted(cum, target, side="right"))
+    lo = int(np.searchsorted(cum, target - tol * total, side="right"))
+    hi = min(int(np.searchsorted(cum, target + tol * total, side="right")), w.size - 1)
+    candidates = {lo + int(i) for i in np.flatnonzero(w[lo:hi + 1] > 0)}
+    return token, float(np.log(w[token] / total)), candidates
+
+
+# ---------------------------------------------------------------------------------------------- ops
+def softmax(logits, temperature=1.0) -> np.ndarray:
+    """``w / sum(w)`` per row (docs/ops.md "softmax"); invalid rows (NaN, all -inf, T < 0 or NaN) are NaN."""
+    logits = _matrix(logits)
+    temps = _rows(temperature, logits.shape[0], np.float64)
+    out = np.full(logits.shape, np.nan)
+    for b, x in enumerate(logits):
+        w = _weights(x, True, temps[b])
+        if w is not None:
+            out[b] = w / w.sum()
+    return out
+
+
+def top_k(x, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest entries of each row: values descending, ties to the lower index, NaN largest.
+
+    Returns
+    -------
+    (values float64 [B, k], indices int64 [B, k])
+    """
+    x = _matrix(x)
+    nan = np.isnan(x)
+    index = np.broadcast_to(np.arange(x.shape[1]), x.shape)
+    # lexsort: the last key is the primary one; False sorts first, so NaNs lead, then larger values.
+    order = np.lexsort((index, -np.where(nan, 0.0, x), ~nan), axis=-1)[:, :k]
+    return np.take_along_axis(x, order, axis=1), order.astype(np.int64)
+
+
+def top_k_mask_logits(logits, k) -> np.ndarray:
+    """Logits with every value below the row's k-th largest set to -inf; NaN rows and k <= 0 or >= V unchanged."""
+    out = _matrix(logits).copy()
+    ks = _rows(k, out.shape[0], np.int64)
+    vocab = out.shape[1]
+    for b, x in enumerate(out):
+        if np.isnan(x).any() or not 0 < ks[b] < vocab:
+            continue
+        theta = np.partition(x, vocab - ks[b])[vocab - ks[b]]
+        x[x < theta] = -np.inf
+    return out
+
+
+def kept_candidates(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                    tol: float = REL_TOL) -> list[list[np.ndarray]]:
+    """Per row, every kept mask [V] that rounding within ``tol`` can produce, the float64 one first.
+
+    Invalid rows give ``[]``. Logits rows with T == 0 keep the row maxima.
+    """
+    x = _matrix(x)
+    batch = x.shape[0]
+    temps, ks = _rows(temperature, batch, np.float64), _rows(top_k, batch, np.int64)
+    ps, mps = _rows(top_p, batch, np.float64), _rows(min_p, batch, np.float64)
+    out = []
+    for b, row in enumerate(x):
+        res = _analyse(row, is_logits, temps[b], ks[b], ps[b], mps[b], tol)
+        if res is None:
+            out.append([])
+        elif is_logits and temps[b] == 0:
+            out.append([row == row.max()])
+        else:
+            out.append([row >= theta for theta in res[1]])
+    return out
+
+
+def kept_mask(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+              tol: float = REL_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """The kept set after temperature -> top-k -> top-p -> min-p.
+
+    Returns
+    -------
+    (mask bool [B, V], all False on invalid rows; ambiguous bool [B], rows whose kept set may differ in float32)
+    """
+    cands = kept_candidates(x, is_logits, temperature, top_k, top_p, min_p, tol)
+    mask = np.zeros(np.shape(x), dtype=bool)
+    for b, c in enumerate(cands):
+        if c:
+            mask[b] = c[0]
+    return mask, np.array([len(c) > 1 for c in cands], dtype=bool)
+
+
+def renorm_candidates(probs, top_k=0, top_p=1.0, min_p=0.0, tol: float = REL_TOL) -> list[list[np.ndarray]]:
+    """Per row, every renormalised distribution [V] rounding within ``tol`` can produce, float64 one first.
+
+    Invalid rows give ``[zeros]`` (docs/ops.md "renorm_probs").
+    """
+    probs = _matrix(probs)
+    out = []
+    for row, masks in zip(probs, kept_candidates(probs, False, 1.0, top_k, top_p, min_p, tol)):
+        if not masks:
+            out.append([np.zeros_like(row)])
+            continue
+        out.append([np.where(m, row, 0.0) / row[m].sum() for m in masks])
+    return out
+
+
+def renorm_probs(probs, top_k=0, top_p=1.0, min_p=0.0, tol: float = REL_TOL) -> tuple[np.ndarray, np.ndarray]:
+    """``p_i / sum_kept p`` on kept tokens, 0 elsewhere; invalid rows all zeros.
+
+    Returns
+    -------
+    (out float64 [B, V], ambiguous bool [B])
+    """
+    cands = renorm_candidates(probs, top_k, top_p, min_p, tol)
+    return np.stack([c[0] for c in cands]), np.array([len(c) > 1 for c in cands], dtype=bool)
+
+
+def distribution(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> np.ndarray:
+    """The distribution `sample` draws from: kept weights renormalised (one-hot argmax for T == 0 rows),
+    NaN rows where the result is -1. This is what chi-square tests compare empirical frequencies with."""
+    x = _matrix(x)
+    batch = x.shape[0]
+    temps = _rows(temperature, batch, np.float64)
+    out = np.full(x.shape, np.nan)
+    for b, masks in enumerate(kept_candidates(x, is_logits, temperature, top_k, top_p, min_p)):
+        if not masks:
+            continue
+        if is_logits and temps[b] == 0:
+            out[b] = 0.0
+            out[b, np.argmax(x[b])] = 1.0
+        else:
+            w = np.where(masks[0], _weights(x[b], is_logits, temps[b]), 0.0)
+            out[b] = w / w.sum()
+    return out
+
+
+def _sample_rows(x, is_logits, temperature, top_k, top_p, min_p, seed, offset, tol):
+    x = _matrix(x)
+    batch = x.shape[0]
+    temps, ks = _rows(temperature, batch, np.float64), _rows(top_k, batch, np.int64)
+    ps, mps = _rows(top_p, batch, np.float64), _rows(min_p, batch, np.float64)
+    us = uniform(_rows(seed, batch, np.int64), _rows(offset, batch, np.int64), 0)
+    for b, row in enumerate(x):
+        res = _analyse(row, is_logits, temps[b], ks[b], ps[b], mps[b], tol)
+        if res is None:
+            yield -1, np.nan, {-1}
+            continue
+        w, thetas = res
+        if is_logits and temps[b] == 0:
+            # Greedy row: lowest index of the maximum; logprob is the T -> 0 limit.
+            yield int(np.argmax(row)), -float(np.log(np.count_nonzero(row == row.max()))), {int(np.argmax(row))}
+            continue
+        token, logprob, candidates = _inverse_cdf(np.where(row >= thetas[0], w, 0.0), us[b], tol)
+        for theta in thetas[1:]:
+            candidates |= _inverse_cdf(np.where(row >= theta, w, 0.0), us[b], tol)[2]
+        yield token, logprob, candidates
+
+
+def sample(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, offset=0,
+           tol: float = REL_TOL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The `sample` op (docs/ops.md "sample"): one token per row with Philox draw 0.
+
+    Parameters
+    ----------
+    x : [B, V] logits (``is_logits``) or unnormalised probabilities.
+    temperature, top_k, top_p, min_p : scalar or [B]. Temperature is ignored for probs.
+    seed, offset : scalar or int64 [B], the per-row values (already expanded by the _rng rules).
+    tol : relative distance under which a comparison counts as ambiguous.
+
+    Returns
+    -------
+    (tokens int64 [B] with -1 for invalid rows, logprobs float64 [B] with NaN there,
+     ambiguous bool [B]: rows where float32 rounding could select another token)
+    """
+    rows = list(_sample_rows(x, is_logits, temperature, top_k, top_p, min_p, seed, offset, tol))
+    tokens = np.array([r[0] for r in rows], dtype=np.int64)
+    logprobs = np.array([r[1] for r in rows], dtype=np.float64)
+    ambiguous = np.array([len(r[2]) > 1 for r in rows], dtype=bool)
+    return tokens, logprobs, ambiguous
+
+
+def sample_candidates(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, offset=0,
+                      tol: float = REL_TOL) -> list[set[int]]:
+    """Per row, the set of tokens `sample` can return under rounding within ``tol`` ({-1} for invalid rows).
+
+    A row is ambiguous in `sample` exactly when its set has more than one token; tests check that a kernel's
+    token lies in this set even on ambiguous rows.
+    """
+    return [r[2] for r in _sample_rows(x, is_logits, temperature, top_k, top_p, min_p, seed, offset, tol)]
+
+
+def greedy(logits) -> np.ndarray:
+    """argmax per row, lowest index on ties; -1 for a row with a NaN or with every logit -inf."""
+    logits = _matrix(logits)
+    out = np.full(logits.shape[0], -1, dtype=np.int64)
+    for b, x in enumerate(logits):
+        if not np.isnan(x).any() and x.max() > -np.inf:
+            out[b] = np.argmax(x)
+    return out
+
+
+def _probs_weights(w: np.ndarray) -> np.ndarray | None:
+    """Weights sampled from in the speculative final step, or None when invalid (NaN, negative, inf, zero sum)."""
+    if np.isnan(w).any() or (w < 0).any() or np.isinf(w).any() or w.sum() == 0:
+        return None
+    return w
+
+
+def chain_speculative_sampling(draft_probs, draft_ids, target_probs, seed, offset, tol: float = REL_TOL):
+    """Chain speculative sampling (docs/ops.md "chain_speculative_sampling").
+
+    Parameters
+    ----------
+    draft_probs : [B, n, V] q.   draft_ids : int [B, n].   target_probs : [B, n + 1, V] p.
+    seed, offset : scalar or int64 [B], the per-row values.
+
+    Returns
+    -------
+    (output_ids int64 [B, n + 1] padded with -1, accepted_num int64 [B], emitted_num int64 [B],
+     ambiguous bool [B]: rows where an acceptance test has u * q within tol of p, or the final draw lies
+     within tol of a CDF step)
+    """
+    q = np.asarray(draft_probs, dtype=np.float64)
+    p = np.asarray(target_probs, dtype=np.float64)
+    ids = np.asarray(draft_ids, dtype=np.int64)
+    batch, n, vocab = q.shape
+    seeds, offsets = _rows(seed, batch, np.int64), _rows(offset, batch, np.int64)
+    output = np.full((batch, n + 1), -1, dtype=np.int64)
+    accepted = np.zeros(batch, dtype=np.int64)
+    emitted = np.zeros(batch, dtype=np.int64)
+    ambiguous = np.zeros(batch, dtype=bool)
+    for b in range(batch):
+        us = uniform(seeds[b], offsets[b], np.arange(n + 1))
+        passed = np.zeros(n, dtype=bool)
+        for i in range(n):
+            x = ids[b, i]
+            if not 0 <= x < vocab:
+                continue
+            uq, pv = us[i] * q[b, i, x], p[b, i, x]
+            passed[i] = uq < pv  # NaN compares false: the position fails
+            scale = max(abs(uq), abs(pv))
+            if np.isfinite(scale) and scale > 0 and abs(uq - pv) <= tol * scale:
+                ambiguous[b] = True
+        e = int(np.argmin(passed)) if not passed.all() else n
+        accepted[b], emitted[b] = passed.sum(), e
+        output[b, :e] = ids[b, :e]
+        if e < n:
+            residual = np.maximum(p[b, e] - q[b, e], 0.0)  # np.maximum propagates NaN: an invalid row
+            weights = p[b, e] if residual.sum() == 0 else residual
+        else:
+            weights = p[b, n]
+        weights = _probs_weights(weights)
+        if weights is not None:
+            token, _, candidates = _inverse_cdf(weights, us[n], tol)
+            output[b, e] = token
+            ambiguous[b] |= len(candidates) > 1
+    return output, accepted, emitted, ambiguous
