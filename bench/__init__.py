@@ -1,0 +1,1 @@
+"""fastsample benchmarks: `python -m fastsample bench --help` (run from the repository root)."""

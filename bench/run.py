@@ -1,0 +1,200 @@
+"""`python -m fastsample bench [options]`: times every op of the suite for every available provider, next to
+the single-pass limit, then prints the markdown table and the issue targets, writes
+bench/results/<device>.md, appends rows to bench/results/<device>.csv and redraws bench/results/<device>.png."""
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from . import sampling, softmax, speculative, topk, topp
+from .common import REPO, BenchOp, Progress, Shape, device_description, device_slug, git_commit, measure
+from .inputs import DISTS, make_logits
+from .limit import copy_bandwidth, single_pass
+from .providers import ALL, availability
+from .report import PASS_OP, Result, append_csv, csv_rows, fill_speedups, markdown_table
+from .targets import headline_table, target_lines
+
+OPS: list[BenchOp] = [*softmax.OPS, *topk.OPS, *topp.OPS, *sampling.OPS, *speculative.OPS]
+FULL_BATCHES = (1, 8, 32, 128)
+FULL_VOCABS = (32000, 128256, 151936, 262144)
+# The default suite (about 3 minutes on 2 CPU cores): the issue targets' shapes (B = 1 and 32 at V = 128256,
+# both distributions), plus B = 32 at the smallest and largest V for the plot's time-vs-V lines.
+DEFAULT_SHAPES = (((1, 128256), DISTS), ((32, 128256), DISTS), ((32, 32000), ("flat",)), ((32, 262144), ("flat",)))
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m fastsample bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help="the whole grid: B in 1,8,32,128 x V in 32000,128256,"
+                   "151936,262144 x both distributions (long on a CPU)")
+    p.add_argument("--ops", help="comma list of ops (sample, top_k, ...), exact labels or families (topk, topp)")
+    p.add_argument("--providers", help=f"comma list from {', '.join(ALL)}; 'fastsample' means every backend")
+    p.add_argument("--shapes", help="comma list of BxV, e.g. 1x128256,32x32000 (with every --dists)")
+    p.add_argument("--dists", help=f"comma list from {', '.join(DISTS)} (default: both)")
+    p.add_argument("--dtypes", help="comma list from float32, bfloat16, float16 (default: float32, "
+                   "plus bfloat16 on a GPU)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    p.add_argument("--min-time", type=float, default=0.3, metavar="S",
+                   help="seconds of timed calls per measurement, at least 5 calls (default 0.3)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
+    p.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    p.add_argument("--list", action="store_true", help="list ops and providers, then exit")
+    return p
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _select_ops(tokens: list[str] | None) -> list[BenchOp]:
+    if tokens is None:
+        return OPS
+    chosen = [op for op in OPS if any(t in (op.name, op.name.split("(")[0], op.family) for t in tokens)]
+    unknown = [t for t in tokens if not any(t in (op.name, op.name.split("(")[0], op.family) for op in OPS)]
+    if unknown:
+        raise ValueError(f"unknown op(s) {unknown}; choose from {[op.name for op in OPS]} or families "
+                         f"{sorted({op.family for op in OPS})}")
+    return chosen
+
+
+def _select_providers(tokens: list[str] | None) -> list[str]:
+    if tokens is None:
+        return list(ALL)
+    unknown = [t for t in tokens if not any(t in (name, name.split(":")[0]) for name in ALL)]
+    if unknown:
+        raise ValueError(f"unknown provider(s) {unknown}; choose from {list(ALL)} or 'fastsample'")
+    return [name for name in ALL if any(t in (name, name.split(":")[0]) for t in tokens)]
+
+
+def _shapes(args, device: torch.device) -> list[Shape]:
+    dists = _split(args.dists) or list(DISTS)
+    if bad := [d for d in dists if d not in DISTS]:
+        raise ValueError(f"unknown distribution(s) {bad}; choose from {list(DISTS)}")
+    dtype_names = _split(args.dtypes) or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
+    if bad := [d for d in dtype_names if d not in DTYPES]:
+        raise ValueError(f"unknown dtype(s) {bad}; choose from {list(DTYPES)}")
+    if args.shapes:
+        try:
+            sizes = [tuple(int(n) for n in s.lower().split("x")) for s in _split(args.shapes)]
+        except ValueError:
+            raise ValueError(f"--shapes must look like 1x128256,32x32000, got {args.shapes!r}") from None
+        if any(len(s) != 2 or min(s) < 1 for s in sizes):
+            raise ValueError(f"--shapes must be positive BxV pairs, got {args.shapes!r}")
+        plan = [(size, dists) for size in sizes]
+    elif args.full:
+        plan = [((b, v), dists) for b in FULL_BATCHES for v in FULL_VOCABS]
+    else:
+        plan = [(size, [d for d in ds if d in dists]) for size, ds in DEFAULT_SHAPES]
+    return [Shape(b, v, dist, DTYPES[name]) for name in dtype_names for (b, v), ds in plan for dist in ds]
+
+
+def _cases(shape: Shape, ops: list[BenchOp], providers: list[str]) -> list[tuple[BenchOp, str]]:
+    return [(op, p) for op in ops if not (op.probs_only and shape.dtype != torch.float32)
+            for p in providers if p in op.impls]
+
+
+def _run(shapes, ops, providers, device, min_time) -> tuple[list[Result], list[str]]:
+    """Time every case; returns the results and one note per case that failed."""
+    limit_kind, limit_fn = single_pass(device)
+    bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
+    passes = [(limit_kind, limit_fn), ("torch.softmax", lambda x: torch.softmax(x, dim=-1, dtype=torch.float32))]
+    progress = Progress(sum(len(passes) + len(_cases(s, ops, providers)) for s in shapes))
+    results, failures = [], []
+    for shape in shapes:
+        where = f"B={shape.batch} V={shape.vocab} {shape.dist} {shape.dtype_name}"
+        logits = make_logits(shape, device)
+        bw_ms = None if bandwidth is None else logits.numel() * logits.element_size() / bandwidth * 1e3
+        timings = {}
+        for label, fn in passes:
+            timings[label] = measure(lambda: fn(logits), device, min_time_s=min_time)
+            progress.step(f"{PASS_OP} {label} {where}")
+        limit_ms = timings[limit_kind].median_ms
+        results += [Result(PASS_OP, label, shape, t, limit_ms, limit_kind, bw_ms) for label, t in timings.items()]
+        prepared: dict[str, dict] = {}
+        for op, provider in _cases(shape, ops, providers):
+            try:
+                if op.name not in prepared:
+                    prepared.clear()  # one op's inputs alive at a time (the speculative ones are large)
+                    prepared[op.name] = op.prepare(logits)
+                timing = measure(op.impls[provider](prepared[op.name]), device, min_time_s=min_time)
+                results.append(Result(op.name, provider, shape, timing, limit_ms, limit_kind, bw_ms))
+            except Exception as exc:  # one broken provider must not end a long run; it is reported instead
+                failures.append(f"{op.name} / {provider} / {where}: {type(exc).__name__}: {str(exc)[:200]}")
+            progress.step(f"{op.name} {provider} {where}")
+        del logits, prepared
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    progress.close()
+    return results, failures
+
+
+def _report(results, failures, skipped, device, out: Path, plot: bool, seconds: float) -> str:
+    fill_speedups(results)
+    commit, date = git_commit(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    desc, slug = device_description(device), device_slug(device)
+    parts = [f"## fastsample benchmark: {desc}",
+             f"commit {commit}, {date}, torch {torch.__version__}, {seconds:.0f} s. Medians of single calls "
+             f"with p20–p80; 'vs reference' = reference.py's median / this median; '× limit' = this median / "
+             f"the single-pass limit ({results[0].limit_kind if results else 'n/a'}: one read of the logits, "
+             f"max + exp-sum per row).", "",
+             markdown_table(results, [op.name for op in OPS])]
+    if device.type == "cpu":
+        parts += ["", "### Targets (issues 2 and 6, fp32)", *target_lines(results)]
+        if headline := headline_table(results):
+            parts += ["", "### sample(T=0.8, k=50, p=0.9), V=128256", headline]
+    if skipped:
+        parts += ["", "Providers not available here: " + "; ".join(f"{p} ({why})" for p, why in skipped.items())]
+    if failures:
+        parts += ["", "Cases that failed:", *(f"- {f}" for f in failures)]
+    text = "\n".join(parts) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{slug}.md").write_text(text)
+    append_csv(out / f"{slug}.csv", csv_rows(results, desc, commit, date))
+    written = [out / f"{slug}.md", out / f"{slug}.csv"]
+    if plot:
+        try:
+            from .plot import plot_csv
+
+            if png := plot_csv(out / f"{slug}.csv", out / f"{slug}.png"):
+                written.append(png)
+        except Exception as exc:  # matplotlib missing or broken: the table and CSV still stand
+            text += f"\n(plot skipped: {type(exc).__name__}: {exc})\n"
+    return text + "\nwrote " + ", ".join(str(p) for p in written)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("bench: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    try:
+        ops, wanted, shapes = _select_ops(_split(args.ops)), _select_providers(_split(args.providers)), \
+            _shapes(args, device)
+    except ValueError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    reasons = availability(device)
+    providers = [p for p in wanted if reasons[p] is None]
+    skipped = {p: reasons[p] for p in wanted if reasons[p] is not None}
+    if args.list:
+        print("ops:\n" + "\n".join(f"  {op.name}  [{op.family}]: {', '.join(op.impls)}" for op in OPS))
+        print("providers:\n" + "\n".join(f"  {p}: {reasons[p] or 'available'}" for p in ALL))
+        return 0
+    n_cases = sum(len(_cases(s, ops, providers)) for s in shapes)
+    print(f"bench: {len(shapes)} shapes x {len(ops)} ops on {device_description(device)}: {n_cases} cases, "
+          f"providers {', '.join(providers)}", file=sys.stderr)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        results, failures = _run(shapes, ops, providers, device, args.min_time)
+    print(_report(results, failures, skipped, device, args.out, not args.no_plot, time.perf_counter() - start))
+    return 0 if results else 1
