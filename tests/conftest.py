@@ -1,0 +1,167 @@
+"""Shared fixtures and helpers: the `backend` fixture, per-backend shapes, conversions, token and chi-square checks.
+
+Every kernel test runs once per backend through the public API (``fastsample.<fn>(..., backend=backend)``)
+and compares with tests/oracle.py.
+"""
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+# Without a GPU the Triton backend runs on CPU tensors through the interpreter; the flag is read when
+# Triton kernels are defined, so it must be set before anything imports fastsample.triton.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
+
+BACKENDS = ("cpu", "torch", "triton")
+# The module each backend needs. While one is still being written (not importable at all) its tests are
+# skipped with that reason; any other import error is a real failure and is raised.
+_BACKEND_MODULES = {"cpu": "fastsample._C", "torch": "fastsample.reference", "triton": "fastsample.triton.ops"}
+# Every test shape/seed choice derives from these, so a failure names a reproducible case.
+ALL_VOCABS = (1, 2, 7, 1000, 32000, 128256, 262144)
+TRITON_VOCABS = (1, 2, 7, 100, 1000)
+
+
+def _missing_reason(backend: str) -> str | None:
+    module = _BACKEND_MODULES[backend]
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            return f"backend {backend!r}: {module} does not exist yet ({exc})"
+        raise
+    return None
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """The backend name passed as ``backend=`` to the public API."""
+    reason = _missing_reason(request.param)
+    if reason:
+        pytest.skip(reason)
+    return request.param
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Shapes a test uses on one backend (the Triton interpreter is orders of magnitude slower).
+
+    Attributes
+    ----------
+    batch : rows per exact-comparison call at small vocabularies.
+    vocabs : vocabulary sizes of the exact-comparison tests.
+    draws : draws (rows) per chi-square test.
+    """
+
+    batch: int
+    vocabs: tuple
+    draws: int
+
+    def rows(self, vocab: int) -> int:
+        """Rows for a call at ``vocab``: fewer at large V so the suite stays within a few minutes."""
+        return max(2, min(self.batch, (1 << 20) // vocab))
+
+
+def sizes(backend: str) -> Sizes:
+    """The shapes every test uses on ``backend``."""
+    if backend == "triton":
+        return Sizes(batch=4, vocabs=TRITON_VOCABS, draws=3000)
+    return Sizes(batch=64, vocabs=ALL_VOCABS, draws=40000)
+
+
+def np64(t: torch.Tensor) -> np.ndarray:
+    """A tensor as numpy: floats as float64 (fp16/bf16/fp32 values are exact in float64), ints as int64."""
+    t = t.detach().cpu()
+    if t.dtype.is_floating_point:
+        return t.to(torch.float32).numpy().astype(np.float64)
+    return t.to(torch.int64).numpy()
+
+
+def f32(value: float) -> float:
+    """``value`` rounded to float32: what the kernels see for a scalar or float32 per-row parameter."""
+    return float(np.float32(value))
+
+
+def row_seeds(batch: int, seed: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (seed, offset) for an int seed and int offset (fastsample/_rng.py: offsets o + b)."""
+    return np.full(batch, seed, dtype=np.int64), np.arange(offset, offset + batch, dtype=np.int64)
+
+
+def make_logits(batch: int, vocab: int, kind: str, seed: int) -> torch.Tensor:
+    """float32 logits [batch, vocab]: "flat" standard normal, or "peaked" (normal * 5, a heavy head)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, vocab, generator=gen)
+    if kind == "peaked":
+        x = x * 5
+    elif kind != "flat":
+        raise ValueError(kind)
+    return x
+
+
+def make_probs(batch: int, vocab: int, kind: str, seed: int) -> torch.Tensor:
+    """Unnormalised float32 probabilities [batch, vocab] from softmax of `make_logits` (scaled by 3 so rows need
+    not sum to 1)."""
+    return torch.softmax(make_logits(batch, vocab, kind, seed).double(), -1).float() * 3
+
+
+def is_rare(ambiguous: int, rows: int) -> bool:
+    """The bound on ambiguous rows in one test: under 0.1% of its rows, or at most one in a small test."""
+    return ambiguous <= max(1, rows // 1000)
+
+
+def check_tokens(got: torch.Tensor, want: np.ndarray, ambiguous: np.ndarray, candidates=None, what: str = "") -> int:
+    """Assert kernel tokens equal the oracle's on every non-ambiguous row; return the number of ambiguous rows.
+
+    With ``candidates`` (from ``oracle.sample_candidates``) ambiguous rows are still checked: the token must be
+    one that rounding within the oracle's tolerance can produce.
+    """
+    got = np64(got)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    bad = np.flatnonzero((got != want) & ~ambiguous)
+    assert bad.size == 0, (f"{what}: {bad.size} rows differ from the oracle, e.g. rows {bad[:5].tolist()}: "
+                           f"got {got[bad[:5]].tolist()}, want {want[bad[:5]].tolist()}")
+    if candidates is not None:
+        off = [b for b in np.flatnonzero(ambiguous) if int(got[b]) not in candidates[b]]
+        assert not off, (f"{what}: ambiguous rows {off[:5]} got tokens {[int(got[b]) for b in off[:5]]}, "
+                         f"outside the rounding window {[sorted(candidates[b]) for b in off[:5]]}")
+    return int(ambiguous.sum())
+
+
+def check_close(got: torch.Tensor, want: np.ndarray, atol: float, rtol: float, what: str = "") -> None:
+    """Assert |got - want| <= atol + rtol * |want| elementwise, NaN where the oracle has NaN, same infinities."""
+    g = np64(got)
+    assert g.shape == want.shape, f"{what}: shape {g.shape} != {want.shape}"
+    np.testing.assert_allclose(g, want, atol=atol, rtol=rtol, equal_nan=True, err_msg=what)
+
+
+def chi_square_pvalue(tokens: torch.Tensor, expected: np.ndarray) -> float:
+    """p-value of a chi-square goodness-of-fit test of ``tokens`` (draws) against the distribution ``expected``.
+
+    Draws outside [0, V) or of a zero-probability token fail an assertion straight away (a chi-square test
+    would only make them unlikely). Bins expecting fewer than 5 draws are pooled, as the test requires. Tests
+    call this with fixed kernel seeds and a threshold like 1e-4, so the result is deterministic, never flaky.
+    """
+    t = np64(tokens)
+    vocab = expected.size
+    assert ((t >= 0) & (t < vocab)).all(), f"tokens out of range: {np.unique(t[(t < 0) | (t >= vocab)])[:10]}"
+    observed = np.bincount(t, minlength=vocab).astype(np.float64)
+    assert observed[expected == 0].sum() == 0, \
+        f"drew tokens of zero probability: {np.flatnonzero((expected == 0) & (observed > 0))[:10].tolist()}"
+    exp_counts = expected / expected.sum() * t.size
+    small = exp_counts < 5
+    obs_bins, exp_bins = list(observed[~small]), list(exp_counts[~small])
+    if small.any():
+        if exp_counts[small].sum() >= 5 or not obs_bins:
+            obs_bins.append(observed[small].sum())
+            exp_bins.append(exp_counts[small].sum())
+        else:  # the pooled bin is itself too small: fold it into a large one
+            obs_bins[-1] += observed[small].sum()
+            exp_bins[-1] += exp_counts[small].sum()
+    if len(exp_bins) < 2:  # one possible outcome: the zero-probability check above was the whole test
+        return 1.0
+    return float(stats.chisquare(obs_bins, exp_bins).pvalue)
