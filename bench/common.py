@@ -61,11 +61,12 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
-def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 0.4, min_reps: int = 5,
-            max_reps: int = 300, warmup_s: float = 0.05) -> Timing:
+def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 0.3, min_reps: int = 5,
+            max_reps: int = 300) -> Timing:
     """Median and p20/p80 of single-call times in ms.
 
-    Warm-up runs at least twice (first-call allocations, lazy inits, caches) and for `warmup_s`. Then calls are
+    Warm-up runs at least twice (first-call allocations, lazy inits, caches) and for a quarter of `min_time_s`
+    (CPU frequency, allocator pools). Then calls are
     timed one at a time until both `min_reps` and `min_time_s` are reached, so that fast ops get many samples.
     A call slower than SLOW_CALL_S (the sort-based baselines at large B) gets one warm-up call and 3 timed
     ones: enough for a median that is compared with ops tens of times faster, and it keeps the suite short. On CUDA each call is bracketed by events and the
@@ -73,6 +74,7 @@ def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 
     overhead whenever the host (argument checks, launches) is slower than the kernels, as in a decode loop.
     """
     cuda = device.type == "cuda"
+    warmup_s = min_time_s / 4
     start = time.perf_counter()
     for i in range(1000):
         fn()

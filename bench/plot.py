@@ -29,19 +29,23 @@ def _pick_batch(rows: list[dict]) -> int:
     return max(vocabs, key=lambda b: (len(vocabs[b]), b))
 
 
-def plot_csv(csv_path: Path, png_path: Path, batch: int | None = None, dist: str = "flat",
+def plot_csv(csv_path: Path, png_path: Path, batch: int | None = None, dist: str | None = None,
              dtype: str = "float32") -> Path | None:
-    """Draw the latest run of `csv_path` into `png_path`; None when the CSV has no matching rows."""
+    """Draw the latest run of `csv_path` into `png_path` (flat logits unless only others were measured);
+    None when the CSV has no matching rows."""
     import matplotlib
 
     matplotlib.use("Agg")  # headless: no display on CI or benchmark machines
     import matplotlib.pyplot as plt
 
     with Path(csv_path).open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["dist"] == dist and r["dtype"] == dtype]
+        rows = [r for r in csv.DictReader(f) if r["dtype"] == dtype]
     if not rows:
         return None
     rows = _latest_run(rows)
+    dists = {r["dist"] for r in rows}
+    dist = dist or ("flat" if "flat" in dists else min(dists))
+    rows = [r for r in rows if r["dist"] == dist]
     batch = batch if batch is not None else _pick_batch(rows)
     rows = [r for r in rows if int(r["B"]) == batch]
     if not rows:
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("csv", nargs="?", type=Path, default=Path(__file__).parent / "results" / "cpu.csv")
     p.add_argument("--out", type=Path, help="PNG path (default: the CSV's path with .png)")
     p.add_argument("--batch", type=int, help="default: the B measured at the most V values")
-    p.add_argument("--dist", default="flat", choices=("flat", "peaked"))
+    p.add_argument("--dist", choices=("flat", "peaked"), help="default: flat when measured")
     p.add_argument("--dtype", default="float32")
     args = p.parse_args(argv)
     if not args.csv.exists():
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     png = plot_csv(args.csv, args.out or args.csv.with_suffix(".png"), args.batch, args.dist, args.dtype)
     if png is None:
-        print(f"bench.plot: {args.csv} has no rows for dist={args.dist} dtype={args.dtype}", file=sys.stderr)
+        print(f"bench.plot: the latest run in {args.csv} has no rows for dist={args.dist} dtype={args.dtype}",
+              file=sys.stderr)
         return 1
     print(f"wrote {png}")
     return 0
