@@ -30,6 +30,8 @@ TORCH_LIBRARY(fastsample, m) {
       "sample(Tensor x, bool is_logits, Tensor? temperature_arr, float temperature_val, Tensor? top_k_arr, "
       "int top_k_val, Tensor? top_p_arr, float top_p_val, Tensor? min_p_arr, float min_p_val, Tensor seed, "
       "Tensor offset, bool return_logprobs) -> (Tensor tokens, Tensor logprobs)");
+  // log(sum(exp(logits))) per row in one online pass: the single-pass limit of the benchmarks.
+  m.def("logsumexp(Tensor logits) -> Tensor");
   // Speculative acceptance (DESIGN 5): output [B, n+1] padded with -1, accepted_num [B], emitted_num [B].
   m.def(
       "chain_speculative_sampling(Tensor draft_probs, Tensor draft_token_ids, Tensor target_probs, "

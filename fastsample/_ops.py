@@ -56,7 +56,17 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
     return torch.ops.fastsample.chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, seed, offset)
 
 
+def logsumexp(logits: Tensor) -> Tensor:
+    """log(sum(exp(logits))) per row in one read of the logits (C++ backends only): the single-pass limit
+    that benchmarks compare every op with."""
+    return torch.ops.fastsample.logsumexp(logits)
+
+
 if AVAILABLE:
+
+    @torch.library.register_fake("fastsample::logsumexp")
+    def _logsumexp_fake(logits):
+        return logits.new_empty((logits.shape[0],), dtype=torch.float32)
 
     @torch.library.register_fake("fastsample::softmax")
     def _softmax_fake(logits, temperature_arr, temperature_val):

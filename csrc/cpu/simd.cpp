@@ -1,0 +1,206 @@
+// The vectorised leaf loops declared in simd.h, each compiled for AVX-512, AVX2+FMA and baseline x86-64.
+#include "simd.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FS_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FS_MULTIVERSION
+#endif
+
+namespace fastsample::cpu {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// exp(y) for y <= 0 (y = -inf included), vectorisable: Cody-Waite reduction by ln 2 and a degree-7
+// polynomial (relative error ~2 ulp). Below -87.33 the float result would be denormal: return exactly 0
+// so masked (-inf) tokens weigh nothing.
+inline float exp_nonpositive(float y) {
+  constexpr float kLow = -87.33654f;
+  const float c = y < kLow ? kLow : y;
+  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest integer
+  float r = c - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y < kLow ? 0.0f : p * scale;
+}
+
+// Weights of one block into w[0..len), kept ones only (others 0); returns their float sum.
+inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt, float theta, float* w) {
+  float s = 0.0f;
+  if (wt.is_exp) {
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = x[i] >= theta ? exp_nonpositive((x[i] - wt.max) * wt.inv_t) : 0.0f;
+      w[i] = v;
+      s += v;
+    }
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = x[i] >= theta ? x[i] : 0.0f;
+      w[i] = v;
+      s += v;
+    }
+  }
+  return s;
+}
+
+}  // namespace
+
+FS_MULTIVERSION SpanStats span_stats(const float* x, int64_t n) {
+  float mx = -kInf, mn = kInf;
+  int nan = 0;
+#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    nan |= v != v;
+    mx = v > mx ? v : mx;  // a NaN compares false: ignored
+    mn = v < mn ? v : mn;
+  }
+  return {mx, mn, nan != 0};
+}
+
+FS_MULTIVERSION void online_exp_sum(const float* x, int64_t n, float inv_t, float& max, double& sum) {
+  for (int64_t b = 0; b < n; b += 4 * kBlock) {
+    const int64_t len = n - b < 4 * kBlock ? n - b : 4 * kBlock;
+    const float* xb = x + b;
+    float bmax = -kInf;
+#pragma omp simd reduction(max : bmax)
+    for (int64_t i = 0; i < len; ++i) bmax = xb[i] > bmax ? xb[i] : bmax;
+    if (bmax > max) {  // rescale what was summed so far to the new max
+      sum *= exp_nonpositive((max - bmax) * inv_t);
+      max = bmax;
+    }
+    const float m = max;
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < len; ++i) s += exp_nonpositive((xb[i] - m) * inv_t);
+    sum += s;
+  }
+}
+
+FS_MULTIVERSION double weight_sum(const float* x, int64_t n, Weighting wt, float* w) {
+  double total = 0.0;
+  float buf[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    total += block_kept_weights(x + b, len, wt, -kInf, w ? w + b : buf);
+  }
+  return total;
+}
+
+FS_MULTIVERSION double kept_weight_sum(const float* x, int64_t n, Weighting wt, float theta) {
+  double total = 0.0;
+  float buf[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    total += block_kept_weights(x + b, len, wt, theta, buf);
+  }
+  return total;
+}
+
+FS_MULTIVERSION int64_t find_crossing(const float* x, int64_t n, Weighting wt, float theta, double target,
+                                      double& cum, int64_t& last_kept) {
+  float w[kBlock];
+  int64_t last_block = -1;  // the last block with positive kept weight: holds the fallback token
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    const float s = block_kept_weights(x + b, len, wt, theta, w);
+    if (s <= 0.0f) continue;
+    last_block = b;
+    if (cum + s > target) {  // the step is inside this block: walk it in double, in index order
+      double c = cum;
+      for (int64_t i = 0; i < len; ++i) {
+        c += w[i];
+        if (w[i] > 0.0f && c > target) {
+          cum = c;
+          return b + i;
+        }
+      }
+    }
+    cum += s;
+  }
+  if (last_block >= 0) {
+    const int64_t len = n - last_block < kBlock ? n - last_block : kBlock;
+    block_kept_weights(x + last_block, len, wt, theta, w);
+    for (int64_t i = len - 1; i >= 0; --i) {
+      if (w[i] > 0.0f) {
+        last_kept = last_block + i;
+        break;
+      }
+    }
+  }
+  return -1;
+}
+
+FS_MULTIVERSION double mass_histogram(const float* x, int64_t n, Weighting wt, double* hist) {
+  double total = 0.0;
+  float w[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    total += block_kept_weights(x + b, len, wt, -kInf, w);
+    for (int64_t i = 0; i < len; ++i) hist[mass_bucket(w[i])] += w[i];
+  }
+  return total;
+}
+
+FS_MULTIVERSION void write_kept_weights(const float* x, int64_t n, Weighting wt, float theta, float scale,
+                                        float* out) {
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    block_kept_weights(x + b, len, wt, theta, out + b);
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) out[b + i] *= scale;
+  }
+}
+
+FS_MULTIVERSION SpanStats block_maxima(const float* x, int64_t n, float* block_max) {
+  int nan = 0;
+  float mx = -kInf, mn = kInf;
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    float m = -kInf;
+#pragma omp simd reduction(max : m) reduction(min : mn) reduction(| : nan)
+    for (int64_t i = 0; i < len; ++i) {
+      const float v = x[b + i];
+      nan |= v != v;
+      m = v > m ? v : m;
+      mn = v < mn ? v : mn;
+    }
+    block_max[b / kBlock] = m;
+    mx = m > mx ? m : mx;
+  }
+  return {mx, mn, nan != 0};
+}
+
+FS_MULTIVERSION void gather_bucket(const float* x, int64_t n, int64_t base, Weighting wt, int bucket,
+                                   std::vector<WeightedToken>& out) {
+  float w[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
+    block_kept_weights(x + b, len, wt, -kInf, w);
+    int hits = 0;
+#pragma omp simd reduction(+ : hits)
+    for (int64_t i = 0; i < len; ++i) hits += mass_bucket(w[i]) == bucket;
+    if (hits == 0) continue;
+    for (int64_t i = 0; i < len; ++i) {
+      if (mass_bucket(w[i]) == bucket) out.push_back({x[b + i], w[i], base + b + i});
+    }
+  }
+}
+
+}  // namespace fastsample::cpu

@@ -1,0 +1,101 @@
+// CPU `softmax` (fused temperature + safe softmax) and `logsumexp` (one online pass: the single-pass
+// limit the benchmarks compare every op with).
+#include <cmath>
+#include <limits>
+
+#include "common.h"
+#include "row_plan.h"
+
+namespace fastsample::cpu {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Writes 1/count on the tokens equal to `value` (the maxima, or the +inf tokens), 0 elsewhere.
+void uniform_over(const float* x, int64_t n, float value, float* out) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) count += x[i] == value;
+  const float share = 1.0f / static_cast<float>(count);
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] == value ? share : 0.0f;
+}
+
+void softmax_row(const float* x, int64_t n, double temperature, int nseg, float* out) {
+  std::vector<SpanStats> stats(nseg);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    stats[s] = span_stats(x + lo, hi - lo);
+  });
+  float mx = -kInf;
+  bool nan = !(temperature >= 0.0);
+  for (const SpanStats& st : stats) {
+    nan |= st.has_nan;
+    mx = std::max(mx, st.max);
+  }
+  if (nan || mx == -kInf) {
+    std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
+  if (mx == kInf || temperature == 0.0) {
+    uniform_over(x, n, mx, out);
+    return;
+  }
+  const Weighting wt{true, mx, static_cast<float>(1.0 / temperature)};
+  std::vector<double> sums(nseg);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    sums[s] = weight_sum(x + lo, hi - lo, wt, out + lo);
+  });
+  double total = 0.0;
+  for (double v : sums) total += v;
+  const auto scale = static_cast<float>(1.0 / total);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+#pragma omp simd
+    for (int64_t i = lo; i < hi; ++i) out[i] *= scale;
+  });
+}
+
+at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>& temperature_arr,
+                   double temperature_val) {
+  const at::Tensor x = float_rows(logits_in, "logits", true);
+  const int64_t batch = x.size(0), vocab = x.size(1);
+  const auto temperature = row_arg<float>(temperature_arr, temperature_val, batch, "temperature");
+  at::Tensor out = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int nseg = segments_for(batch, vocab);
+  for_rows(batch, nseg, [&](int64_t b) { softmax_row(xp + b * vocab, vocab, temperature[b], nseg, op + b * vocab); });
+  return out;
+}
+
+// log(sum(exp(x))) per row in one read of the logits. NaN rows give NaN, rows with +inf give +inf.
+at::Tensor logsumexp(const at::Tensor& logits_in) {
+  const at::Tensor x = float_rows(logits_in, "logits", true);
+  const int64_t batch = x.size(0), vocab = x.size(1);
+  at::Tensor out = at::empty({batch}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const int nseg = segments_for(batch, vocab);
+  for_rows(batch, nseg, [&](int64_t b) {
+    std::vector<float> maxima(nseg, -kInf);
+    std::vector<double> sums(nseg, 0.0);
+    for_segments(nseg, [&](int s) {
+      const int64_t lo = segment_begin(vocab, nseg, s), hi = segment_begin(vocab, nseg, s + 1);
+      online_exp_sum(xp + b * vocab + lo, hi - lo, 1.0f, maxima[s], sums[s]);
+    });
+    const float mx = *std::max_element(maxima.begin(), maxima.end());
+    double total = 0.0;
+    for (int s = 0; s < nseg; ++s) total += sums[s] * std::exp(static_cast<double>(maxima[s]) - mx);
+    op[b] = (mx == kInf || mx == -kInf) ? mx : static_cast<float>(mx + std::log(total));
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastsample, CPU, m) {
+  m.impl("softmax", &softmax);
+  m.impl("logsumexp", &logsumexp);
+}
+
+}  // namespace fastsample::cpu

@@ -1,0 +1,90 @@
+// CPU `top_k` (values + indices, like torch.topk) and `top_k_mask_logits`, by the candidate filter and
+// radix select of select.h: one vectorised pass over each row, no sort of the vocabulary.
+#include <algorithm>
+#include <limits>
+
+#include "common.h"
+#include "row_plan.h"
+#include "select.h"
+
+namespace fastsample::cpu {
+namespace {
+
+// Every token >= the row's k-th largest non-NaN value (ties included), in index order. Sets has_nan.
+std::vector<Candidate> top_candidates(const float* x, int64_t n, int64_t k, int nseg, bool& has_nan) {
+  std::vector<std::vector<Candidate>> parts(nseg);
+  std::vector<SpanStats> stats(nseg);
+  std::vector<float> block_max(n / kBlock + nseg + 1);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    stats[s] = collect_candidates(x + lo, hi - lo, lo, k, block_max.data() + lo / kBlock + s, parts[s]);
+  });
+  has_nan = false;
+  std::vector<Candidate> cands;
+  for (int s = 0; s < nseg; ++s) {
+    has_nan |= stats[s].has_nan;
+    cands.insert(cands.end(), parts[s].begin(), parts[s].end());
+  }
+  if (static_cast<int64_t>(cands.size()) > k) drop_below(cands, kth_largest(cands, k));
+  return cands;
+}
+
+std::tuple<at::Tensor, at::Tensor> top_k(const at::Tensor& x_in, int64_t k, bool sorted) {
+  const at::Tensor x = float_rows(x_in, "x", true);
+  const int64_t batch = x.size(0), vocab = x.size(1);
+  TORCH_CHECK(k >= 0 && k <= vocab, "k must be in [0, ", vocab, "], got ", k);
+  at::Tensor indices = at::empty({batch, k}, x.options().dtype(at::kLong));
+  const float* xp = x.data_ptr<float>();
+  int64_t* ip = indices.data_ptr<int64_t>();
+  const int nseg = segments_for(batch, vocab);
+  for_rows(batch, k == 0 ? 1 : nseg, [&](int64_t b) {
+    if (k == 0) return;
+    const float* xb = xp + b * vocab;
+    int64_t* out = ip + b * k;
+    bool has_nan = false;
+    std::vector<Candidate> cands = top_candidates(xb, vocab, k, nseg, has_nan);
+    int64_t filled = 0;
+    if (has_nan) {  // NaN ranks above +inf, as in torch.topk: NaNs first, in index order
+      for (int64_t i = 0; i < vocab && filled < k; ++i) {
+        if (xb[i] != xb[i]) out[filled++] = i;
+      }
+    }
+    std::sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& c) {
+      return a.x > c.x || (a.x == c.x && a.index < c.index);
+    });
+    for (size_t j = 0; filled < k && j < cands.size(); ++j) out[filled++] = cands[j].index;
+  });
+  (void)sorted;  // always sorted: "unspecified order" allows it, and callers mostly want it
+  return {x_in.contiguous().gather(1, indices), indices};
+}
+
+at::Tensor top_k_mask_logits(const at::Tensor& logits_in, const std::optional<at::Tensor>& top_k_arr,
+                             int64_t top_k_val) {
+  const at::Tensor x = float_rows(logits_in, "logits", true);
+  const int64_t batch = x.size(0), vocab = x.size(1);
+  const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, batch, "top_k");
+  // Row thresholds: masked iff x < theta. -inf keeps the row; NaN keeps it too (NaN rows stay unchanged).
+  at::Tensor theta = at::empty({batch, 1}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* tp = theta.data_ptr<float>();
+  const int nseg = segments_for(batch, vocab);
+  for_rows(batch, nseg, [&](int64_t b) {
+    const auto k = static_cast<int64_t>(top_k[b]);
+    tp[b] = -std::numeric_limits<float>::infinity();
+    if (k <= 0 || k >= vocab) return;
+    bool has_nan = false;
+    std::vector<Candidate> cands = top_candidates(xp + b * vocab, vocab, k, nseg, has_nan);
+    tp[b] = has_nan ? std::numeric_limits<float>::quiet_NaN() : kth_largest(cands, k);
+  });
+  const at::Tensor logits = logits_in.contiguous();
+  return at::where(x < theta, at::full({}, -std::numeric_limits<float>::infinity(), logits.options()), logits);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastsample, CPU, m) {
+  m.impl("top_k", &top_k);
+  m.impl("top_k_mask_logits", &top_k_mask_logits);
+}
+
+}  // namespace fastsample::cpu
