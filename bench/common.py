@@ -66,12 +66,14 @@ def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 
     """Median and p20/p80 of single-call times in ms.
 
     Warm-up runs at least twice (first-call allocations, lazy inits, caches) and for a quarter of `min_time_s`
-    (CPU frequency, allocator pools). Then calls are
-    timed one at a time until both `min_reps` and `min_time_s` are reached, so that fast ops get many samples.
-    A call slower than SLOW_CALL_S (the sort-based baselines at large B) gets one warm-up call and 3 timed
-    ones: enough for a median that is compared with ops tens of times faster, and it keeps the suite short. On CUDA each call is bracketed by events and the
-    stream is synchronised only every 32 calls: the events give device time, which still includes the host
-    overhead whenever the host (argument checks, launches) is slower than the kernels, as in a decode loop.
+    (CPU frequency, allocator pools). Then calls are timed one at a time until both `min_reps` and
+    `min_time_s` are reached, so that fast ops get many samples. A call slower than SLOW_CALL_S (the
+    sort-based baselines at large B) gets one warm-up call and 3 timed ones: enough for a median compared
+    with ops tens of times faster, and it keeps the suite short.
+
+    On CUDA each call is bracketed by events and the stream is synchronised only every 32 calls: the events
+    give device time, which still includes the host overhead whenever the host (argument checks, launches)
+    is slower than the kernels, as in a decode loop.
     """
     cuda = device.type == "cuda"
     warmup_s = min_time_s / 4
