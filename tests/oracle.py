@@ -10,7 +10,7 @@ Float32 kernels and this float64 oracle can disagree where a decision compares t
 u * W against a CDF step, a top-p mass against p * S, a min-p weight against min_p * max w, a speculative
 u * q against p. The functions below therefore also report which rows are *ambiguous* (the decision would
 flip if those numbers moved by ``tol`` relative), and, where a test wants to keep checking such rows, the
-set of results any rounding within ``tol`` could produce (``*_candidates``).
+set of results any rounding within ``tol`` could produce (``*_candidates``, `sample_with_candidates`).
 """
 from __future__ import annotations
 
@@ -347,21 +347,25 @@ def sample(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, s
     (tokens int64 [B] with -1 for invalid rows, logprobs float64 [B] with NaN there,
      ambiguous bool [B]: rows where float32 rounding could select another token)
     """
-    rows = list(_sample_rows(x, is_logits, temperature, top_k, top_p, min_p, seed, offset, tol))
-    tokens = np.array([r[0] for r in rows], dtype=np.int64)
-    logprobs = np.array([r[1] for r in rows], dtype=np.float64)
-    ambiguous = np.array([len(r[2]) > 1 for r in rows], dtype=bool)
-    return tokens, logprobs, ambiguous
+    tokens, logprobs, candidates = sample_with_candidates(x, is_logits, temperature, top_k, top_p, min_p, seed,
+                                                          offset, tol)
+    return tokens, logprobs, np.array([len(c) > 1 for c in candidates], dtype=bool)
 
 
-def sample_candidates(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, offset=0,
-                      tol: float = REL_TOL) -> list[set[int]]:
-    """Per row, the set of tokens `sample` can return under rounding within ``tol`` ({-1} for invalid rows).
+def sample_with_candidates(x, is_logits: bool, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=0, offset=0,
+                           tol: float = REL_TOL) -> tuple[np.ndarray, np.ndarray, list[set[int]]]:
+    """`sample` with, instead of the ambiguous flags, each row's set of tokens rounding within ``tol`` can give.
 
-    A row is ambiguous in `sample` exactly when its set has more than one token; tests check that a kernel's
-    token lies in this set even on ambiguous rows.
+    A row is ambiguous in `sample` exactly when its set has more than one token ({-1} for invalid rows); tests
+    check that a kernel's token lies in this set even on ambiguous rows.
+
+    Returns
+    -------
+    (tokens int64 [B], logprobs float64 [B], candidates: list of B sets of token ids)
     """
-    return [r[2] for r in _sample_rows(x, is_logits, temperature, top_k, top_p, min_p, seed, offset, tol)]
+    rows = list(_sample_rows(x, is_logits, temperature, top_k, top_p, min_p, seed, offset, tol))
+    return (np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows], dtype=np.float64),
+            [r[2] for r in rows])
 
 
 def greedy(logits) -> np.ndarray:
