@@ -3,7 +3,7 @@ emitted tokens (chi-square with fixed seeds), the acceptance rule's edge cases a
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from conftest import assert_rare, chi_square_pvalue, np64, sizes
 
 import fastsample
 import oracle
@@ -44,28 +44,41 @@ def _check_layout(out, accepted, emitted, ids, vocab):
 
 
 # ------------------------------------------------------------------------------------------ vs the oracle
-@pytest.mark.parametrize("batch,n,vocab", [(1, 1, 2), (7, 4, 33), (64, 3, 500), (16, 0, 10), (5, 6, 1)])
-def test_matches_oracle(backend, batch, n, vocab):
-    gen = torch.Generator().manual_seed(1000 * n + vocab)
-    q = _distributions(gen, batch, n, vocab)
-    # Target close to the draft (and one extra row for the bonus position), so that rows both accept and
-    # reject, at varied positions.
-    q_ext = torch.cat([q, _distributions(gen, batch, 1, vocab)], dim=1)
-    p = torch.softmax(0.3 * torch.log(_distributions(gen, batch, n + 1, vocab)) + 0.7 * torch.log(q_ext), dim=-1)
-    ids = _draft_from(q, gen)
-    seed = torch.randint(0, 2**63 - 1, (batch,), generator=gen)
-    offset = torch.randint(-2**40, 2**40, (batch,), generator=gen)
-    out, accepted, emitted = _run(backend, q, ids, p, seed, offset)
-    _check_layout(out, accepted, emitted, ids, vocab)
+def _inputs(gen: torch.Generator, batch: int, n: int, vocab: int, scale: float):
+    """(q, ids, p): draft ids drawn from q, and a target close to the draft (plus one extra row for the bonus
+    position), so that rows both accept and reject, at varied positions."""
+    q = _distributions(gen, batch, n, vocab, scale)
+    q_ext = torch.cat([q, _distributions(gen, batch, 1, vocab, scale)], dim=1)
+    mixed = 0.3 * torch.log(_distributions(gen, batch, n + 1, vocab, scale)) + 0.7 * torch.log(q_ext)
+    return q, _draft_from(q, gen), torch.softmax(mixed, dim=-1)
 
-    want_out, want_acc, want_emit, ambiguous = oracle.chain_speculative_sampling(
-        q.numpy(), ids.numpy(), p.numpy(), seed.numpy(), offset.numpy())
-    ambiguous = np.asarray(ambiguous, dtype=bool)
-    sure = ~ambiguous
-    assert ambiguous.sum() <= max(1, batch // 20), f"{ambiguous.sum()} ambiguous rows of {batch}"
-    np.testing.assert_array_equal(out.numpy()[sure], np.asarray(want_out)[sure])
-    np.testing.assert_array_equal(accepted.numpy()[sure], np.asarray(want_acc)[sure])
-    np.testing.assert_array_equal(emitted.numpy()[sure], np.asarray(want_emit)[sure])
+
+@pytest.mark.parametrize("kind", ["flat", "peaked"])
+def test_matches_oracle(backend, kind):
+    """Every row equals the oracle, except rows the oracle flags as within rounding of a decision (an
+    acceptance test u * q ~ p, or the final draw near a CDF step); those may differ, but only rarely."""
+    flips = rows_total = 0
+    for vocab in sizes(backend).vocabs:
+        batch = sizes(backend).rows(vocab)
+        for n in (0, 1, 4):
+            what = f"{backend} {kind} V={vocab} n={n}"
+            gen = torch.Generator().manual_seed(1000 * n + vocab)
+            q, ids, p = _inputs(gen, batch, n, vocab, 1.0 if kind == "flat" else 5.0)
+            seed = torch.randint(0, 2**63 - 1, (batch,), generator=gen)
+            offset = torch.randint(-2**40, 2**40, (batch,), generator=gen)
+            out, accepted, emitted = _run(backend, q, ids, p, seed, offset)
+            _check_layout(out, accepted, emitted, ids, vocab)
+
+            want_out, want_acc, want_emit, ambiguous = oracle.chain_speculative_sampling(
+                np64(q), np64(ids), np64(p), np64(seed), np64(offset))
+            differs = ((out.numpy() != want_out).any(axis=1) | (accepted.numpy() != want_acc)
+                       | (emitted.numpy() != want_emit))
+            bad = np.flatnonzero(differs & ~ambiguous)
+            assert bad.size == 0, (f"{what}: rows {bad[:5].tolist()} differ from the oracle: got "
+                                   f"{out.numpy()[bad[:5]].tolist()}, want {want_out[bad[:5]].tolist()}")
+            flips += int(differs.sum())
+            rows_total += batch
+    assert_rare(flips, rows_total, f"{backend} {kind}")
 
 
 def test_seed_as_int_is_reproducible_and_rows_differ(backend):
@@ -96,25 +109,12 @@ def test_per_row_seeds_are_batch_invariant(backend):
 
 
 # ------------------------------------------------------------------------------------------ distributions
-def _chi_square(tokens: torch.Tensor, probs: torch.Tensor) -> float:
-    """p-value of the tokens against the distribution probs [V] (bins with tiny expectation pooled)."""
-    counts = np.bincount(tokens.numpy(), minlength=probs.numel()).astype(np.float64)
-    expected = probs.double().numpy() / probs.double().sum().item() * tokens.numel()
-    assert counts[expected == 0].sum() == 0, "a token of probability 0 was emitted"
-    big = expected >= 5
-    f_obs = np.append(counts[big], counts[~big].sum())
-    f_exp = np.append(expected[big], expected[~big].sum())
-    if f_exp[-1] == 0:
-        f_obs, f_exp = f_obs[:-1], f_exp[:-1]
-    return stats.chisquare(f_obs, f_exp).pvalue
-
-
 @pytest.mark.parametrize("case", range(3))
 def test_emitted_tokens_follow_the_target(backend, case):
     """Speculative sampling is exact: whatever the draft q, the token at each emitted position i follows the
     target's p_i (over rows that emit position i), including the residual and bonus tokens."""
     gen = torch.Generator().manual_seed(77 + case)
-    batch, n, vocab = 4000, 2, 8
+    batch, n, vocab = sizes(backend).draws // 2, 2, 8
     q = _distributions(gen, 1, n, vocab, scale=1.5).expand(batch, n, vocab).contiguous()
     # Half draft, half something else: the overlap sum_x min(p, q) is >= 1/2, so later positions are reached.
     p = _distributions(gen, 1, n + 1, vocab, scale=1.5)
@@ -128,28 +128,28 @@ def test_emitted_tokens_follow_the_target(backend, case):
     _check_layout(out, accepted, emitted, ids, vocab)
     for i in range(n + 1):
         reached = emitted >= i
-        assert reached.sum() > 500
-        pvalue = _chi_square(out[reached, i], p[0, i])
+        assert reached.sum() >= batch // 10
+        pvalue = chi_square_pvalue(out[reached, i], np64(p[0, i]))
         assert pvalue > ALPHA, f"position {i}: chi-square p-value {pvalue:.2e}"
 
 
 def test_bonus_token_follows_last_target_after_full_acceptance(backend):
     gen = torch.Generator().manual_seed(5)
-    batch, n, vocab = 5000, 3, 12
+    batch, n, vocab = sizes(backend).draws // 2, 3, 12
     p = _distributions(gen, 1, n + 1, vocab, scale=1.0).expand(batch, n + 1, vocab).contiguous()
     q = p[:, :n].contiguous()  # q == p: every draft token is accepted
     ids = _draft_from(q, gen)
     out, accepted, emitted = _run(backend, q, ids, p, seed=31)
     assert (emitted == n).all() and (accepted == n).all()
     assert torch.equal(out[:, :n], ids)
-    pvalue = _chi_square(out[:, n], p[0, n])
+    pvalue = chi_square_pvalue(out[:, n], np64(p[0, n]))
     assert pvalue > ALPHA, f"bonus token: chi-square p-value {pvalue:.2e}"
 
 
 def test_acceptance_rate_matches_theory(backend):
     """P(accept position i) = sum_x min(p_i(x), q_i(x)) when x ~ q_i."""
     gen = torch.Generator().manual_seed(6)
-    batch, n, vocab = 6000, 2, 10
+    batch, n, vocab = sizes(backend).draws // 2, 2, 10
     q = _distributions(gen, 1, n, vocab).expand(batch, n, vocab).contiguous()
     p = _distributions(gen, 1, n + 1, vocab).expand(batch, n + 1, vocab).contiguous()
     ids = _draft_from(q, gen)
