@@ -1,30 +1,43 @@
 """Launch heuristics shared by every Triton family.
 
-A row of V entries is cut into C contiguous chunks, one program per (row, chunk). Each pass over the data is
-one launch over the grid (B, C); what a later pass needs from all chunks of a row (maxima, histograms,
-masses) goes through a small float64 workspace of O(B * C * 16) entries, and every program of the next
-launch combines those partials itself in a fixed order, so no extra "reduce" launch is needed and the
-result does not depend on the number of chunks beyond float64 rounding.
+Programs are laid out on a grid (row tiles, chunks): a program handles R rows (a [R, BLOCK] tile per loop
+step) and one contiguous chunk of each of them. Each pass over the data is one launch; what a later pass
+needs from all chunks of a row (maxima, histograms, masses) goes through a small float64 workspace of
+O(B * C * 16) entries, which every program of the next launch combines itself in a fixed order, so no
+extra "reduce" launch is needed and results do not depend on the split beyond float64 rounding.
 
-Heuristic: aim for about ``PROGRAMS_PER_SM`` programs per streaming multiprocessor (so B = 1, V = 256K spreads
-over the GPU instead of one SM), but never give a program less than ``MIN_CHUNK`` entries (below that the
-per-launch partials cost more than they save). Large batches therefore get C = 1: one program per row.
-Under the interpreter (CPU tensors) the "device" is taken to have ``INTERPRETER_SMS`` SMs, so the
-multi-chunk path is exercised by rows longer than ``MIN_CHUNK``.
+GPU: R = 1. The chunk count C aims at about ``PROGRAMS_PER_SM`` programs per streaming multiprocessor, so
+that B = 1, V = 256K spreads over the GPU instead of running on one SM, but never gives a program less than
+``MIN_CHUNK`` entries (below that the extra launches' partials cost more than they save); large batches
+therefore get C = 1, one program per row, looping over the row in BLOCK steps (HIST_BLOCK for the
+histogram passes, whose one-hot tile is HIST_BLOCK x 16 float64).
+
+Interpreter (CPU tensors under TRITON_INTERPRET=1): it pays per operation, not per element, and has no
+registers to spill, so a program takes up to MAX_INTERPRETER_ROWS rows and big tiles; the "device" counts
+as ``INTERPRETER_SMS`` SMs, so rows longer than ``MIN_CHUNK`` still take the multi-chunk path.
 """
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 import triton
 
-BLOCK = 1024  # entries per loop step of a streaming pass
-HIST_BLOCK = 512  # entries per loop step of a histogram pass (the one-hot tile is HIST_BLOCK x 16)
-MIN_CHUNK = 4096  # fewest entries one program handles when a row is split
+BLOCK = 1024
+HIST_BLOCK = 512
+MIN_CHUNK = 4096
 PROGRAMS_PER_SM = 4
-INTERPRETER_SMS = 8
 NUM_WARPS = 4
+INTERPRETER_SMS = 8
+MAX_INTERPRETER_ROWS = 64
+INTERPRETER_TILE = 1 << 18  # elements of a [R, BLOCK] tile under the interpreter
+INTERPRETER_HIST_TILE = 1 << 20  # elements of a [R, HIST_BLOCK, 16] one-hot tile under the interpreter
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= max(n, 2) (Triton block shapes are powers of two)."""
+    return max(2, triton.next_power_of_2(n))
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,14 +47,33 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split(batch: int, vocab: int, device: torch.device) -> tuple[int, int]:
-    """``(chunks, chunk_len)`` for a [batch, vocab] row-wise op; chunk_len is a multiple of BLOCK."""
-    wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), max(batch, 1))
+@dataclass(frozen=True)
+class Grid:
+    """How a [batch, vocab] row-wise op is cut into programs (see the module docstring)."""
+
+    rows: int  # R, rows per program (a power of two)
+    chunks: int  # C, chunks per row
+    chunk_len: int  # entries per chunk, a multiple of block
+    block: int  # entries per loop step of a streaming pass
+    hist_block: int  # entries per loop step of a histogram pass
+    grid: tuple[int, int]  # (row tiles, chunks)
+
+    @property
+    def c_pad(self) -> int:
+        return pow2(self.chunks)
+
+
+def split(batch: int, vocab: int, device: torch.device) -> Grid:
+    """The launch grid of a [batch, vocab] row-wise op on ``device``."""
+    if device.type == "cuda":
+        rows, block, hist_block = 1, BLOCK, HIST_BLOCK
+    else:
+        rows = min(pow2(batch), MAX_INTERPRETER_ROWS)
+        block = max(256, INTERPRETER_TILE // rows)
+        hist_block = max(64, INTERPRETER_HIST_TILE // (16 * rows))
+    tiles = triton.cdiv(batch, rows)
+    wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), max(tiles, 1))
     chunks = max(1, min(wanted, triton.cdiv(vocab, MIN_CHUNK)))
-    chunk_len = triton.cdiv(triton.cdiv(vocab, chunks), BLOCK) * BLOCK
-    return triton.cdiv(vocab, chunk_len), chunk_len
-
-
-def pow2(n: int) -> int:
-    """The smallest power of two >= max(n, 2) (Triton block shapes are powers of two)."""
-    return max(2, triton.next_power_of_2(n))
+    chunk_len = triton.cdiv(triton.cdiv(vocab, chunks), block) * block
+    chunks = triton.cdiv(vocab, chunk_len)
+    return Grid(rows, chunks, chunk_len, block, hist_block, (max(tiles, 1), chunks))

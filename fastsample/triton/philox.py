@@ -6,8 +6,10 @@ bit-exact with Random123 and csrc/include/fastsample/philox.h (tests/test_triton
 import triton
 import triton.language as tl
 
+from .jit import helper
 
-@triton.jit
+
+@helper
 def philox_words(seed, offset, draw):
     """The four Philox4x32-10 output words for key ``seed`` and counter (lo32(offset), hi32(offset), draw, 0)."""
     c0 = (offset & 0xFFFFFFFF).to(tl.uint32)
@@ -17,7 +19,7 @@ def philox_words(seed, offset, draw):
     return tl.philox(seed.to(tl.int64), c0, c1, c2, c3)
 
 
-@triton.jit
+@helper
 def philox_uniform(seed, offset, draw):
     """float32 u in [0, 1): the top 24 bits of word 0, times 2^-24 (exact in float32)."""
     w0, _, _, _ = philox_words(seed, offset, draw)

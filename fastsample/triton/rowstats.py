@@ -1,9 +1,9 @@
 """Per-row statistics and parameters: the first two launches of every filtered op.
 
-``stats_kernel`` (grid B x C) reduces each chunk to (max, first index of the max, count of the max, count of
-bad entries); ``info_kernel`` (grid B) combines the chunks and resolves the per-row parameters into one
-float64 record per row (the INFO_* fields below), which every later launch reads. Also here: the two
-element-wise helpers all families share, the order-preserving key of a float and the sampling weight.
+``stats_kernel`` (grid row-tiles x C chunks) reduces each chunk of each row to (max, first index of the max,
+count of the max, bad entries, NaN entries); ``info_kernel`` combines the chunks and resolves the per-row
+parameters into one float64 record per row (fields INFO_* below), which every later launch reads. Also here:
+the element-wise helpers all families share, the order-preserving key of a float and the sampling weight.
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import launch
+from .jit import helper
 
-# Fields of the float64 row record [B, INFO_FIELDS].
+# Fields of the float64 row record [B, INFO_FIELDS] (the kernels use the literal offsets).
 INFO_STATUS = 0  # 0: sample / filter the row, 1: greedy (T == 0), 2: invalid row
 INFO_MAX = 1  # row max of x (NaN ignored)
 INFO_T = 2  # temperature
@@ -30,11 +31,10 @@ INFO_ARGMAX = 9  # lowest index of the row max
 INFO_NMAX = 10  # how many entries equal the row max
 INFO_NAN = 11  # how many NaN entries
 INFO_FIELDS = 12
-STATUS_SAMPLE, STATUS_GREEDY, STATUS_INVALID = 0, 1, 2
 STATS_FIELDS = 5  # per chunk: max, first argmax, count of max, bad entries, NaN entries
 
 
-@triton.jit
+@helper
 def float_key(x):
     """int64 key in [0, 2^32) with key(a) < key(b) iff a < b for float32 a, b; -0.0 maps like +0.0 (they
     compare equal) and every NaN maps to 2^32 - 1, above +inf (torch.topk's order)."""
@@ -44,13 +44,12 @@ def float_key(x):
     return tl.where(x != x, 0xFFFFFFFF, key)
 
 
-@triton.jit
+@helper
 def weights(x, row_max, temperature, IS_LOGITS: tl.constexpr):
-    """float32 sampling weights of ops.md: exp((x - max) / T) for logits (1 on the +inf entries, 0 elsewhere,
-    when the row has a +inf), the values themselves for probs."""
+    """float32 sampling weights of ops.md for a [R, BLOCK] tile (row_max, temperature: [R, 1]):
+    exp((x - max) / T) for logits (1 on the +inf entries, 0 elsewhere, when the row has a +inf), x for probs."""
     if IS_LOGITS:
         t = tl.where(temperature > 0, temperature, 1.0)
-        # Broadcast the row max before comparing: the interpreter mishandles a scalar bool splat into a block.
         finite_max = (x * 0.0 + row_max) < float("inf")
         shifted = tl.where(finite_max & (x > float("-inf")), x - tl.where(finite_max, row_max, 0.0), float("-inf"))
         w = tl.where(finite_max, tl.exp(shifted / t), tl.where(x == float("inf"), 1.0, 0.0))
@@ -59,104 +58,109 @@ def weights(x, row_max, temperature, IS_LOGITS: tl.constexpr):
     return w
 
 
-@triton.jit
-def row_param(arr_ptr, val, b, DTYPE: tl.constexpr, HAS_ARR: tl.constexpr):
-    """A per-row parameter in DTYPE: the tensor entry when the tensor is given, else the scalar."""
+@helper
+def row_param(arr_ptr, val, rows, rmask, DTYPE: tl.constexpr, HAS_ARR: tl.constexpr):
+    """A per-row parameter [R] in DTYPE: the tensor entries when the tensor is given, else the scalar."""
     if HAS_ARR:
-        v = tl.load(arr_ptr + b).to(DTYPE)
+        v = tl.load(arr_ptr + rows, mask=rmask, other=0).to(DTYPE)
     else:
-        v = tl.zeros((), DTYPE) + val
+        v = tl.zeros(rows.shape, DTYPE) + val
     return v
 
 
 @triton.jit
-def stats_kernel(x_ptr, stats_ptr, V, chunk_len, C, IS_LOGITS: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+def stats_kernel(x_ptr, stats_ptr, B, V, chunk_len, C, IS_LOGITS: tl.constexpr, R: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
+    rmask = rows < B
     c = tl.program_id(1)
-    row = x_ptr + b * V
     start = c * chunk_len
     end = tl.minimum(start + chunk_len, V)
-    run_max = tl.full((), float("-inf"), tl.float32)
-    run_first = tl.full((), 0, tl.int64) + end
-    run_count = tl.full((), 0, tl.int64)
-    bad = tl.full((), 0, tl.int64)
-    nans = tl.full((), 0, tl.int64)
+    run_max = tl.full((R,), float("-inf"), tl.float32)
+    run_first = tl.zeros((R,), tl.int64) + end
+    run_count = tl.zeros((R,), tl.int64)
+    bad = tl.zeros((R,), tl.int64)
+    nans = tl.zeros((R,), tl.int64)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
-        m = offs < end
-        x = tl.load(row + offs, mask=m, other=float("-inf")).to(tl.float32)
+        m = rmask[:, None] & (offs < end)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * V + offs[None, :], mask=m, other=float("-inf")).to(tl.float32)
         is_nan = x != x
-        nans += tl.sum((m & is_nan).to(tl.int64), 0)
+        nans += tl.sum((m & is_nan).to(tl.int64), 1)
         if IS_LOGITS:
-            bad += tl.sum((m & is_nan).to(tl.int64), 0)
+            bad += tl.sum((m & is_nan).to(tl.int64), 1)
         else:
-            bad += tl.sum((m & (is_nan | (x < 0) | (x == float("inf")))).to(tl.int64), 0)
+            bad += tl.sum((m & (is_nan | (x < 0) | (x == float("inf")))).to(tl.int64), 1)
         xm = tl.where(m & ~is_nan, x, float("-inf"))
-        blk_max = tl.max(xm, 0)
-        at_max = m & ~is_nan & (xm == blk_max)
-        blk_first = tl.min(tl.where(at_max, offs, end), 0)
-        blk_count = tl.sum(at_max.to(tl.int64), 0)
+        blk_max = tl.max(xm, 1)
+        at_max = m & ~is_nan & (xm == blk_max[:, None])
+        blk_first = tl.min(tl.where(at_max, offs[None, :], end), 1).to(tl.int64)
+        blk_count = tl.sum(at_max.to(tl.int64), 1)
         run_first = tl.where(blk_max > run_max, blk_first, run_first)
-        run_count = tl.where(blk_max > run_max, blk_count, tl.where(blk_max == run_max, run_count + blk_count, run_count))
+        run_count = tl.where(blk_max > run_max, blk_count,
+                             tl.where(blk_max == run_max, run_count + blk_count, run_count))
         run_max = tl.maximum(run_max, blk_max)
-    out = stats_ptr + (b * C + c) * 5
-    tl.store(out + 0, run_max.to(tl.float64))
-    tl.store(out + 1, run_first.to(tl.float64))
-    tl.store(out + 2, run_count.to(tl.float64))
-    tl.store(out + 3, bad.to(tl.float64))
-    tl.store(out + 4, nans.to(tl.float64))
+    out = stats_ptr + (rows * C + c) * 5
+    tl.store(out + 0, run_max.to(tl.float64), mask=rmask)
+    tl.store(out + 1, run_first.to(tl.float64), mask=rmask)
+    tl.store(out + 2, run_count.to(tl.float64), mask=rmask)
+    tl.store(out + 3, bad.to(tl.float64), mask=rmask)
+    tl.store(out + 4, nans.to(tl.float64), mask=rmask)
 
 
 @triton.jit
-def info_kernel(stats_ptr, info_ptr, V, C, t_arr, t_val, k_arr, k_val, p_arr, p_hi, p_lo, mp_arr, mp_hi, mp_lo,
+def info_kernel(stats_ptr, info_ptr, B, V, C, t_arr, t_val, k_arr, k_val, p_arr, p_hi, p_lo, mp_arr, mp_hi, mp_lo,
                 IS_LOGITS: tl.constexpr, HAS_T: tl.constexpr, HAS_K: tl.constexpr, HAS_P: tl.constexpr,
-                HAS_MP: tl.constexpr, C_PAD: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+                HAS_MP: tl.constexpr, R: tl.constexpr, C_PAD: tl.constexpr):
+    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
+    rmask = rows < B
     cs = tl.arange(0, C_PAD)
-    cm = cs < C
-    st = stats_ptr + (b * C + cs) * 5
+    cm = rmask[:, None] & (cs < C)[None, :]
+    st = stats_ptr + (rows[:, None] * C + cs[None, :]) * 5
     cmax = tl.load(st + 0, mask=cm, other=float("-inf"))
-    row_max = tl.max(cmax, 0)
-    top = cm & (cmax == row_max)
-    argmax = tl.min(tl.where(top, tl.load(st + 1, mask=cm, other=0.0), V * 1.0), 0)
-    nmax = tl.sum(tl.where(top, tl.load(st + 2, mask=cm, other=0.0), 0.0), 0)
-    bad = tl.sum(tl.load(st + 3, mask=cm, other=0.0), 0)
-    nans = tl.sum(tl.load(st + 4, mask=cm, other=0.0), 0)
+    row_max = tl.max(cmax, 1)
+    top = cm & (cmax == row_max[:, None])
+    argmax = tl.min(tl.where(top, tl.load(st + 1, mask=cm, other=0.0), V * 1.0), 1)
+    nmax = tl.sum(tl.where(top, tl.load(st + 2, mask=cm, other=0.0), 0.0), 1)
+    bad = tl.sum(tl.load(st + 3, mask=cm, other=0.0), 1)
+    nans = tl.sum(tl.load(st + 4, mask=cm, other=0.0), 1)
 
-    t = row_param(t_arr, t_val, b, tl.float32, HAS_T)
-    k = row_param(k_arr, k_val, b, tl.int64, HAS_K)
-    # Scalars arrive as float32 (hi, lo) pairs so that float64 p = hi + lo keeps the caller's double.
-    if HAS_P:
-        p = tl.load(p_arr + b).to(tl.float64)
-    else:
-        p = tl.zeros((), tl.float64) + p_hi + p_lo
-    if HAS_MP:
-        mp = tl.load(mp_arr + b).to(tl.float64)
-    else:
-        mp = tl.zeros((), tl.float64) + mp_hi + mp_lo
+    t = row_param(t_arr, t_val, rows, rmask, tl.float32, HAS_T)
+    k = row_param(k_arr, k_val, rows, rmask, tl.int64, HAS_K)
+    # Scalars p, min-p arrive as float32 (hi, lo) pairs so that float64 hi + lo keeps the caller's double.
+    p = row_param(p_arr, p_hi, rows, rmask, tl.float64, HAS_P)
+    mp = row_param(mp_arr, mp_hi, rows, rmask, tl.float64, HAS_MP)
+    if not HAS_P:
+        p += p_lo
+    if not HAS_MP:
+        mp += mp_lo
 
     if IS_LOGITS:
         has_mass = row_max > float("-inf")
-        wmax = 1.0
+        wmax = row_max * 0.0 + 1.0
     else:
         has_mass = row_max > 0
         wmax = row_max
     valid = (bad == 0) & has_mass & (t >= 0) & (p >= 0) & (p <= 1) & (mp >= 0) & (mp <= 1)
     status = tl.where(valid, tl.where(t == 0, 1, 0), 2)
 
-    out = info_ptr + b * 12
-    tl.store(out + 0, status.to(tl.float64))
-    tl.store(out + 1, row_max)
-    tl.store(out + 2, t.to(tl.float64))
-    tl.store(out + 3, k.to(tl.float64))
-    tl.store(out + 4, ((k > 0) & (k < V)).to(tl.float64))
-    tl.store(out + 5, p)
-    tl.store(out + 6, (p < 1).to(tl.float64))
-    tl.store(out + 7, mp)
-    tl.store(out + 8, wmax * 1.0)
-    tl.store(out + 9, argmax)
-    tl.store(out + 10, nmax)
-    tl.store(out + 11, nans)
+    out = info_ptr + rows * 12
+    tl.store(out + 0, status.to(tl.float64), mask=rmask)
+    tl.store(out + 1, row_max, mask=rmask)
+    tl.store(out + 2, t.to(tl.float64), mask=rmask)
+    tl.store(out + 3, k.to(tl.float64), mask=rmask)
+    tl.store(out + 4, ((k > 0) & (k < V)).to(tl.float64), mask=rmask)
+    tl.store(out + 5, p, mask=rmask)
+    tl.store(out + 6, (p < 1).to(tl.float64), mask=rmask)
+    tl.store(out + 7, mp, mask=rmask)
+    tl.store(out + 8, wmax, mask=rmask)
+    tl.store(out + 9, argmax, mask=rmask)
+    tl.store(out + 10, nmax, mask=rmask)
+    tl.store(out + 11, nans, mask=rmask)
+
+
+def _f32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def _hi_lo(value: float) -> tuple[float, float]:
@@ -165,26 +169,23 @@ def _hi_lo(value: float) -> tuple[float, float]:
     return hi, _f32(value - hi)
 
 
-def _f32(value: float) -> float:
-    return struct.unpack("f", struct.pack("f", value))[0]
-
-
-def row_info(x, is_logits, chunks, chunk_len, t_arr, t_val, k_arr, k_val, p_arr, p_val, mp_arr, mp_val):
-    """Launch the stats and info kernels; returns the float64 row record [B, INFO_FIELDS]."""
-    batch, vocab = x.shape
-    stats = torch.empty((batch, chunks, STATS_FIELDS), dtype=torch.float64, device=x.device)
-    info = torch.empty((batch, INFO_FIELDS), dtype=torch.float64, device=x.device)
-    wrap_triton(stats_kernel)[(batch, chunks)](x, stats, vocab, chunk_len, chunks, IS_LOGITS=is_logits,
-                                                BLOCK=launch.BLOCK, num_warps=launch.NUM_WARPS)
-    p_hi, p_lo = _hi_lo(p_val)
-    mp_hi, mp_lo = _hi_lo(mp_val)
-    wrap_triton(info_kernel)[(batch,)](
-        stats, info, vocab, chunks, _or(t_arr, x), float(t_val), _or(k_arr, x), int(k_val), _or(p_arr, x), p_hi, p_lo,
-        _or(mp_arr, x), mp_hi, mp_lo, IS_LOGITS=is_logits, HAS_T=t_arr is not None, HAS_K=k_arr is not None,
-        HAS_P=p_arr is not None, HAS_MP=mp_arr is not None, C_PAD=launch.pow2(chunks))
-    return info
-
-
-def _or(arr, dummy):
+def opt(arr, dummy):
     """Kernels take a pointer for every optional tensor; an absent one is replaced by any tensor (unused)."""
     return arr if arr is not None else dummy
+
+
+def row_info(x, is_logits, grid, t_arr, t_val, k_arr, k_val, p_arr, p_val, mp_arr, mp_val):
+    """Launch the stats and info kernels; returns the float64 row record [B, INFO_FIELDS]."""
+    batch, vocab = x.shape
+    stats = torch.empty((batch, grid.chunks, STATS_FIELDS), dtype=torch.float64, device=x.device)
+    info = torch.empty((batch, INFO_FIELDS), dtype=torch.float64, device=x.device)
+    wrap_triton(stats_kernel)[grid.grid](x, stats, batch, vocab, grid.chunk_len, grid.chunks, IS_LOGITS=is_logits,
+                                         R=grid.rows, BLOCK=grid.block, num_warps=launch.NUM_WARPS)
+    p_hi, p_lo = _hi_lo(float(p_val))
+    mp_hi, mp_lo = _hi_lo(float(mp_val))
+    wrap_triton(info_kernel)[(grid.grid[0],)](
+        stats, info, batch, vocab, grid.chunks, opt(t_arr, x), float(t_val), opt(k_arr, x), int(k_val),
+        opt(p_arr, x), p_hi, p_lo, opt(mp_arr, x), mp_hi, mp_lo, IS_LOGITS=is_logits, HAS_T=t_arr is not None,
+        HAS_K=k_arr is not None, HAS_P=p_arr is not None, HAS_MP=mp_arr is not None, R=grid.rows,
+        C_PAD=grid.c_pad)
+    return info

@@ -13,58 +13,75 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .filters import KeptSet, kept_weights, resolve_theta
+from .filters import KeptSet, kept_weights, resolve_theta, row_fields
+from .jit import helper
 from .philox import philox_uniform
+
+
+@helper
+def inverse_cdf(x_ptr, rows, live, V, start, end, below, target, row_max, temperature, floor, theta,
+                IS_LOGITS: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+    """Per row, the smallest kept id i in [start, end) with below + sum_{kept k in [start, i]} w_k > target
+    (the last kept id with w > 0 when rounding leaves the chunk's sum just short), and its weight."""
+    running = below
+    token = tl.full((R,), -1, tl.int64)
+    last = tl.full((R,), -1, tl.int64)
+    for base in range(start, end, BLOCK):
+        offs = base + tl.arange(0, BLOCK)
+        m = live[:, None] & (offs < end)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * V + offs[None, :], mask=m, other=0.0).to(tl.float32)
+        w = kept_weights(x, m, row_max, temperature, floor, theta, IS_LOGITS)
+        cum = running[:, None] + tl.cumsum(w, 1)
+        first = tl.min(tl.where((cum > target[:, None]) & (w > 0), offs[None, :], end), 1).to(tl.int64)
+        token = tl.where((token < 0) & (first < end), first, token)
+        last = tl.maximum(last, tl.max(tl.where(w > 0, offs[None, :], -1), 1).to(tl.int64))
+        running = tl.max(cum, 1)
+    return tl.where(token < 0, last, token)
 
 
 @triton.jit
 def pick_kernel(x_ptr, info_ptr, mass_ptr, k_hist, k_state, p_hist, p_state, seed_ptr, offset_ptr, token_ptr,
-                logprob_ptr, V, B, chunk_len, C, IS_LOGITS: tl.constexpr, K_CHAIN: tl.constexpr,
-                P_CHAIN: tl.constexpr, LOGPROBS: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    b = tl.program_id(0).to(tl.int64)
+                logprob_ptr, B, V, chunk_len, C, IS_LOGITS: tl.constexpr, K_CHAIN: tl.constexpr,
+                P_CHAIN: tl.constexpr, LOGPROBS: tl.constexpr, R: tl.constexpr, C_PAD: tl.constexpr,
+                BLOCK: tl.constexpr):
+    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
+    rmask = rows < B
     c = tl.program_id(1)
-    info = info_ptr + b * 12
-    status = tl.load(info)
-    if status != 0:
-        # Greedy rows take the lowest argmax (logprob: the T -> 0 limit, uniform over the maxima); invalid: -1.
-        if c == 0:
-            greedy = status == 1
-            tl.store(token_ptr + b, tl.where(greedy, tl.load(info + 9).to(tl.int64), -1))
-            if LOGPROBS:
-                tl.store(logprob_ptr + b, tl.where(greedy, -tl.log(tl.load(info + 10).to(tl.float32)), float("nan")))
-    else:
-        cs = tl.arange(0, C_PAD)
-        incl = tl.cumsum(tl.load(mass_ptr + b * C + cs, mask=cs < C, other=0.0), 0)
-        total = tl.sum(tl.where(cs == C - 1, incl, 0.0), 0)
-        below = tl.sum(tl.where(cs == c - 1, incl, 0.0), 0)
-        upto = tl.sum(tl.where(cs == c, incl, 0.0), 0)
-        u = philox_uniform(tl.load(seed_ptr + b), tl.load(offset_ptr + b), 0)
-        target = u.to(tl.float64) * total
-        if (below <= target) & (target < upto):
-            theta = resolve_theta(info, b, B, C, k_hist, k_state, p_hist, p_state, K_CHAIN, P_CHAIN, C_PAD)
-            row = x_ptr + b * V
-            start = c * chunk_len
-            end = tl.minimum(start + chunk_len, V)
-            running = below
-            token = tl.full((), -1, tl.int64)
-            last = tl.full((), -1, tl.int64)
-            for base in range(start, end, BLOCK):
-                offs = base + tl.arange(0, BLOCK)
-                m = offs < end
-                x = tl.load(row + offs, mask=m, other=0.0).to(tl.float32)
-                w = kept_weights(x, m, info, theta, IS_LOGITS)
-                cum = running + tl.cumsum(w, 0)
-                first = tl.min(tl.where((cum > target) & (w > 0), offs, end), 0).to(tl.int64)
-                token = tl.where((token < 0) & (first < end), first, token)
-                last = tl.maximum(last, tl.max(tl.where(w > 0, offs, -1), 0).to(tl.int64))
-                running = tl.max(cum, 0)
-            # Rounding may leave the chunk's own prefix sum just short of the target: take its last kept id.
-            token = tl.where(token < 0, last, token)
-            tl.store(token_ptr + b, token)
-            if LOGPROBS:
-                xt = tl.load(row + token).to(tl.float32)
-                wt = kept_weights(xt, token >= 0, info, theta, IS_LOGITS)
-                tl.store(logprob_ptr + b, tl.log((wt / total).to(tl.float32)))
+    info = info_ptr + rows * 12
+    status = tl.load(info, mask=rmask, other=0.0)
+    # Greedy rows take the lowest argmax (logprob: the T -> 0 limit, uniform over the maxima); invalid: -1.
+    # The chunk-0 program writes them.
+    done = rmask & (status != 0) & (rows * 0 + c == 0)
+    greedy = status == 1
+    tl.store(token_ptr + rows, tl.where(greedy, tl.load(info + 9, mask=done, other=0.0).to(tl.int64), -1), mask=done)
+    if LOGPROBS:
+        nmax = tl.load(info + 10, mask=done, other=1.0).to(tl.float32)
+        tl.store(logprob_ptr + rows, tl.where(greedy, -tl.log(nmax), float("nan")), mask=done)
+
+    live = rmask & (status == 0)
+    cs = tl.arange(0, C_PAD)
+    sums = tl.load(mass_ptr + rows[:, None] * C + cs[None, :], mask=live[:, None] & (cs < C)[None, :], other=0.0)
+    incl = tl.cumsum(sums, 1)
+    total = tl.sum(tl.where(cs[None, :] == C - 1, incl, 0.0), 1)
+    below = tl.sum(tl.where(cs[None, :] == c - 1, incl, 0.0), 1)
+    upto = tl.sum(tl.where(cs[None, :] == c, incl, 0.0), 1)
+    seed = tl.load(seed_ptr + rows, mask=live, other=0)
+    offset = tl.load(offset_ptr + rows, mask=live, other=0)
+    u = philox_uniform(seed, offset, 0)
+    target = u.to(tl.float64) * total
+    mine = live & (below <= target) & (target < upto)
+    theta = resolve_theta(info, rows, mine, B, C, k_hist, k_state, p_hist, p_state, K_CHAIN, P_CHAIN, C_PAD)
+    row_max, temperature, floor = row_fields(info, mine)
+    start = c * chunk_len
+    end = tl.minimum(start + chunk_len, V)
+    token = inverse_cdf(x_ptr, rows, mine, V, start, end, below, target, row_max, temperature, floor, theta,
+                        IS_LOGITS, R, BLOCK)
+    tl.store(token_ptr + rows, token, mask=mine)
+    if LOGPROBS:
+        xt = tl.load(x_ptr + rows * V + token, mask=mine, other=0.0).to(tl.float32)[:, None]
+        wt = tl.sum(kept_weights(xt, mine[:, None], row_max, temperature, floor, theta, IS_LOGITS), 1)
+        ratio = tl.where(mine, wt / tl.where(total > 0, total, 1.0), 1.0)
+        tl.store(logprob_ptr + rows, tl.log(ratio.to(tl.float32)), mask=mine)
 
 
 def sample(x: torch.Tensor, is_logits: bool, temperature_arr, temperature_val: float, top_k_arr, top_k_val: int,
@@ -76,7 +93,7 @@ def sample(x: torch.Tensor, is_logits: bool, temperature_arr, temperature_val: f
                    min_p_arr, min_p_val)
     tokens = torch.empty(batch, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(batch if return_logprobs else 0, dtype=torch.float32, device=x.device)
-    wrap_triton(pick_kernel)[(batch, kept.chunks)](
+    wrap_triton(pick_kernel)[kept.grid.grid](
         x, kept.info, kept.mass, *kept.chain_args(), seed, offset, tokens, logprobs if return_logprobs else tokens,
-        vocab, batch, kept.chunk_len, kept.chunks, LOGPROBS=return_logprobs, **kept.constexprs())
+        batch, vocab, kept.grid.chunk_len, kept.grid.chunks, LOGPROBS=return_logprobs, **kept.constexprs())
     return tokens, logprobs
