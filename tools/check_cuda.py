@@ -5,7 +5,8 @@ Two kinds of translation units are compiled (``-c`` only, nothing is linked or r
 - one per header ``csrc/include/fastsample/cuda/*.cuh``: it includes the header and explicitly instantiates
   every kernel template (through the launchers, for float, half and bfloat16), with nvcc and the CUDA
   toolkit alone, warnings as errors;
-- every glue file ``csrc/cuda/*.cu``, against torch's headers. A CPU wheel of torch ships the ATen/c10 CUDA
+- every glue file ``csrc/cuda/*.cu``, against torch's headers, in C++20 (the standard torch >= 2.10's headers
+  and torch.utils.cpp_extension use; the kernels themselves need only C++17). A CPU wheel of torch ships the ATen/c10 CUDA
   headers the glue uses (c10/cuda/CUDAGuard.h, c10/cuda/CUDAStream.h) but not the one file a CUDA build
   generates at configure time, ``c10/cuda/impl/cuda_cmake_macros.h``; when it is missing, this script
   writes a stand-in with the content a CUDA build generates (``#define C10_CUDA_BUILD_SHARED_LIBS``) in a
@@ -99,10 +100,11 @@ def torch_includes(shim_dir: str) -> tuple[list[str], list[str]]:
     return flags, notes
 
 
-def compile_unit(nvcc: str, source: str, flags: list[str], archs: list[str], out_dir: str) -> tuple[bool, str, float]:
+def compile_unit(nvcc: str, source: str, flags: list[str], archs: list[str], out_dir: str,
+                 std: str) -> tuple[bool, str, float]:
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     obj = os.path.join(out_dir, os.path.basename(source) + ".o")
-    cmd = [nvcc, "-t", "1", "-c", source, "-o", obj, "-std=c++17", "-O3", "--expt-relaxed-constexpr",
+    cmd = [nvcc, "-t", "1", "-c", source, "-o", obj, f"-std={std}", "-O3", "--expt-relaxed-constexpr",
            f"-I{INCLUDE}", *gencode, *flags]
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -134,7 +136,7 @@ def main() -> int:
             unit = os.path.join(tmp, f"check_{name.replace('.cuh', '')}.cu")
             with open(unit, "w") as f:
                 f.write(header_unit(name))
-            ok, log, secs = compile_unit(args.nvcc, unit, header_flags, args.arch, tmp)
+            ok, log, secs = compile_unit(args.nvcc, unit, header_flags, args.arch, tmp, "c++17")
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {archs} include/fastsample/cuda/{name} ({secs:.0f} s)", flush=True)
             if not ok:
@@ -147,7 +149,7 @@ def main() -> int:
                       "-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
                       "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__"]
             for name in glue:
-                ok, log, secs = compile_unit(args.nvcc, os.path.join(GLUE, name), flags, args.arch, tmp)
+                ok, log, secs = compile_unit(args.nvcc, os.path.join(GLUE, name), flags, args.arch, tmp, "c++20")
                 failures += not ok
                 print(f"{'ok  ' if ok else 'FAIL'} {archs} cuda/{name} ({secs:.0f} s)", flush=True)
                 if not ok:
