@@ -71,7 +71,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling(
       std::vector<double> residual(vocab);
       bool any = false, bad = false;
       for (int64_t v = 0; v < vocab; ++v) {
-        bad |= !(qe[v] >= 0.0f) || std::isinf(qe[v]);
+        // std::max(0, NaN) is 0, which would hide a NaN: check both rows first
+        bad |= !(qe[v] >= 0.0f) || std::isinf(qe[v]) || !(w[v] >= 0.0) || std::isinf(w[v]);
         residual[v] = std::max(0.0, w[v] - static_cast<double>(qe[v]));
         any |= residual[v] > 0.0;
       }
