@@ -64,14 +64,14 @@ class Sizes:
 
     def rows(self, vocab: int) -> int:
         """Rows for a call at ``vocab``: fewer at large V so the suite stays within a few minutes."""
-        return max(2, min(self.batch, (1 << 19) // vocab))
+        return max(2, min(self.batch, (1 << 18) // vocab))
 
 
 def sizes(backend: str) -> Sizes:
     """The shapes every test uses on ``backend``."""
     if backend == "triton":
         return Sizes(batch=4, vocabs=TRITON_VOCABS, draws=3000)
-    return Sizes(batch=64, vocabs=ALL_VOCABS, draws=40000)
+    return Sizes(batch=32, vocabs=ALL_VOCABS, draws=40000)
 
 
 def np64(t: torch.Tensor) -> np.ndarray:
