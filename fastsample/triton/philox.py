@@ -14,8 +14,8 @@ def philox_words(seed, offset, draw):
     """The four Philox4x32-10 output words for key ``seed`` and counter (lo32(offset), hi32(offset), draw, 0)."""
     c0 = (offset & 0xFFFFFFFF).to(tl.uint32)
     c1 = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    c2 = tl.full((), draw, tl.int64).to(tl.uint32)
-    c3 = tl.full((), 0, tl.uint32)
+    c2 = (tl.zeros_like(offset) + draw).to(tl.uint32)
+    c3 = tl.zeros_like(offset).to(tl.uint32)
     return tl.philox(seed.to(tl.int64), c0, c1, c2, c3)
 
 
