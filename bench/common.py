@@ -159,7 +159,8 @@ def device_description(device: torch.device) -> str:
     """What the CSV's device column holds: the model and the parallelism the run had."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_model()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def device_slug(device: torch.device) -> str:

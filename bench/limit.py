@@ -14,6 +14,9 @@ import torch
 from .common import measure
 
 
+SUBSTITUTE = ("torch.logsumexp (substitute)", lambda x: torch.logsumexp(x, dim=-1))
+
+
 def single_pass(device: torch.device) -> tuple[str, Callable[[torch.Tensor], torch.Tensor]]:
     """(label, fn): the best available one-pass exp-sum over [B, V] logits on `device`."""
     from fastsample import _ops
@@ -22,7 +25,7 @@ def single_pass(device: torch.device) -> tuple[str, Callable[[torch.Tensor], tor
     if _ops.AVAILABLE and hasattr(torch.ops.fastsample, "logsumexp") and \
             torch._C._dispatch_has_kernel_for_dispatch_key("fastsample::logsumexp", key):
         return "fastsample.logsumexp", torch.ops.fastsample.logsumexp
-    return "torch.logsumexp (substitute)", lambda x: torch.logsumexp(x, dim=-1)
+    return SUBSTITUTE
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:

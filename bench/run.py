@@ -14,9 +14,10 @@ from pathlib import Path
 import torch
 
 from . import sampling, softmax, speculative, topk, topp
-from .common import REPO, BenchOp, Progress, Shape, device_description, device_slug, git_commit, measure
+from .common import (REPO, BenchOp, Progress, Shape, Timing, device_description, device_slug, git_commit,
+                     measure)
 from .inputs import DISTS, make_logits
-from .limit import copy_bandwidth, single_pass
+from .limit import SUBSTITUTE, copy_bandwidth, single_pass
 from .providers import ALL, availability
 from .report import PASS_OP, Result, append_csv, csv_rows, fill_speedups, markdown_table
 from .targets import headline_table, target_lines
@@ -51,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     p.add_argument("--min-time", type=float, default=0.3, metavar="S",
                    help="seconds of timed calls per measurement, at least 5 calls (default 0.3)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch.set_num_threads(N) first (also the OpenMP "
+                   "threads of fastsample's CPU kernels); default: torch's default, one per core")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
     p.add_argument("--no-plot", action="store_true", help="skip the PNG")
     p.add_argument("--list", action="store_true", help="list ops and providers, then exit")
@@ -108,21 +111,33 @@ def _cases(shape: Shape, ops: list[BenchOp], providers: list[str]) -> list[tuple
             for p in providers if p in op.impls]
 
 
+def _time_passes(logits, device, limit, min_time, failures, where) -> tuple[str, dict[str, Timing]]:
+    """The single-pass limit and a plain torch.softmax pass over `logits`. If fastsample's limit op fails on
+    these logits (a dtype it lacks), the substitute stands in and the failure is reported."""
+    label, fn = limit
+    try:
+        timings = {label: measure(lambda: fn(logits), device, min_time_s=min_time)}
+    except Exception as exc:
+        failures.append(f"{PASS_OP} / {label} / {where}: {type(exc).__name__}: {str(exc)[:200]}")
+        label, fn = SUBSTITUTE
+        timings = {label: measure(lambda: fn(logits), device, min_time_s=min_time)}
+    timings["torch.softmax"] = measure(lambda: torch.softmax(logits, dim=-1, dtype=torch.float32), device,
+                                       min_time_s=min_time)
+    return label, timings
+
+
 def _run(shapes, ops, providers, device, min_time) -> tuple[list[Result], list[str]]:
     """Time every case; returns the results and one note per case that failed."""
-    limit_kind, limit_fn = single_pass(device)
+    limit = single_pass(device)
     bandwidth = copy_bandwidth(device) if device.type == "cuda" else None
-    passes = [(limit_kind, limit_fn), ("torch.softmax", lambda x: torch.softmax(x, dim=-1, dtype=torch.float32))]
-    progress = Progress(sum(len(passes) + len(_cases(s, ops, providers)) for s in shapes))
+    progress = Progress(sum(1 + len(_cases(s, ops, providers)) for s in shapes))
     results, failures = [], []
     for shape in shapes:
         where = f"B={shape.batch} V={shape.vocab} {shape.dist} {shape.dtype_name}"
         logits = make_logits(shape, device)
         bw_ms = None if bandwidth is None else logits.numel() * logits.element_size() / bandwidth * 1e3
-        timings = {}
-        for label, fn in passes:
-            timings[label] = measure(lambda: fn(logits), device, min_time_s=min_time)
-            progress.step(f"{PASS_OP} {label} {where}")
+        limit_kind, timings = _time_passes(logits, device, limit, min_time, failures, where)
+        progress.step(f"{PASS_OP} {where}")
         limit_ms = timings[limit_kind].median_ms
         results += [Result(PASS_OP, label, shape, t, limit_ms, limit_kind, bw_ms) for label, t in timings.items()]
         prepared: dict[str, dict] = {}
@@ -144,16 +159,22 @@ def _run(shapes, ops, providers, device, min_time) -> tuple[list[Result], list[s
     return results, failures
 
 
-def _document(results, failures, skipped, device, commit, date, seconds, load) -> str:
+def _document(results, failures, skipped, device, description, commit, date, seconds, load) -> str:
     """The markdown that is printed and written to <device>.md."""
     # Other processes on the cores inflate CPU times; the load the run started on says how much to trust them.
     loaded = "" if load is None else f", load average {load:.1f} before the run"
+    busy = load is not None and load > 0.5 * (os.cpu_count() or 1)
     limit_kind = results[0].limit_kind if results else "n/a"
-    parts = [f"## fastsample benchmark: {device_description(device)}",
+    parts = [f"## fastsample benchmark: {description}",
              f"commit {commit}, {date}, torch {torch.__version__}, {seconds:.0f} s{loaded}. Medians of single "
              f"calls with p20–p80; 'vs reference' = reference.py's median / this median; '× limit' = this median "
              f"/ the single-pass limit ({limit_kind}: one read of the logits, max + exp-sum per row).", "",
              markdown_table(results, [op.name for op in OPS])]
+    if busy:
+        # With every core taken, a multi-threaded op waits for descheduled threads (whole scheduler slices).
+        parts[2:2] = [f"**Warning: the machine was busy (load {load:.1f} on {os.cpu_count()} cores): timings are "
+                      f"inflated, multi-threaded ones often to multiples of the scheduler slice. Rerun on an idle "
+                      f"machine, or with --threads 1 for steadier (single-core) numbers.**", ""]
     if device.type == "cpu":
         parts += ["", "### Targets (issues 2 and 6, fp32)", *target_lines(results)]
         if headline := headline_table(results):
@@ -165,12 +186,12 @@ def _document(results, failures, skipped, device, commit, date, seconds, load) -
     return "\n".join(parts) + "\n"
 
 
-def _write(results, text: str, device, commit, date, out: Path, plot: bool) -> list[str]:
+def _write(results, text: str, device, description, commit, date, out: Path, plot: bool) -> list[str]:
     """Writes <device>.md, appends to <device>.csv, redraws <device>.png; returns what it wrote or skipped."""
     slug = device_slug(device)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{slug}.md").write_text(text)
-    append_csv(out / f"{slug}.csv", csv_rows(results, device_description(device), commit, date))
+    append_csv(out / f"{slug}.csv", csv_rows(results, description, commit, date))
     notes = [f"wrote {out / slug}.md", f"appended {len(results)} rows to {out / slug}.csv"]
     if plot:
         try:
@@ -192,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ops, wanted, shapes = _select_ops(_split(args.ops)), _select_providers(_split(args.providers)), \
             _shapes(args, device)
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
     except ValueError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 2
@@ -202,18 +225,25 @@ def main(argv: list[str] | None = None) -> int:
         print("ops:\n" + "\n".join(f"  {op.name}  [{op.family}]: {', '.join(op.impls)}" for op in OPS))
         print("providers:\n" + "\n".join(f"  {p}: {reasons[p] or 'available'}" for p in ALL))
         return 0
-    n_cases = sum(len(_cases(s, ops, providers)) for s in shapes)
-    print(f"bench: {len(shapes)} shapes x {len(ops)} ops on {device_description(device)}: {n_cases} cases, "
-          f"providers {', '.join(providers)}", file=sys.stderr)
     torch.manual_seed(0)
     load = os.getloadavg()[0] if device.type == "cpu" and hasattr(os, "getloadavg") else None
+    threads = torch.get_num_threads()
     start = time.perf_counter()
-    with torch.inference_mode():
-        results, failures = _run(shapes, ops, providers, device, args.min_time)
+    try:  # restore the thread count: main() also runs inside other processes (the test suite)
+        torch.set_num_threads(args.threads or threads)
+        description = device_description(device)
+        n_cases = sum(len(_cases(s, ops, providers)) for s in shapes)
+        print(f"bench: {len(shapes)} shapes x {len(ops)} ops on {description}: {n_cases} cases, "
+              f"providers {', '.join(providers)}", file=sys.stderr)
+        with torch.inference_mode():
+            results, failures = _run(shapes, ops, providers, device, args.min_time)
+    finally:
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     fill_speedups(results)
     commit, date = git_commit(), datetime.now(timezone.utc).isoformat(timespec="seconds")
-    text = _document(results, failures, skipped, device, commit, date, seconds, load)
+    text = _document(results, failures, skipped, device, description, commit, date, seconds, load)
     print(text)
-    print("\n".join(_write(results, text, device, commit, date, args.out, not args.no_plot)), file=sys.stderr)
+    print("\n".join(_write(results, text, device, description, commit, date, args.out, not args.no_plot)),
+          file=sys.stderr)
     return 0 if results else 1

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # bench/ sits at the repository root; `python -m fastsample bench` runs from there
@@ -23,9 +24,11 @@ SHAPE = ["--shapes", "2x300", "--dists", "peaked"]
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    stdout = io.StringIO()
+    stdout, threads = io.StringIO(), torch.get_num_threads()
+    # One thread: on a busy CI machine a multi-threaded op can wait whole scheduler slices per call.
     with contextlib.redirect_stdout(stdout):
-        rc = cli_main(["bench", *SHAPE, "--min-time", "0", "--out", str(out)])
+        rc = cli_main(["bench", *SHAPE, "--min-time", "0", "--threads", "1", "--out", str(out)])
+    assert torch.get_num_threads() == threads  # the run gives the process its thread count back
     with (out / "cpu.csv").open(newline="") as f:
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
