@@ -69,8 +69,9 @@ def split(batch: int, vocab: int, device: torch.device) -> Grid:
         rows, block, hist_block = 1, BLOCK, HIST_BLOCK
     else:
         rows = min(pow2(batch), MAX_INTERPRETER_ROWS)
-        block = max(256, INTERPRETER_TILE // rows)
-        hist_block = max(64, INTERPRETER_HIST_TILE // (16 * rows))
+        # Tiles no longer than MIN_CHUNK, so that the chunk rounding below still splits long rows.
+        block = min(MIN_CHUNK, max(256, INTERPRETER_TILE // rows))
+        hist_block = min(block, max(64, INTERPRETER_HIST_TILE // (16 * rows)))
     tiles = triton.cdiv(batch, rows)
     wanted = triton.cdiv(PROGRAMS_PER_SM * _sm_count(device), max(tiles, 1))
     chunks = max(1, min(wanted, triton.cdiv(vocab, MIN_CHUNK)))

@@ -23,7 +23,7 @@ def partial_kernel(x_ptr, part_ptr, t_arr, t_val, B, V, chunk_len, C, HAS_T: tl.
     rmask = rows < B
     c = tl.program_id(1)
     t = row_param(t_arr, t_val, rows, rmask, tl.float32, HAS_T)
-    t = tl.where(t > 0, t, 1.0)[:, None]  # T == 0 and invalid rows only use the max and its count
+    t = tl.where(t > 0, t, 1.0)  # T == 0 and invalid rows only use the max and its count
     start = c * chunk_len
     end = tl.minimum(start + chunk_len, V)
     run_max = tl.full((R,), float("-inf"), tl.float32)
@@ -39,8 +39,8 @@ def partial_kernel(x_ptr, part_ptr, t_arr, t_val, B, V, chunk_len, C, HAS_T: tl.
         new_max = tl.maximum(run_max, tl.max(x, 1))
         finite = (new_max > float("-inf")) & (new_max < float("inf"))
         ref = tl.where(finite, new_max, 0.0)
-        scale = tl.where(run_max > float("-inf"), tl.exp((run_max - ref) / t[:, 0]), 0.0)
-        terms = tl.where(x > float("-inf"), tl.exp((x - ref[:, None]) / t), 0.0)
+        scale = tl.where(run_max > float("-inf"), tl.exp((run_max - ref) / t), 0.0)
+        terms = tl.where(x > float("-inf"), tl.exp((x - ref[:, None]) / t[:, None]), 0.0)
         run_sum = tl.where(finite, run_sum * scale + tl.sum(terms, 1), 0.0)
         count = tl.sum((x == new_max[:, None]).to(tl.float32), 1)
         run_count = tl.where(new_max > run_max, count, run_count + count)
