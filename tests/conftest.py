@@ -24,7 +24,7 @@ BACKENDS = ("cpu", "torch", "triton")
 _BACKEND_MODULES = {"cpu": "fastsample._C", "torch": "fastsample.reference", "triton": "fastsample.triton.ops"}
 # Every test shape/seed choice derives from these, so a failure names a reproducible case.
 ALL_VOCABS = (1, 2, 7, 1000, 32000, 128256, 262144)
-TRITON_VOCABS = (1, 2, 7, 100, 1000)
+TRITON_VOCABS = (1, 7, 100, 1000)
 
 
 def _missing_reason(backend: str) -> str | None:
@@ -70,7 +70,7 @@ class Sizes:
 def sizes(backend: str) -> Sizes:
     """The shapes every test uses on ``backend``."""
     if backend == "triton":
-        return Sizes(batch=4, vocabs=TRITON_VOCABS, draws=3000)
+        return Sizes(batch=3, vocabs=TRITON_VOCABS, draws=1000)
     return Sizes(batch=32, vocabs=ALL_VOCABS, draws=40000)
 
 

@@ -159,6 +159,17 @@ def test_explicit_generator(backend):
     assert torch.equal(a, fastsample.sampling_from_logits(logits, seed=s, backend=backend))
 
 
+def test_strided_seed_and_offset_tensors(backend):
+    """Per-row seed/offset tensors that are views (stride 0 from expand, or strided slices) give the same tokens
+    as contiguous copies: kernels must not assume unit stride (a drawn seed reaches them as an expand view)."""
+    logits = torch.randn(6, 100, generator=torch.Generator().manual_seed(2))
+    seed = torch.tensor([12345]).expand(6)
+    offset = torch.arange(12)[::2]
+    want = fastsample.sampling_from_logits(logits, seed=seed.contiguous(), offset=offset.contiguous(),
+                                           backend=backend)
+    assert torch.equal(fastsample.sampling_from_logits(logits, seed=seed, offset=offset, backend=backend), want)
+
+
 def test_batch_invariance_with_tensor_seeds(backend):
     """With per-row seeds a row's token depends only on its own seed, offset and logits: the same rows in
     another batch (permuted, and one by one) give the same tokens."""
