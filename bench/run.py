@@ -172,9 +172,9 @@ def _document(results, failures, skipped, device, description, commit, date, sec
              markdown_table(results, [op.name for op in OPS])]
     if busy:
         # With every core taken, a multi-threaded op waits for descheduled threads (whole scheduler slices).
-        parts[2:2] = [f"**Warning: the machine was busy (load {load:.1f} on {os.cpu_count()} cores): timings are "
+        parts[2:2] = ["", f"**Warning: the machine was busy (load {load:.1f} on {os.cpu_count()} cores): timings are "
                       f"inflated, multi-threaded ones often to multiples of the scheduler slice. Rerun on an idle "
-                      f"machine, or with --threads 1 for steadier (single-core) numbers.**", ""]
+                      f"machine, or with --threads 1 for steadier (single-core) numbers.**"]
     if device.type == "cpu":
         parts += ["", "### Targets (issues 2 and 6, fp32)", *target_lines(results)]
         if headline := headline_table(results):
