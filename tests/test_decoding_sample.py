@@ -12,7 +12,7 @@ from transformers.generation.logits_process import (
     TypicalLogitsWarper,
 )
 
-from fastsample.decoding import greedy_decode, left_pad, sample_decode
+from fastsample.decoding import greedy_decode, sample_decode
 from fastsample.processors import EntropyAdaptiveSampler, RepetitionPenalty, TypicalFilter
 from test_decoding_model import PAD, prompts, tiny_gpt2
 
