@@ -126,6 +126,8 @@ def info_kernel(stats_ptr, info_ptr, B, V, C, t_arr, t_val, k_arr, k_val, p_arr,
     nans = tl.sum(tl.load(st + 4, mask=cm, other=0.0), 1)
 
     t = row_param(t_arr, t_val, rows, rmask, tl.float32, HAS_T)
+    if not IS_LOGITS:
+        t = tl.zeros((R,), tl.float32) + 1.0  # temperature does not apply to probs (docs/ops.md "Weights")
     k = row_param(k_arr, k_val, rows, rmask, tl.int64, HAS_K)
     # Scalars p, min-p arrive as float32 (hi, lo) pairs so that float64 hi + lo keeps the caller's double.
     p = row_param(p_arr, p_hi, rows, rmask, tl.float64, HAS_P)
