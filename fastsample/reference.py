@@ -245,8 +245,9 @@ def sample(x: Tensor, is_logits: bool, temperature_arr: OptTensor, temperature_v
            seed: Tensor, offset: Tensor, return_logprobs: bool) -> tuple[Tensor, Tensor]:
     """One token per row: weights -> top-k -> top-p -> min-p -> inverse CDF with Philox draw 0.
 
-    Greedy rows (T == 0, logits only) take the lowest index of the row max; filters do not apply to them.
-    Invalid rows give token -1 and logprob NaN. logprobs is an empty float32 [0] unless return_logprobs.
+    Greedy rows (T == 0, logits only) take the lowest index of the row max; filters do not change their
+    token, but an out-of-range filter value still makes the row invalid. Invalid rows give token -1 and
+    logprob NaN. logprobs is an empty float32 [0] unless return_logprobs.
     """
     batch, _ = x.shape
     xf = x.to(torch.float32)
@@ -256,7 +257,7 @@ def sample(x: Tensor, is_logits: bool, temperature_arr: OptTensor, temperature_v
         temperature = torch.ones(batch, dtype=torch.float32, device=x.device)
     w, valid, greedy = _weights(xf, is_logits, temperature)
     kept, params_ok = _kept(xf, w, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val)
-    valid = valid & (params_ok | greedy)
+    valid = valid & params_ok
     kept_w = torch.where(kept | greedy.unsqueeze(1), w, 0.0)
     token, total = _inverse_cdf(kept_w, philox_uniform(seed, offset, 0))
     # torch.argmax returns the first maximal index, which is the lowest index on ties.

@@ -177,6 +177,10 @@ def test_out_of_range_row_parameters_give_minus_one_rows(backend):
     tokens = fastsample.sample(logits, min_p=more_min_p, seed=3, backend=backend)
     assert tokens[:2].tolist() == [-1, -1] and (tokens[2:] >= 0).all()
 
+    # Filters do not change a greedy row's token, but an out-of-range value still invalidates the row.
+    tokens = fastsample.sample(logits, 0.0, top_p=top_p, min_p=more_min_p, seed=3, backend=backend)
+    assert tokens.tolist() == [-1, -1, *logits[2:4].argmax(dim=1).tolist(), -1, -1, -1, logits[7].argmax().item()]
+
 
 def test_out_of_range_row_parameters_in_softmax_and_renorm(backend):
     logits = torch.tensor([[1.0, 3.0, 3.0], [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
