@@ -14,10 +14,10 @@ CUDA_SOURCES = sorted(glob.glob("csrc/cuda/*.cu"))
 WITH_CUDA = (torch.version.cuda is not None and shutil.which("nvcc") is not None
              and bool(CUDA_SOURCES) and os.environ.get("FASTSAMPLE_NO_CUDA") != "1")
 
-# No -march: the CPU kernels pick AVX-512 / AVX2 / SSE code at run time (csrc/cpu/simd.h), so one build
+# C++20: torch 2.13's headers use it. No -march: the CPU kernels pick AVX-512 / AVX2 / SSE code at run time (csrc/cpu/simd.h), so one build
 # runs on any x86-64.
-cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo",
+cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
+nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
               "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
 

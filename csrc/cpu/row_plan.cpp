@@ -28,14 +28,14 @@ float smallest_kept(float guess, Keep keep) {
 }
 
 // min-p as a threshold on the token value: keep iff w >= min_p * max w, decided in double like the oracle.
-float min_p_threshold(const RowPlan& plan, const RowParams& p) {
+float min_p_threshold(float row_max, const RowParams& p) {
   if (p.min_p <= 0.0) return -kInf;
-  if (plan.wt.is_exp) {
-    const double m = plan.wt.max, t = p.temperature, log_min_p = std::log(p.min_p);
+  if (p.is_logits) {
+    const double m = row_max, t = p.temperature, log_min_p = std::log(p.min_p);
     return smallest_kept(static_cast<float>(m + t * log_min_p),
                          [&](float v) { return (static_cast<double>(v) - m) / t >= log_min_p; });
   }
-  const double bound = p.min_p * static_cast<double>(plan.wt.max);
+  const double bound = p.min_p * static_cast<double>(row_max);
   return smallest_kept(static_cast<float>(bound), [&](float v) { return static_cast<double>(v) >= bound; });
 }
 
@@ -55,19 +55,23 @@ float walk_top_p_groups(std::vector<Token>& tokens, Weight weight, bool row_top,
   return theta;
 }
 
-// Sub-digits of a weight's bits below the 11 bits of mass_bucket: refinement levels 1 and 2.
-inline int sub_bucket(float w, int level) {
-  uint32_t bits;
-  std::memcpy(&bits, &w, sizeof bits);
-  return level == 1 ? static_cast<int>((bits >> 9) & 0x7FFu) : static_cast<int>(bits & 0x1FFu);
+// Lower digits of a value's key below the kMassShift bits of key_bucket: refinement levels 1 and 2.
+inline int sub_bucket(float x, int level) {
+  const uint32_t key = float_key(x);
+  return level == 1 ? static_cast<int>((key >> 10) & 0x7FFu) : static_cast<int>(key & 0x3FFu);
 }
 
+struct Valued {
+  float x;
+  double w;
+};
+
 // Within the boundary bucket's tokens, narrows to the sub-bucket holding the boundary while there are
-// many tokens (ties of value keep identical bits, so they never split), then walks groups exactly.
-float refine_top_p(std::vector<WeightedToken>& tokens, bool row_top, double target, double& cum) {
+// many tokens (equal values share every key digit, so ties never split), then walks groups exactly.
+float refine_top_p(std::vector<Valued>& tokens, bool row_top, double target, double& cum) {
   for (int level = 1; level <= 2 && tokens.size() > 2048; ++level) {
     std::vector<double> hist(2048, 0.0);
-    for (const WeightedToken& t : tokens) hist[sub_bucket(t.w, level)] += t.w;
+    for (const Valued& t : tokens) hist[sub_bucket(t.x, level)] += t.w;
     int boundary = -1;
     for (int d = 2047; d >= 0; --d) {
       if (hist[d] == 0.0) continue;
@@ -77,45 +81,38 @@ float refine_top_p(std::vector<WeightedToken>& tokens, bool row_top, double targ
       cum += hist[d];
     }
     tokens.erase(std::remove_if(tokens.begin(), tokens.end(),
-                                [&](const WeightedToken& t) { return sub_bucket(t.w, level) != boundary; }),
+                                [&](const Valued& t) { return sub_bucket(t.x, level) != boundary; }),
                  tokens.end());
   }
-  return walk_top_p_groups(tokens, [](const WeightedToken& t) { return static_cast<double>(t.w); }, row_top,
-                           target, cum);
+  return walk_top_p_groups(tokens, [](const Valued& t) { return t.w; }, row_top, target, cum);
 }
 
-// Top-p over the whole row (top-k off): a histogram of mass over weight buckets finds the bucket holding
-// the boundary, then only that bucket's tokens are gathered and refined. Returns theta; sets mass.
-float dense_top_p(const float* x, int64_t n, const RowPlan& plan, double top_p, int nseg, double& mass) {
-  std::vector<double> hists(static_cast<size_t>(nseg) * kMassBuckets, 0.0);
-  std::vector<double> totals(nseg, 0.0);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    totals[s] = mass_histogram(x + lo, hi - lo, plan.wt, &hists[static_cast<size_t>(s) * kMassBuckets]);
-  });
-  double total = 0.0;
-  for (int s = 0; s < nseg; ++s) total += totals[s];
-  for (int s = 1; s < nseg; ++s) {
-    for (int b = 0; b < kMassBuckets; ++b) hists[b] += hists[static_cast<size_t>(s) * kMassBuckets + b];
-  }
+// Top-p over the whole row (top-k off), from the mass histogram of the first pass: the bucket holding the
+// boundary is found by walking buckets from the top, then only its tokens are gathered and refined.
+// Returns theta and sets mass to the kept weight.
+float dense_top_p(const float* x, int64_t n, const RowPlan& plan, const double* hist, double total, double top_p,
+                  int nseg, double& mass) {
   const double target = top_p * total;
   double cum = 0.0;
   int boundary = -1;
   bool row_top = true;  // stays true while the boundary is the first non-empty bucket
   for (int b = kMassBuckets - 1; b >= 0; --b) {
-    if (hists[b] == 0.0) continue;
+    if (hist[b] == 0.0) continue;
     if (boundary >= 0) row_top = false;
     boundary = b;
-    if (!(cum + hists[b] < target)) break;
-    cum += hists[b];
+    if (!(cum + hist[b] < target)) break;
+    cum += hist[b];
   }
-  std::vector<std::vector<WeightedToken>> parts(nseg);
+  std::vector<std::vector<float>> values(nseg);
+  std::vector<std::vector<int64_t>> indices(nseg);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    gather_bucket(x + lo, hi - lo, lo, plan.wt, boundary, parts[s]);
+    gather_key_bucket(x + lo, hi - lo, lo, boundary, values[s], indices[s]);
   });
-  std::vector<WeightedToken> tokens;
-  for (auto& part : parts) tokens.insert(tokens.end(), part.begin(), part.end());
+  std::vector<Valued> tokens;
+  for (const auto& part : values) {
+    for (float v : part) tokens.push_back({v, token_weight(plan, v)});
+  }
   const float theta = refine_top_p(tokens, row_top, target, cum);
   mass = cum;
   return theta;
@@ -126,10 +123,6 @@ void plan_listed(RowPlan& plan, std::vector<Candidate>& cands, const RowParams& 
   float theta = kth_largest(cands, p.top_k);
   drop_below(cands, theta);
   if (p.top_p < 1.0) {
-    struct Valued {
-      float x;
-      double w;
-    };
     std::vector<Valued> sorted;
     sorted.reserve(cands.size());
     double total = 0.0;
@@ -173,6 +166,40 @@ int64_t count_equal(const float* x, int64_t n, float value, int nseg) {
   return total;
 }
 
+// Stats of the whole row through `stats(s)` per segment; returns false for a NaN row.
+template <class Stats>
+bool merge_stats(int nseg, Stats stats, float& mx, float& mn) {
+  mx = -kInf;
+  mn = kInf;
+  for (int s = 0; s < nseg; ++s) {
+    if (stats(s).has_nan) return false;
+    mx = std::max(mx, stats(s).max);
+    mn = std::min(mn, stats(s).min);
+  }
+  return true;
+}
+
+// Rows decided by their stats alone: invalid, +inf tokens, greedy. Returns true if the plan is final.
+bool plan_from_stats(RowPlan& plan, const float* x, int64_t n, const RowParams& p, float mx, float mn, int nseg,
+                     bool count_maxima) {
+  if (p.is_logits) {
+    if (mx == -kInf) return true;
+    if (mx == kInf) {  // the +inf tokens share the mass
+      plan.kind = RowPlan::kUniformInf;
+      plan.count = count_equal(x, n, mx, nseg);
+      return true;
+    }
+    if (p.temperature == 0.0f) {
+      plan.kind = RowPlan::kGreedy;
+      plan.first = first_equal(x, n, mx);
+      if (count_maxima) plan.count = count_equal(x, n, mx, nseg);
+      return true;
+    }
+    return false;
+  }
+  return mn < 0.0f || mx == kInf || !(mx > 0.0f);  // probs: negative, infinite or all zero
+}
+
 }  // namespace
 
 int segments_for(int64_t batch, int64_t n) {
@@ -190,69 +217,71 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
   RowPlan plan;
   if (!params_valid(p)) return plan;
   const bool greedy = p.is_logits && p.temperature == 0.0f;
-  const bool use_k = !greedy && p.top_k > 0 && p.top_k < n;
-
-  std::vector<SpanStats> stats(nseg);
-  std::vector<std::vector<Candidate>> parts(use_k ? nseg : 0);
-  std::vector<float> block_max(use_k ? n / kBlock + nseg + 1 : 0);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    stats[s] = use_k ? collect_candidates(x + lo, hi - lo, lo, p.top_k, block_max.data() + lo / kBlock + s,
-                                          parts[s])
-                     : span_stats(x + lo, hi - lo);
-  });
-  float mx = -kInf, mn = kInf;
-  for (const SpanStats& st : stats) {
-    if (st.has_nan) return plan;
-    mx = std::max(mx, st.max);
-    mn = std::min(mn, st.min);
-  }
-  if (p.is_logits) {
-    if (mx == -kInf) return plan;
-    if (mx == kInf) {  // the +inf tokens share the mass
-      plan.kind = RowPlan::kUniformInf;
-      plan.count = count_equal(x, n, mx, nseg);
-      return plan;
-    }
-    if (greedy) {
-      plan.kind = RowPlan::kGreedy;
-      plan.first = first_equal(x, n, mx);
-      if (count_maxima) plan.count = count_equal(x, n, mx, nseg);
-      return plan;
-    }
-  } else if (mn < 0.0f || mx == kInf || !(mx > 0.0f)) {
-    return plan;
-  }
-
-  plan.kind = RowPlan::kThreshold;
+  const float inv_t = p.is_logits ? 1.0f / p.temperature : 1.0f;
   plan.temperature = p.is_logits ? p.temperature : 1.0;
-  plan.wt = {p.is_logits, mx, p.is_logits ? 1.0f / p.temperature : 1.0f};
-  const float theta_min_p = min_p_threshold(plan, p);
-  if (use_k) {
+  float mx, mn;
+
+  if (greedy || (p.top_k > 0 && p.top_k < n)) {  // first pass: stats, and top-k candidates
+    std::vector<SpanStats> stats(nseg);
+    std::vector<std::vector<Candidate>> parts(greedy ? 0 : nseg);
+    std::vector<float> block_max(greedy ? 0 : n / kBlock + nseg + 1);
+    for_segments(nseg, [&](int s) {
+      const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+      stats[s] = greedy ? span_stats(x + lo, hi - lo)
+                        : collect_candidates(x + lo, hi - lo, lo, p.top_k, block_max.data() + lo / kBlock + s,
+                                             parts[s]);
+    });
+    if (!merge_stats(nseg, [&](int s) { return stats[s]; }, mx, mn)) return plan;
+    if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
+    plan.kind = RowPlan::kThreshold;
+    plan.wt = {p.is_logits, mx, inv_t};
     std::vector<Candidate> cands;
     for (auto& part : parts) cands.insert(cands.end(), part.begin(), part.end());
-    plan_listed(plan, cands, p, theta_min_p);
+    plan_listed(plan, cands, p, min_p_threshold(mx, p));
     return plan;
   }
-  float theta = -kInf;
-  bool mass_known = false;
-  if (p.top_p < 1.0) {
-    theta = dense_top_p(x, n, plan, p.top_p, nseg, plan.mass);
-    mass_known = true;
+
+  // First pass without top-k: stats, the weight sum and, for top-p, the mass histogram, in one read.
+  const bool use_p = p.top_p < 1.0;
+  std::vector<OnlinePass> passes(nseg);
+  std::vector<double> hists(use_p ? static_cast<size_t>(nseg) * kMassBuckets : 0, 0.0);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    online_pass(x + lo, hi - lo, p.is_logits, inv_t, passes[s],
+                use_p ? &hists[static_cast<size_t>(s) * kMassBuckets] : nullptr);
+  });
+  if (!merge_stats(nseg, [&](int s) { return passes[s]; }, mx, mn)) return plan;
+  if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
+  // Segments summed weights against their own references: bring them to the largest one.
+  float ref = mx;
+  if (p.is_logits) {
+    for (const OnlinePass& pass : passes) ref = std::max(ref, pass.ref);
   }
+  double total = 0.0;
+  for (int s = 0; s < nseg; ++s) {
+    const double scale = p.is_logits ? std::exp((static_cast<double>(passes[s].ref) - ref) * inv_t) : 1.0;
+    total += passes[s].sum * scale;
+    for (size_t b = 0; use_p && b < kMassBuckets; ++b) {
+      hists[b] = (s == 0 ? 0.0 : hists[b]) + hists[static_cast<size_t>(s) * kMassBuckets + b] * scale;
+    }
+  }
+  plan.kind = RowPlan::kThreshold;
+  plan.wt = {p.is_logits, ref, inv_t};
+  plan.mass = total;
+  float theta = -kInf;
+  if (use_p) theta = dense_top_p(x, n, plan, hists.data(), total, p.top_p, nseg, plan.mass);
+  const float theta_min_p = min_p_threshold(mx, p);
   if (theta_min_p > theta) {
     theta = theta_min_p;
-    mass_known = false;
-  }
-  plan.theta = theta;
-  if (!mass_known) {
     std::vector<double> sums(nseg, 0.0);
     for_segments(nseg, [&](int s) {
       const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
       sums[s] = kept_weight_sum(x + lo, hi - lo, plan.wt, theta);
     });
+    plan.mass = 0.0;
     for (double v : sums) plan.mass += v;
   }
+  plan.theta = theta;
   return plan;
 }
 

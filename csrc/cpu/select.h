@@ -19,14 +19,6 @@ struct Candidate {
   int64_t index;
 };
 
-// Order-preserving map of a non-NaN float to uint32 (-0 and +0 map to the same key).
-inline uint32_t float_key(float x) {
-  x += 0.0f;  // -0 -> +0
-  uint32_t u;
-  std::memcpy(&u, &x, sizeof u);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-
 inline float key_float(uint32_t key) {
   const uint32_t u = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
   float x;

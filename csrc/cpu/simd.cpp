@@ -74,22 +74,69 @@ FS_MULTIVERSION SpanStats span_stats(const float* x, int64_t n) {
   return {mx, mn, nan != 0};
 }
 
-FS_MULTIVERSION void online_exp_sum(const float* x, int64_t n, float inv_t, float& max, double& sum) {
-  for (int64_t b = 0; b < n; b += 4 * kBlock) {
-    const int64_t len = n - b < 4 * kBlock ? n - b : 4 * kBlock;
+FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& st,
+                                 double* hist) {
+  // Long spans use two interleaved histograms: consecutive tokens in one bucket would otherwise chain
+  // every add on the previous store. Merged into hist at the end.
+  static thread_local double pair[2][kMassBuckets];
+  const bool split = hist && n >= 8 * kMassBuckets;
+  double* h[2] = {hist, hist};
+  if (split) {
+    std::memset(pair, 0, sizeof pair);
+    h[0] = pair[0];
+    h[1] = pair[1];
+  }
+  const float slack = 8.0f / inv_t;  // new references sit 8 temperatures above the block max
+  float w[kBlock];
+  for (int64_t b = 0; b < n; b += kBlock) {
+    const int64_t len = n - b < kBlock ? n - b : kBlock;
     const float* xb = x + b;
-    float bmax = -kInf;
-#pragma omp simd reduction(max : bmax)
-    for (int64_t i = 0; i < len; ++i) bmax = xb[i] > bmax ? xb[i] : bmax;
-    if (bmax > max) {  // rescale what was summed so far to the new max
-      sum *= exp_nonpositive((max - bmax) * inv_t);
-      max = bmax;
+    float bmax = -kInf, bmin = kInf;
+    int nan = 0;
+#pragma omp simd reduction(max : bmax) reduction(min : bmin) reduction(| : nan)
+    for (int64_t i = 0; i < len; ++i) {
+      nan |= xb[i] != xb[i];
+      bmax = xb[i] > bmax ? xb[i] : bmax;
+      bmin = xb[i] < bmin ? xb[i] : bmin;
     }
-    const float m = max;
+    st.has_nan |= nan != 0;
+    st.max = bmax > st.max ? bmax : st.max;
+    st.min = bmin < st.min ? bmin : st.min;
+    if (st.has_nan || st.max == kInf) continue;  // such rows are decided by their stats alone
     float s = 0.0f;
+    if (is_exp) {
+      if (bmax > st.ref) {
+        const float ref = bmax + slack;
+        const double scale = std::exp(static_cast<double>(st.ref - ref) * inv_t);  // 0 from -inf
+        st.sum *= scale;
+        if (hist) {
+          for (int k = 0; k < kMassBuckets; ++k) h[0][k] *= scale;
+          if (split) {
+            for (int k = 0; k < kMassBuckets; ++k) h[1][k] *= scale;
+          }
+        }
+        st.ref = ref;
+      }
+      const float ref = st.ref;
 #pragma omp simd reduction(+ : s)
-    for (int64_t i = 0; i < len; ++i) s += exp_nonpositive((xb[i] - m) * inv_t);
-    sum += s;
+      for (int64_t i = 0; i < len; ++i) {
+        w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
+        s += w[i];
+      }
+    } else {
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < len; ++i) {
+        w[i] = xb[i];
+        s += w[i];
+      }
+    }
+    st.sum += s;
+    if (hist) {
+      for (int64_t i = 0; i < len; ++i) h[i & 1][key_bucket(xb[i])] += w[i];
+    }
+  }
+  if (split) {
+    for (int k = 0; k < kMassBuckets; ++k) hist[k] += pair[0][k] + pair[1][k];
   }
 }
 
@@ -147,17 +194,6 @@ FS_MULTIVERSION int64_t find_crossing(const float* x, int64_t n, Weighting wt, f
   return -1;
 }
 
-FS_MULTIVERSION double mass_histogram(const float* x, int64_t n, Weighting wt, double* hist) {
-  double total = 0.0;
-  float w[kBlock];
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t len = n - b < kBlock ? n - b : kBlock;
-    total += block_kept_weights(x + b, len, wt, -kInf, w);
-    for (int64_t i = 0; i < len; ++i) hist[mass_bucket(w[i])] += w[i];
-  }
-  return total;
-}
-
 FS_MULTIVERSION void write_kept_weights(const float* x, int64_t n, Weighting wt, float theta, float scale,
                                         float* out) {
   for (int64_t b = 0; b < n; b += kBlock) {
@@ -187,18 +223,19 @@ FS_MULTIVERSION SpanStats block_maxima(const float* x, int64_t n, float* block_m
   return {mx, mn, nan != 0};
 }
 
-FS_MULTIVERSION void gather_bucket(const float* x, int64_t n, int64_t base, Weighting wt, int bucket,
-                                   std::vector<WeightedToken>& out) {
-  float w[kBlock];
+FS_MULTIVERSION void gather_key_bucket(const float* x, int64_t n, int64_t base, int bucket,
+                                       std::vector<float>& values, std::vector<int64_t>& indices) {
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t len = n - b < kBlock ? n - b : kBlock;
-    block_kept_weights(x + b, len, wt, -kInf, w);
     int hits = 0;
 #pragma omp simd reduction(+ : hits)
-    for (int64_t i = 0; i < len; ++i) hits += mass_bucket(w[i]) == bucket;
+    for (int64_t i = 0; i < len; ++i) hits += key_bucket(x[b + i]) == bucket;
     if (hits == 0) continue;
     for (int64_t i = 0; i < len; ++i) {
-      if (mass_bucket(w[i]) == bucket) out.push_back({x[b + i], w[i], base + b + i});
+      if (key_bucket(x[b + i]) == bucket) {
+        values.push_back(x[b + i]);
+        indices.push_back(base + b + i);
+      }
     }
   }
 }

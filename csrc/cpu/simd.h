@@ -25,25 +25,36 @@ struct SpanStats {
 
 SpanStats span_stats(const float* x, int64_t n);
 
-// Online softmax normaliser over a span: on return `max` is the span max and `sum` = sum exp((x-max)*inv_t),
-// both updated from their input values (start with -inf, 0). One read of x. Undefined if the span holds
-// +inf or NaN: callers check span_stats or handle those rows first.
-void online_exp_sum(const float* x, int64_t n, float inv_t, float& max, double& sum);
+// State of the fused first pass over a span (online softmax normaliser + stats + mass histogram).
+// Logit weights are taken relative to a reference `ref` >= every value seen, raised with some slack
+// whenever a block exceeds it (the running sum and histogram are rescaled then), so weights never exceed
+// 1 and rescales are rare even for ascending inputs. Start from OnlinePass{} and merge spans with
+// `merge_online`.
+struct OnlinePass {
+  float max = -__builtin_inff();
+  float min = __builtin_inff();
+  bool has_nan = false;
+  float ref = -__builtin_inff();  // logits: the weights are exp((x - ref) * inv_t); probs: unused
+  double sum = 0.0;               // sum of the weights
+};
 
-// sum of the weights, and (if w != nullptr) the weights themselves stored to w.
-double weight_sum(const float* x, int64_t n, Weighting wt, float* w);
+// One read of x: stats, the weight sum and (if hist != nullptr) the weight of each mass bucket
+// (kMassBuckets doubles, indexed by key_bucket(x), zero on entry). Spans holding +inf or NaN get
+// stats only.
+void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& state, double* hist);
 
 // sum of the weights of the tokens with x >= theta.
 double kept_weight_sum(const float* x, int64_t n, Weighting wt, float theta);
 
+// sum of the weights, and (if w != nullptr) the weights themselves stored to w.
+double weight_sum(const float* x, int64_t n, Weighting wt, float* w);
+
 // Inverse-CDF step over a span: adds the kept weights (x >= theta) to `cum` in index order and returns
 // the first index at which cum > target, or -1 (cum then holds the span's total added). `last_kept` gets
-// the last kept index seen (or stays as passed in), the fallback where float rounding never crosses.
+// the last kept index of positive weight seen (or stays as passed in), the fallback where float rounding
+// never crosses.
 int64_t find_crossing(const float* x, int64_t n, Weighting wt, float theta, double target, double& cum,
                       int64_t& last_kept);
-
-// Adds each token's weight to hist[mass_bucket(w)] (kMassBuckets doubles) and returns the total weight.
-double mass_histogram(const float* x, int64_t n, Weighting wt, double* hist);
 
 // Writes out[i] = (x[i] >= theta ? weight(x[i]) * scale : 0).
 void write_kept_weights(const float* x, int64_t n, Weighting wt, float theta, float scale, float* out);
@@ -55,23 +66,22 @@ constexpr int64_t kBlock = 64;
 // filter skip whole blocks below its running threshold without a branch per element.
 SpanStats block_maxima(const float* x, int64_t n, float* block_max);
 
-struct WeightedToken {
-  float x;  // the token's value (logit or prob)
-  float w;  // its weight
-  int64_t index;
-};
-
-// Appends every token of the span whose weight falls in mass bucket `bucket` (index = base + position).
-void gather_bucket(const float* x, int64_t n, int64_t base, Weighting wt, int bucket,
-                   std::vector<WeightedToken>& out);
-
-// Probability-mass buckets: bits 30..20 of a non-negative float (8 exponent bits, 3 mantissa bits -> 1/8
-// relative width); monotone in the weight, so in the token's value.
-constexpr int kMassBuckets = 2048;
-inline int mass_bucket(float w) {
-  uint32_t bits;
-  __builtin_memcpy(&bits, &w, sizeof bits);
-  return static_cast<int>(bits >> 20);
+// Order-preserving map of a non-NaN float to uint32 (-0 and +0 map to the same key).
+inline uint32_t float_key(float x) {
+  x += 0.0f;  // -0 -> +0
+  uint32_t u;
+  __builtin_memcpy(&u, &x, sizeof u);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
+
+// Probability-mass buckets: the top 11 bits of a token value's key (sign, 8 exponent bits, 2 mantissa
+// bits). Monotone in the value, hence in the weight, and exact on ties; no weight is needed to bucket.
+constexpr int kMassBuckets = 2048;
+constexpr int kMassShift = 21;
+inline int key_bucket(float x) { return static_cast<int>(float_key(x) >> kMassShift); }
+
+// Appends (value, base + i) for every token of the span with key_bucket(x) == bucket, in index order.
+void gather_key_bucket(const float* x, int64_t n, int64_t base, int bucket, std::vector<float>& values,
+                       std::vector<int64_t>& indices);
 
 }  // namespace fastsample::cpu

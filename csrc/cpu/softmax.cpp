@@ -68,7 +68,8 @@ at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>&
   return out;
 }
 
-// log(sum(exp(x))) per row in one read of the logits. NaN rows give NaN, rows with +inf give +inf.
+// log(sum(exp(x))) per row in one read of the logits. NaN rows give NaN, rows with +inf give +inf,
+// rows of -inf give -inf.
 at::Tensor logsumexp(const at::Tensor& logits_in) {
   const at::Tensor x = float_rows(logits_in, "logits", true);
   const int64_t batch = x.size(0), vocab = x.size(1);
@@ -77,16 +78,25 @@ at::Tensor logsumexp(const at::Tensor& logits_in) {
   float* op = out.data_ptr<float>();
   const int nseg = segments_for(batch, vocab);
   for_rows(batch, nseg, [&](int64_t b) {
-    std::vector<float> maxima(nseg, -kInf);
-    std::vector<double> sums(nseg, 0.0);
+    std::vector<OnlinePass> passes(nseg);
     for_segments(nseg, [&](int s) {
       const int64_t lo = segment_begin(vocab, nseg, s), hi = segment_begin(vocab, nseg, s + 1);
-      online_exp_sum(xp + b * vocab + lo, hi - lo, 1.0f, maxima[s], sums[s]);
+      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, passes[s], nullptr);
     });
-    const float mx = *std::max_element(maxima.begin(), maxima.end());
+    float mx = -kInf, ref = -kInf;
+    bool nan = false;
+    for (const OnlinePass& pass : passes) {
+      nan |= pass.has_nan;
+      mx = std::max(mx, pass.max);
+      ref = std::max(ref, pass.ref);
+    }
     double total = 0.0;
-    for (int s = 0; s < nseg; ++s) total += sums[s] * std::exp(static_cast<double>(maxima[s]) - mx);
-    op[b] = (mx == kInf || mx == -kInf) ? mx : static_cast<float>(mx + std::log(total));
+    for (const OnlinePass& pass : passes) total += pass.sum * std::exp(static_cast<double>(pass.ref) - ref);
+    if (nan) {
+      op[b] = std::numeric_limits<float>::quiet_NaN();
+    } else {
+      op[b] = (mx == kInf || mx == -kInf) ? mx : static_cast<float>(ref + std::log(total));
+    }
   });
   return out;
 }
