@@ -68,7 +68,9 @@ def philox_uniform(seed: Tensor, offset: Tensor, draw: Tensor | int) -> Tensor:
     -------
     float32 Tensor in [0, 1) of the broadcast shape.
     """
-    draw = torch.as_tensor(draw, dtype=torch.int64, device=seed.device)
+    # torch.full fills on the device; torch.as_tensor(int) would copy from the host (bad in a CUDA graph).
+    if not isinstance(draw, torch.Tensor):
+        draw = torch.full((), draw, dtype=torch.int64, device=seed.device)
     zero = torch.zeros((), dtype=torch.int64, device=seed.device)
     # & and arithmetic >> on int64 give the two's-complement words of negative seeds/offsets too.
     word0, _, _, _ = philox4x32_10(offset & _MASK32, (offset >> 32) & _MASK32, draw & _MASK32, zero,
