@@ -144,7 +144,8 @@ def _kept(x: Tensor, w: Tensor, top_k_arr: OptTensor, top_k_val: int, top_p_arr:
     device = x.device
     kept = torch.ones_like(x, dtype=torch.bool)
     top_k = _row_param(top_k_arr, top_k_val, batch, torch.int64, device)
-    top_p = _row_param(top_p_arr, top_p_val, batch, torch.float64, device)
+    # Scalars are rounded to float32 like the tensor form, so both forms (and every backend) agree.
+    top_p = _row_param(top_p_arr, top_p_val, batch, torch.float32, device).to(torch.float64)
     min_p = _row_param(min_p_arr, min_p_val, batch, torch.float32, device)
     params_ok = (top_p >= 0) & (top_p <= 1) & (min_p >= 0) & (min_p <= 1)  # NaN compares False
 
