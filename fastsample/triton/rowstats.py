@@ -50,7 +50,7 @@ def weights(x, row_max, temperature, IS_LOGITS: tl.constexpr):
     exp((x - max) / T) for logits (1 on the +inf entries, 0 elsewhere, when the row has a +inf), x for probs."""
     if IS_LOGITS:
         t = tl.where(temperature > 0, temperature, 1.0)
-        finite_max = (x * 0.0 + row_max) < float("inf")
+        finite_max = (tl.zeros_like(x) + row_max) < float("inf")
         shifted = tl.where(finite_max & (x > float("-inf")), x - tl.where(finite_max, row_max, 0.0), float("-inf"))
         w = tl.where(finite_max, tl.exp(shifted / t), tl.where(x == float("inf"), 1.0, 0.0))
     else:
@@ -139,7 +139,7 @@ def info_kernel(stats_ptr, info_ptr, B, V, C, t_arr, t_val, k_arr, k_val, p_arr,
 
     if IS_LOGITS:
         has_mass = row_max > float("-inf")
-        wmax = row_max * 0.0 + 1.0
+        wmax = tl.zeros_like(row_max) + 1.0
     else:
         has_mass = row_max > 0
         wmax = row_max

@@ -91,7 +91,8 @@ def sample(x: torch.Tensor, is_logits: bool, temperature_arr, temperature_val: f
     batch, vocab = x.shape
     kept = KeptSet(x, is_logits, temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr, top_p_val,
                    min_p_arr, min_p_val)
-    tokens = torch.empty(batch, dtype=torch.int64, device=x.device)
+    # -1 up front: a row no program claims (impossible unless the masses are corrupt) never leaves garbage.
+    tokens = torch.full((batch,), -1, dtype=torch.int64, device=x.device)
     logprobs = torch.empty(batch if return_logprobs else 0, dtype=torch.float32, device=x.device)
     wrap_triton(pick_kernel)[kept.grid.grid](
         x, kept.info, kept.mass, *kept.chain_args(), seed, offset, tokens, logprobs if return_logprobs else tokens,
