@@ -50,7 +50,7 @@ def row_seeds(
     else:
         gen_device = generator.device if generator is not None else device
         drawn = torch.randint(0, _SEED_HIGH, (1,), generator=generator, device=gen_device, dtype=torch.int64)
-        seed_t = drawn.to(device).expand(batch)
+        seed_t = drawn.to(device).expand(batch).contiguous()  # kernels may index it per row
 
     if isinstance(offset, torch.Tensor):
         return seed_t, _check_row_tensor("offset", offset, batch, device)

@@ -106,7 +106,7 @@ def _weights(x: Tensor, is_logits: bool, temperature: Tensor) -> tuple[Tensor, T
         valid = ~has_nan & (x >= 0).all(dim=1) & ~(x == _INF).any(dim=1) & (x > 0).any(dim=1)
         return x, valid, torch.zeros_like(valid)
     row_max = x.amax(dim=1, keepdim=True)
-    valid = ~has_nan & (row_max.squeeze(1) > -_INF) & (temperature >= 0)  # NaN T compares False
+    valid = ~has_nan & (row_max.squeeze(1) > -_INF) & (temperature >= 0) & (temperature < _INF)  # NaN T compares False
     greedy = temperature == 0
     positive_t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
     w = torch.exp((x - row_max) / positive_t.unsqueeze(1))

@@ -88,8 +88,9 @@ def _row_param(name: str, value, batch: int, device: torch.device, lo: float, hi
     if integer:
         return None, int(value)
     value = float(value)
-    if math.isnan(value) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    if not (math.isfinite(value) and lo <= value <= hi):
+        bounds = f"[{lo}, inf)" if hi == math.inf else f"[{lo}, {hi}]"
+        raise ValueError(f"{name} must be in {bounds}, got {value}")
     return None, value
 
 
@@ -119,7 +120,7 @@ def softmax(logits: Tensor, temperature: float | Tensor | None = None, *, backen
     ----------
     logits : Tensor [B, V], float32/float16/bfloat16.
     temperature : float or Tensor [B], optional. Divides the logits; 0 gives the uniform distribution over
-        the row's maxima (the limit T -> 0). A negative or NaN tensor entry gives a NaN row.
+        the row's maxima (the limit T -> 0). A negative, infinite or NaN tensor entry gives a NaN row.
 
     Returns
     -------
@@ -234,7 +235,7 @@ def sample(logits: Tensor, temperature: float | Tensor = 1.0, top_k: int | Tenso
     Parameters
     ----------
     logits : Tensor [B, V], float32/float16/bfloat16.
-    temperature : float or Tensor [B]; 0 means greedy for that row. A negative/NaN tensor entry -> -1 row.
+    temperature : float or Tensor [B]; 0 means greedy for that row. A negative, infinite or NaN tensor entry -> -1 row.
     top_k : int or Tensor [B]; <= 0 or >= V disables it.
     top_p : float or Tensor [B] in [0, 1]; 1 disables it, 0 keeps the most probable token(s).
     min_p : float or Tensor [B] in [0, 1]; 0 disables it.

@@ -100,7 +100,7 @@ def _weights(x: np.ndarray, is_logits: bool, temperature: float) -> np.ndarray |
         if (x < 0).any() or np.isinf(x).any() or x.sum() == 0:
             return None
         return x.copy()
-    if not temperature >= 0:  # also catches NaN
+    if not 0 <= temperature < np.inf:  # also catches NaN
         return None
     m = x.max()
     if m == -np.inf:
@@ -187,7 +187,7 @@ def _inverse_cdf(w: np.ndarray, u: float, tol: float) -> tuple[int, float, set[i
 
 # ---------------------------------------------------------------------------------------------- ops
 def softmax(logits, temperature=1.0) -> np.ndarray:
-    """``w / sum(w)`` per row (docs/ops.md "softmax"); invalid rows (NaN, all -inf, T < 0 or NaN) are NaN."""
+    """``w / sum(w)`` per row (docs/ops.md "softmax"); invalid rows (NaN, all -inf, T < 0, +inf or NaN) are NaN."""
     logits = _matrix(logits)
     temps = _rows(temperature, logits.shape[0], np.float64)
     out = np.full(logits.shape, np.nan)

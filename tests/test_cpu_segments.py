@@ -57,3 +57,16 @@ def test_split_row_renorm_softmax_topk():
         assert torch.equal(i[0], indices[b]) and torch.equal(v[0], values[b])
         torch.testing.assert_close(torch.ops.fastsample.logsumexp(logits[b:b + 1])[0], lse[b])
     torch.testing.assert_close(lse, torch.logsumexp(logits.double(), -1).float())
+
+
+def test_leading_masked_blocks():
+    """Rows whose first blocks are all -inf (logits already masked) weigh those tokens 0, on every path."""
+    logits = _rows(2)
+    masked = fastsample.top_k_mask_logits(logits, 300, backend="cpu")
+    masked[:, :5000] = float("-inf")
+    seeds = torch.tensor([3, 4])
+    for params in ({}, dict(top_p=0.9), dict(min_p=0.2), dict(top_p=0.8, min_p=0.01)):
+        ours = fastsample.sample(masked, **params, seed=seeds, backend="cpu")
+        ref = fastsample.sample(masked, **params, seed=seeds, backend="torch")
+        assert torch.equal(ours, ref), params
+        assert bool((masked.gather(1, ours[:, None]) > float("-inf")).all())

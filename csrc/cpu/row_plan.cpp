@@ -13,7 +13,7 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 bool params_valid(const RowParams& p) {
-  const bool t_ok = !p.is_logits || p.temperature >= 0.0f;  // false for NaN
+  const bool t_ok = !p.is_logits || (p.temperature >= 0.0f && p.temperature < kInf);  // false for NaN
   return t_ok && p.top_p >= 0.0 && p.top_p <= 1.0 && p.min_p >= 0.0 && p.min_p <= 1.0;
 }
 
@@ -242,13 +242,18 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
   }
 
   // First pass without top-k: stats, the weight sum and, for top-p, the mass histogram, in one read.
-  const bool use_p = p.top_p < 1.0;
+  // With no filter at all it also records block sums, which are then all a draw needs.
+  const bool use_p = p.top_p < 1.0, record = !use_p && p.min_p <= 0.0;
+  const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<OnlinePass> passes(nseg);
   std::vector<double> hists(use_p ? static_cast<size_t>(nseg) * kMassBuckets : 0, 0.0);
+  std::vector<float> block_sums(record ? nblocks : 0), block_refs(record ? nblocks : 0);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    const PassBlocks blocks = record ? PassBlocks{&block_sums[lo / kPassBlock], &block_refs[lo / kPassBlock]}
+                                     : PassBlocks{};
     online_pass(x + lo, hi - lo, p.is_logits, inv_t, passes[s],
-                use_p ? &hists[static_cast<size_t>(s) * kMassBuckets] : nullptr);
+                use_p ? &hists[static_cast<size_t>(s) * kMassBuckets] : nullptr, blocks);
   });
   if (!merge_stats(nseg, [&](int s) { return passes[s]; }, mx, mn)) return plan;
   if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
@@ -257,9 +262,12 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
   if (p.is_logits) {
     for (const OnlinePass& pass : passes) ref = std::max(ref, pass.ref);
   }
+  auto rescale = [&](float from) {
+    return p.is_logits ? std::exp((static_cast<double>(from) - ref) * inv_t) : 1.0;
+  };
   double total = 0.0;
   for (int s = 0; s < nseg; ++s) {
-    const double scale = p.is_logits ? std::exp((static_cast<double>(passes[s].ref) - ref) * inv_t) : 1.0;
+    const double scale = rescale(passes[s].ref);
     total += passes[s].sum * scale;
     for (size_t b = 0; use_p && b < kMassBuckets; ++b) {
       hists[b] = (s == 0 ? 0.0 : hists[b]) + hists[static_cast<size_t>(s) * kMassBuckets + b] * scale;
@@ -268,20 +276,33 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
   plan.kind = RowPlan::kThreshold;
   plan.wt = {p.is_logits, ref, inv_t};
   plan.mass = total;
-  float theta = -kInf;
-  if (use_p) theta = dense_top_p(x, n, plan, hists.data(), total, p.top_p, nseg, plan.mass);
+  plan.theta = -kInf;
+  if (record) {
+    plan.blocks.resize(nblocks);
+    float last_ref = std::numeric_limits<float>::quiet_NaN();
+    double scale = 1.0;
+    for (int64_t j = 0; j < nblocks; ++j) {
+      if (!(block_refs[j] == last_ref)) {  // references change rarely: one exp per change
+        last_ref = block_refs[j];
+        scale = rescale(last_ref);
+      }
+      plan.blocks[j] = block_sums[j] * scale;
+    }
+    return plan;
+  }
+  if (use_p) plan.theta = dense_top_p(x, n, plan, hists.data(), total, p.top_p, nseg, plan.mass);
   const float theta_min_p = min_p_threshold(mx, p);
-  if (theta_min_p > theta) {
-    theta = theta_min_p;
-    std::vector<double> sums(nseg, 0.0);
+  if (theta_min_p > plan.theta) {  // min-p decides: a pass for the kept weight of each block
+    plan.theta = theta_min_p;
+    std::vector<float> sums(nblocks);
     for_segments(nseg, [&](int s) {
       const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-      sums[s] = kept_weight_sum(x + lo, hi - lo, plan.wt, theta);
+      kept_block_sums(x + lo, hi - lo, plan.wt, plan.theta, &sums[lo / kPassBlock]);
     });
+    plan.blocks.assign(sums.begin(), sums.end());
     plan.mass = 0.0;
-    for (double v : sums) plan.mass += v;
+    for (double v : plan.blocks) plan.mass += v;
   }
-  plan.theta = theta;
   return plan;
 }
 

@@ -33,11 +33,14 @@ struct RowPlan {
   int64_t first = -1;        // kGreedy: lowest index of the max
   bool listed = false;       // kThreshold: `kept` lists every kept token, in index order
   std::vector<Candidate> kept;
+  // kThreshold, when known: kept weight of each block of kPassBlock tokens (a draw then scans one block).
+  std::vector<double> blocks;
 };
 
-// Splits [0, n) into nseg ranges aligned to kBlock; segment s is [segment_begin(s), segment_begin(s + 1)).
+// Splits [0, n) into nseg ranges aligned to kPassBlock (so per-block records of the segments line up);
+// segment s is [segment_begin(s), segment_begin(s + 1)).
 inline int64_t segment_begin(int64_t n, int nseg, int s) {
-  return s == nseg ? n : (n * s / nseg) / kBlock * kBlock;
+  return s == nseg ? n : (n * s / nseg) / kPassBlock * kPassBlock;
 }
 
 // Runs f(s) for s in [0, nseg): on nseg threads, or inline when nseg == 1.

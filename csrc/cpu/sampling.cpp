@@ -61,6 +61,27 @@ int64_t dense_crossing(const float* x, int64_t n, const RowPlan& plan, double ta
   return last;
 }
 
+// The same walk from the plan's block sums: only the block holding the step is scanned. Falls back to
+// the dense walk if rounding left that block without a kept token of positive weight.
+int64_t block_crossing(const float* x, int64_t n, const RowPlan& plan, double target, int nseg) {
+  double cum = 0.0;
+  int64_t block = -1;
+  for (size_t j = 0; j < plan.blocks.size(); ++j) {
+    if (plan.blocks[j] <= 0.0) continue;
+    block = static_cast<int64_t>(j);
+    if (cum + plan.blocks[j] > target) break;
+    cum += plan.blocks[j];
+  }
+  if (block >= 0) {
+    const int64_t lo = block * kPassBlock, len = std::min(kPassBlock, n - lo);
+    int64_t last = -1;
+    const int64_t i = find_crossing(x + lo, len, plan.wt, plan.theta, target, cum, last);
+    if (i >= 0) return lo + i;
+    if (last >= 0) return lo + last;
+  }
+  return dense_crossing(x, n, plan, target, nseg);
+}
+
 Drawn draw(const RowPlan& plan, const float* x, int64_t n, int64_t seed, int64_t offset, int nseg) {
   switch (plan.kind) {
     case RowPlan::kInvalid:
@@ -87,6 +108,8 @@ Drawn draw(const RowPlan& plan, const float* x, int64_t n, int64_t seed, int64_t
       cum += w;
       if (cum > target) break;
     }
+  } else if (!plan.blocks.empty()) {
+    token = block_crossing(x, n, plan, target, nseg);
   } else {
     token = dense_crossing(x, n, plan, target, nseg);
   }

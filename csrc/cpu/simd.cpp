@@ -75,7 +75,7 @@ FS_MULTIVERSION SpanStats span_stats(const float* x, int64_t n) {
 }
 
 FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& st,
-                                 double* hist) {
+                                 double* hist, PassBlocks blocks) {
   // Long spans use two interleaved histograms: consecutive tokens in one bucket would otherwise chain
   // every add on the previous store. Merged into hist at the end.
   static thread_local double pair[2][kMassBuckets];
@@ -87,9 +87,10 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
     h[1] = pair[1];
   }
   const float slack = 8.0f / inv_t;  // new references sit 8 temperatures above the block max
-  float w[kBlock];
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t len = n - b < kBlock ? n - b : kBlock;
+  float w[kPassBlock];
+  int32_t bucket[kPassBlock];
+  for (int64_t b = 0; b < n; b += kPassBlock) {
+    const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const float* xb = x + b;
     float bmax = -kInf, bmin = kInf;
     int nan = 0;
@@ -102,9 +103,10 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
     st.has_nan |= nan != 0;
     st.max = bmax > st.max ? bmax : st.max;
     st.min = bmin < st.min ? bmin : st.min;
-    if (st.has_nan || st.max == kInf) continue;  // such rows are decided by their stats alone
     float s = 0.0f;
-    if (is_exp) {
+    if (st.has_nan || st.max == kInf) {
+      // such rows are decided by their stats alone
+    } else if (is_exp) {
       if (bmax > st.ref) {
         const float ref = bmax + slack;
         const double scale = std::exp(static_cast<double>(st.ref - ref) * inv_t);  // 0 from -inf
@@ -118,10 +120,12 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
         st.ref = ref;
       }
       const float ref = st.ref;
+      if (ref != -kInf) {  // else every token so far is -inf: weight 0, and x - ref would be NaN
 #pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < len; ++i) {
-        w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
-        s += w[i];
+        for (int64_t i = 0; i < len; ++i) {
+          w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
+          s += w[i];
+        }
       }
     } else {
 #pragma omp simd reduction(+ : s)
@@ -131,12 +135,26 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
       }
     }
     st.sum += s;
-    if (hist) {
-      for (int64_t i = 0; i < len; ++i) h[i & 1][key_bucket(xb[i])] += w[i];
+    if (blocks.sums) {
+      blocks.sums[b / kPassBlock] = s;
+      blocks.refs[b / kPassBlock] = st.ref;
+    }
+    if (hist && s > 0.0f) {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) bucket[i] = key_bucket(xb[i]);
+      for (int64_t i = 0; i < len; ++i) h[i & 1][bucket[i]] += w[i];
     }
   }
   if (split) {
     for (int k = 0; k < kMassBuckets; ++k) hist[k] += pair[0][k] + pair[1][k];
+  }
+}
+
+FS_MULTIVERSION void kept_block_sums(const float* x, int64_t n, Weighting wt, float theta, float* sums) {
+  float w[kPassBlock];
+  for (int64_t b = 0; b < n; b += kPassBlock) {
+    const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
+    sums[b / kPassBlock] = block_kept_weights(x + b, len, wt, theta, w);
   }
 }
 

@@ -38,10 +38,25 @@ struct OnlinePass {
   double sum = 0.0;               // sum of the weights
 };
 
-// One read of x: stats, the weight sum and (if hist != nullptr) the weight of each mass bucket
-// (kMassBuckets doubles, indexed by key_bucket(x), zero on entry). Spans holding +inf or NaN get
+// The first pass reads x in blocks of this many tokens and can record each block's weight sum, so that a
+// draw later walks block sums and scans a single block instead of the row.
+constexpr int64_t kPassBlock = 256;
+
+// Per-block record of online_pass: sums[j] is block j's weight sum against reference refs[j]
+// (ceil(n / kPassBlock) entries each). Null pointers: not recorded.
+struct PassBlocks {
+  float* sums = nullptr;
+  float* refs = nullptr;
+};
+
+// One read of x: stats, the weight sum, optionally the weight of each mass bucket (hist: kMassBuckets
+// doubles indexed by key_bucket(x), zero on entry) and the block sums. Spans holding +inf or NaN get
 // stats only.
-void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& state, double* hist);
+void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& state, double* hist,
+                 PassBlocks blocks);
+
+// sums[j] = kept weight (x >= theta) of block j of kPassBlock tokens.
+void kept_block_sums(const float* x, int64_t n, Weighting wt, float theta, float* sums);
 
 // sum of the weights of the tokens with x >= theta.
 double kept_weight_sum(const float* x, int64_t n, Weighting wt, float theta);

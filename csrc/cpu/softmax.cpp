@@ -26,7 +26,7 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
     stats[s] = span_stats(x + lo, hi - lo);
   });
   float mx = -kInf;
-  bool nan = !(temperature >= 0.0);
+  bool nan = !(temperature >= 0.0 && temperature < kInf);
   for (const SpanStats& st : stats) {
     nan |= st.has_nan;
     mx = std::max(mx, st.max);
@@ -81,7 +81,7 @@ at::Tensor logsumexp(const at::Tensor& logits_in) {
     std::vector<OnlinePass> passes(nseg);
     for_segments(nseg, [&](int s) {
       const int64_t lo = segment_begin(vocab, nseg, s), hi = segment_begin(vocab, nseg, s + 1);
-      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, passes[s], nullptr);
+      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, passes[s], nullptr, PassBlocks{});
     });
     float mx = -kInf, ref = -kInf;
     bool nan = false;
