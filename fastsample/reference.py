@@ -106,12 +106,12 @@ def _weights(x: Tensor, is_logits: bool, temperature: Tensor) -> tuple[Tensor, T
         valid = ~has_nan & (x >= 0).all(dim=1) & ~(x == _INF).any(dim=1) & (x > 0).any(dim=1)
         return x, valid, torch.zeros_like(valid)
     row_max = x.amax(dim=1, keepdim=True)
-    valid = ~has_nan & (row_max.squeeze(1) > -_INF) & (temperature >= 0) & (temperature < _INF)  # NaN T compares False
+    # 0 <= T < inf; a NaN T fails both comparisons.
+    valid = ~has_nan & (row_max.squeeze(1) > -_INF) & (temperature >= 0) & (temperature < _INF)
     greedy = temperature == 0
     positive_t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
+    # T is finite here, so a -inf logit gives exp(-inf) = 0.
     w = torch.exp((x - row_max) / positive_t.unsqueeze(1))
-    # -inf logits weigh 0 even where (x - max) / T is -inf / inf = NaN (T = inf).
-    w = w.masked_fill(x == -_INF, 0.0)
     # A +inf logit, or T == 0, puts all the mass on the row's maxima, shared equally.
     at_max = (x == row_max).to(torch.float32)
     w = torch.where((greedy | (row_max.squeeze(1) == _INF)).unsqueeze(1), at_max, w)

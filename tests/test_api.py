@@ -65,6 +65,7 @@ def _assert_identical(got, want):
 @pytest.mark.parametrize("name,override,arg", [
     ("sample", {"temperature": -0.5}, "temperature"),
     ("sample", {"temperature": NAN}, "temperature"),
+    ("sample", {"temperature": INF}, "temperature"),
     ("sample", {"top_p": 1.5}, "top_p"),
     ("sample", {"top_p": -0.1}, "top_p"),
     ("sample", {"top_p": NAN}, "top_p"),
@@ -163,12 +164,15 @@ def test_unknown_backend_raises_value_error():
 # ------------------------------------------------------------------------------------------ invalid rows
 def test_out_of_range_row_parameters_give_minus_one_rows(backend):
     logits = _input("logits", batch=8)
-    temperature = torch.tensor([1.0, -1.0, NAN, 0.5, 1.0, 1.0, 1.0, 1.0])
+    temperature = torch.tensor([1.0, -1.0, NAN, 0.5, 1.0, 1.0, INF, 1.0])
     top_p = torch.tensor([0.9, 0.9, 0.9, 0.9, 1.5, -0.1, NAN, 0.9])
     min_p = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, NAN])
     tokens, logprobs = fastsample.sample(logits, temperature, top_k=torch.tensor([0, 3, -4, 60, 5, 1, 2, 9]),
                                          top_p=top_p, min_p=min_p, return_logprobs=True, seed=3, backend=backend)
     invalid = torch.tensor([False, True, True, False, True, True, True, True])
+    # T = +inf alone (all other parameters valid) also invalidates its row.
+    alone = fastsample.sample(logits[:2], torch.tensor([INF, 1.0]), seed=3, backend=backend)
+    assert alone[0].item() == -1 and alone[1].item() >= 0
     assert (tokens[invalid] == -1).all()
     assert ((tokens[~invalid] >= 0) & (tokens[~invalid] < logits.shape[1])).all()
     assert logprobs[invalid].isnan().all() and logprobs[~invalid].isfinite().all()
@@ -187,6 +191,7 @@ def test_out_of_range_row_parameters_in_softmax_and_renorm(backend):
     probs = fastsample.softmax(logits, torch.tensor([0.0, -1.0, NAN]), backend=backend)
     assert probs[0].tolist() == [0.0, 0.5, 0.5]  # T == 0: uniform over the maxima
     assert probs[1:].isnan().all()
+    assert fastsample.softmax(logits, torch.tensor([1.0, INF, 1.0]), backend=backend)[1].isnan().all()
     renormed = fastsample.top_p_renorm_probs(torch.softmax(logits, dim=1), torch.tensor([0.0, 1.5, NAN]),
                                              backend=backend)
     assert renormed[0].tolist() == [0.0, 0.5, 0.5] and (renormed[1:] == 0).all()
