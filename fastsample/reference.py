@@ -301,6 +301,9 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
     else:
         q_e = torch.zeros_like(p_e)
     residual = (p_e - q_e).clamp(min=0)  # clamp keeps NaN, so a NaN input stays an invalid row
+    # A negative or infinite entry of p or q makes the residual invalid too (docs/ops.md).
+    bad = (p_e < 0) | (q_e < 0) | (p_e == _INF) | (q_e == _INF)
+    residual = torch.where(bad, float("nan"), residual)
     use_p = (emitted_num == n) | (residual.sum(dim=1) == 0)
     weights = torch.where(use_p.unsqueeze(1), p_e, residual)
     valid = (~weights.isnan().any(dim=1) & (weights >= 0).all(dim=1) & ~(weights == _INF).any(dim=1)

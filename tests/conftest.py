@@ -3,7 +3,6 @@
 Every kernel test runs once per backend through the public API (``fastsample.<fn>(..., backend=backend)``)
 and compares with tests/oracle.py.
 """
-import importlib
 import os
 from dataclasses import dataclass
 
@@ -19,31 +18,15 @@ import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
 BACKENDS = ("cpu", "torch", "triton")
-# The module each backend needs. While one is still being written (not importable at all) its tests are
-# skipped with that reason; any other import error is a real failure and is raised.
-_BACKEND_MODULES = {"cpu": "fastsample._C", "torch": "fastsample.reference", "triton": "fastsample.triton.ops"}
 # Every test shape/seed choice derives from these, so a failure names a reproducible case.
 ALL_VOCABS = (1, 2, 7, 1000, 32000, 128256, 262144)
 TRITON_VOCABS = (1, 7, 100, 1000)
 
 
-def _missing_reason(backend: str) -> str | None:
-    module = _BACKEND_MODULES[backend]
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            return f"backend {backend!r}: {module} does not exist yet ({exc})"
-        raise
-    return None
-
-
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
-    """The backend name passed as ``backend=`` to the public API."""
-    reason = _missing_reason(request.param)
-    if reason:
-        pytest.skip(reason)
+    """The backend name passed as ``backend=`` to the public API. Every backend must be importable: a
+    missing extension fails its tests rather than skipping them."""
     return request.param
 
 

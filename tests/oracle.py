@@ -425,6 +425,8 @@ def chain_speculative_sampling(draft_probs, draft_ids, target_probs, seed, offse
         output[b, :e] = ids[b, :e]
         if e < n:
             residual = np.maximum(p[b, e] - q[b, e], 0.0)  # np.maximum propagates NaN: an invalid row
+            if ((p[b, e] < 0) | (q[b, e] < 0) | np.isinf(p[b, e]) | np.isinf(q[b, e])).any():
+                residual[:] = np.nan  # a negative or infinite entry of p or q: invalid too (docs/ops.md)
             weights = p[b, e] if residual.sum() == 0 else residual
         else:
             weights = p[b, n]

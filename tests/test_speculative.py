@@ -302,3 +302,16 @@ def test_bad_seed_or_offset_raises(backend, arg, bad, error):
     kwargs = {"seed": 0, arg: bad}
     with pytest.raises(error, match=arg):
         fastsample.chain_speculative_sampling(q, ids, p, **kwargs, backend=backend)
+
+
+def test_negative_entries_in_the_sampled_rows_give_minus_one(backend):
+    """A negative entry in p_e or q_e is invalid input even where max(0, p - q) would look like a
+    distribution (docs/ops.md): the final token is -1 on every backend, as in the oracle."""
+    q = torch.tensor([[[-0.5, 0.0]], [[0.5, 0.5]]])
+    p = torch.tensor([[[-0.5, 1.0], [0.2, 0.8]], [[-0.1, 1.1], [0.5, 0.5]]])
+    ids = torch.tensor([[-1], [0]])
+    out, _, emitted = _run(backend, q, ids, p, seed=torch.tensor([1, 2]))
+    expected = oracle.chain_speculative_sampling(q.numpy(), ids.numpy(), p.numpy(), np.array([1, 2]),
+                                                 np.array([0, 0]))
+    assert emitted.tolist() == [0, 0] == expected[2].tolist()
+    assert out.tolist() == [[-1, -1], [-1, -1]] == expected[0].tolist()

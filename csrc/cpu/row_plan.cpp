@@ -69,7 +69,7 @@ struct Valued {
 // Within the boundary bucket's tokens, narrows to the sub-bucket holding the boundary while there are
 // many tokens (equal values share every key digit, so ties never split), then walks groups exactly.
 float refine_top_p(std::vector<Valued>& tokens, bool row_top, double target, double& cum) {
-  for (int level = 1; level <= 2 && tokens.size() > 2048; ++level) {
+  for (int level = 1; level <= 2 && tokens.size() > 64; ++level) {
     std::vector<double> hist(2048, 0.0);
     for (const Valued& t : tokens) hist[sub_bucket(t.x, level)] += t.w;
     int boundary = -1;

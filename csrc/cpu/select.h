@@ -61,7 +61,15 @@ inline SpanStats collect_candidates(const float* x, int64_t n, int64_t base, int
   size_t capacity = static_cast<size_t>(k < 256 ? 1024 : 4 * k);
   std::vector<Candidate> buf;
   buf.reserve(capacity);
+  // Start from the k-th largest block maximum: those k blocks hold at least k tokens >= it, so it is a
+  // lower bound of the span's k-th largest value, and usually only about k blocks reach it.
+  const int64_t nblocks = (n + kBlock - 1) / kBlock;
   float threshold = -__builtin_inff();
+  if (nblocks >= k) {
+    std::vector<Candidate> maxima(nblocks);  // block maxima ignore NaN: never NaN themselves
+    for (int64_t j = 0; j < nblocks; ++j) maxima[j] = {block_max[j], j};
+    threshold = kth_largest(maxima, k);
+  }
   for (int64_t b = 0; b < n; b += kBlock) {
     if (block_max[b / kBlock] < threshold) continue;
     const int64_t end = b + kBlock < n ? b + kBlock : n;

@@ -21,7 +21,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // so masked (-inf) tokens weigh nothing.
 inline float exp_nonpositive(float y) {
   constexpr float kLow = -87.33654f;
-  const float c = y < kLow ? kLow : y;
+  const float c = y > kLow ? y : kLow;  // max(y, kLow): -inf and NaN-free inputs map into range
   const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest integer
   float r = c - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
@@ -35,7 +35,7 @@ inline float exp_nonpositive(float y) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return y < kLow ? 0.0f : p * scale;
+  return p * scale * static_cast<float>(y >= kLow);  // a multiply, not a select: vectorises on AVX2 too
 }
 
 // Weights of one block into w[0..len), kept ones only (others 0); returns their float sum.
@@ -142,7 +142,13 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
     if (hist && s > 0.0f) {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) bucket[i] = key_bucket(xb[i]);
-      for (int64_t i = 0; i < len; ++i) h[i & 1][bucket[i]] += w[i];
+      double *h0 = h[0], *h1 = h[1];
+      int64_t i = 0;
+      for (; i + 1 < len; i += 2) {
+        h0[bucket[i]] += w[i];
+        h1[bucket[i + 1]] += w[i + 1];
+      }
+      if (i < len) h0[bucket[i]] += w[i];
     }
   }
   if (split) {

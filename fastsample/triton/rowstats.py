@@ -143,7 +143,7 @@ def info_kernel(stats_ptr, info_ptr, B, V, C, t_arr, t_val, k_arr, k_val, p_arr,
     else:
         has_mass = row_max > 0
         wmax = row_max
-    valid = (bad == 0) & has_mass & (t >= 0) & (p >= 0) & (p <= 1) & (mp >= 0) & (mp <= 1)
+    valid = (bad == 0) & has_mass & (t >= 0) & (t < float("inf")) & (p >= 0) & (p <= 1) & (mp >= 0) & (mp <= 1)
     status = tl.where(valid, tl.where(t == 0, 1, 0), 2)
 
     out = info_ptr + rows * 12

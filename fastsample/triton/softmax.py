@@ -71,7 +71,7 @@ def write_kernel(x_ptr, part_ptr, out_ptr, t_arr, t_val, B, V, chunk_len, C, HAS
     total = tl.sum(scaled, 1)
     count = tl.sum(tl.where(cmax == row_max[:, None], tl.load(part + 2, mask=cm, other=0.0), 0.0), 1)
     nans = tl.sum(tl.load(part + 3, mask=cm, other=0.0), 1)
-    invalid = (nans > 0) | (row_max == float("-inf")) | ~(t >= 0)
+    invalid = (nans > 0) | (row_max == float("-inf")) | ~(t >= 0) | (t == float("inf"))
     at_max_only = (t == 0) | (row_max == float("inf"))
     start = c * chunk_len
     end = tl.minimum(start + chunk_len, V)

@@ -54,6 +54,9 @@ def final_weights(draft_ptr, target_ptr, rows, e, m, offs, V, N):
     q_row = rows * N + tl.minimum(e, N - 1)
     q = tl.load(draft_ptr + q_row[:, None] * V + offs[None, :], mask=m & has_q, other=0.0).to(tl.float64)
     d = p - q
+    # A negative or infinite entry of p or q makes the residual invalid (NaN), as a NaN already does.
+    bad = (p < 0) | (q < 0) | (p == float("inf")) | (q == float("inf"))
+    d = tl.where(bad, float("nan"), d)
     r = tl.where(has_q & m, tl.where(d != d, d, tl.maximum(d, 0.0)), 0.0)
     return r, p
 
