@@ -118,6 +118,78 @@ float dense_top_p(const float* x, int64_t n, const RowPlan& plan, const double* 
   return theta;
 }
 
+// Top-p from an estimated histogram (every 16th token): one vectorised pass finds the exact mass above a
+// few bucket edges around the estimated boundary bucket, gathering that bucket's tokens and each block's
+// mass above it on the way, so no exact histogram is scattered and a draw scans one block. Returns false,
+// with the plan untouched, when the boundary is not between those edges (the caller then builds the
+// exact histogram).
+bool bracket_top_p(const float* x, int64_t n, RowPlan& plan, const double* estimate, double total, double top_p,
+                   int nseg) {
+  double estimated_total = 0.0;
+  for (int b = 0; b < kMassBuckets; ++b) estimated_total += estimate[b];
+  int guess = -1;
+  double cum = 0.0;
+  for (int b = kMassBuckets - 1; b >= 0; --b) {
+    if (estimate[b] == 0.0) continue;
+    guess = b;
+    if (!(cum + estimate[b] < top_p * estimated_total)) break;
+    cum += estimate[b];
+  }
+  if (guess < 0) return false;
+  // Edge j is the floor of bucket guess + 4 - j; the guessed bucket lies between edges 3 and 4.
+  constexpr int kGuessEdge = 3;
+  float edges[kBracketEdges];
+  for (int j = 0; j < kBracketEdges; ++j) edges[j] = bucket_floor(guess + 4 - j);
+  const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
+  std::vector<double> mass_at(static_cast<size_t>(nseg) * kBracketEdges, 0.0);
+  std::vector<int64_t> count_at(static_cast<size_t>(nseg) * kBracketEdges, 0);
+  std::vector<std::vector<float>> values(nseg);
+  std::vector<std::vector<int64_t>> indices(nseg);
+  std::vector<float> block_above(nblocks);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    bracket_pass(x + lo, hi - lo, lo, plan.wt, edges, &mass_at[s * kBracketEdges], &count_at[s * kBracketEdges],
+                 kGuessEdge, values[s], indices[s], &block_above[lo / kPassBlock]);
+  });
+  for (int s = 1; s < nseg; ++s) {
+    for (int j = 0; j < kBracketEdges; ++j) {
+      mass_at[j] += mass_at[s * kBracketEdges + j];
+      count_at[j] += count_at[s * kBracketEdges + j];
+    }
+  }
+  // The boundary bucket: the mass above it is < target and the mass from its floor up is >= target.
+  const double target = top_p * total;
+  int edge = -1;
+  for (int j = 0; j + 1 < kBracketEdges && edge < 0; ++j) {
+    if (mass_at[j] < target && target <= mass_at[j + 1]) edge = j;
+  }
+  if (edge < 0) return false;
+  if (edge != kGuessEdge) {  // the estimate was a few buckets off: gather the right one
+    for_segments(nseg, [&](int s) {
+      const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+      values[s].clear();
+      indices[s].clear();
+      gather_key_bucket(x + lo, hi - lo, lo, guess + 3 - edge, values[s], indices[s]);
+    });
+  }
+  std::vector<Valued> tokens;
+  for (const auto& part : values) {
+    for (float v : part) tokens.push_back({v, token_weight(plan, v)});
+  }
+  cum = mass_at[edge];
+  plan.theta = refine_top_p(tokens, count_at[edge] == 0, target, cum);
+  plan.mass = cum;
+  if (edge == kGuessEdge) {  // block masses above the bucket, plus its kept tokens
+    plan.blocks.assign(block_above.begin(), block_above.end());
+    for (int s = 0; s < nseg; ++s) {
+      for (size_t i = 0; i < values[s].size(); ++i) {
+        if (values[s][i] >= plan.theta) plan.blocks[indices[s][i] / kPassBlock] += token_weight(plan, values[s][i]);
+      }
+    }
+  }
+  return true;
+}
+
 // Top-k on (then top-p, min-p over the few survivors): everything from the candidate list.
 void plan_listed(RowPlan& plan, std::vector<Candidate>& cands, const RowParams& p, float theta_min_p) {
   float theta = kth_largest(cands, p.top_k);
@@ -241,38 +313,48 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
     return plan;
   }
 
-  // First pass without top-k: stats, the weight sum and, for top-p, the mass histogram, in one read.
-  // With no filter at all it also records block sums, which are then all a draw needs.
+  // First pass without top-k: stats, the weight sum and, for top-p, the mass histogram (estimated from
+  // every 16th token on long rows, exact on short ones), in one read. With no filter at all it also
+  // records block sums, which are then all a draw needs.
   const bool use_p = p.top_p < 1.0, record = !use_p && p.min_p <= 0.0;
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<OnlinePass> passes(nseg);
-  std::vector<double> hists(use_p ? static_cast<size_t>(nseg) * kMassBuckets : 0, 0.0);
+  std::vector<double> hists(use_p ? static_cast<size_t>(nseg) * kMassBuckets : 0);
   std::vector<float> block_sums(record ? nblocks : 0), block_refs(record ? nblocks : 0);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    const PassBlocks blocks = record ? PassBlocks{&block_sums[lo / kPassBlock], &block_refs[lo / kPassBlock]}
-                                     : PassBlocks{};
-    online_pass(x + lo, hi - lo, p.is_logits, inv_t, passes[s],
-                use_p ? &hists[static_cast<size_t>(s) * kMassBuckets] : nullptr, blocks);
-  });
-  if (!merge_stats(nseg, [&](int s) { return passes[s]; }, mx, mn)) return plan;
-  if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
-  // Segments summed weights against their own references: bring them to the largest one.
   float ref = mx;
-  if (p.is_logits) {
-    for (const OnlinePass& pass : passes) ref = std::max(ref, pass.ref);
-  }
+  double total = 0.0;
   auto rescale = [&](float from) {
     return p.is_logits ? std::exp((static_cast<double>(from) - ref) * inv_t) : 1.0;
   };
-  double total = 0.0;
-  for (int s = 0; s < nseg; ++s) {
-    const double scale = rescale(passes[s].ref);
-    total += passes[s].sum * scale;
-    for (size_t b = 0; use_p && b < kMassBuckets; ++b) {
-      hists[b] = (s == 0 ? 0.0 : hists[b]) + hists[static_cast<size_t>(s) * kMassBuckets + b] * scale;
+  auto first_pass = [&](int hist_stride) {  // fills passes and hists[0, kMassBuckets): false on a NaN row
+    std::fill(hists.begin(), hists.end(), 0.0);
+    passes.assign(nseg, OnlinePass{});
+    for_segments(nseg, [&](int s) {
+      const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+      const PassBlocks blocks = record ? PassBlocks{&block_sums[lo / kPassBlock], &block_refs[lo / kPassBlock]}
+                                       : PassBlocks{};
+      online_pass(x + lo, hi - lo, p.is_logits, inv_t, passes[s],
+                  use_p ? &hists[static_cast<size_t>(s) * kMassBuckets] : nullptr, hist_stride, blocks);
+    });
+    if (!merge_stats(nseg, [&](int s) { return passes[s]; }, mx, mn)) return false;
+    // Segments summed weights against their own references: bring them to the largest one.
+    ref = mx;
+    if (p.is_logits) {
+      for (const OnlinePass& pass : passes) ref = std::max(ref, pass.ref);
     }
-  }
+    total = 0.0;
+    for (int s = 0; s < nseg; ++s) {
+      const double scale = rescale(passes[s].ref);
+      total += passes[s].sum * scale;
+      for (size_t b = 0; use_p && b < kMassBuckets; ++b) {
+        hists[b] = (s == 0 ? 0.0 : hists[b]) + hists[static_cast<size_t>(s) * kMassBuckets + b] * scale;
+      }
+    }
+    return true;
+  };
+  const int stride = use_p && n >= 16384 ? 16 : 1;
+  if (!first_pass(stride)) return plan;
+  if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
   plan.kind = RowPlan::kThreshold;
   plan.wt = {p.is_logits, ref, inv_t};
   plan.mass = total;
@@ -290,7 +372,10 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
     }
     return plan;
   }
-  if (use_p) plan.theta = dense_top_p(x, n, plan, hists.data(), total, p.top_p, nseg, plan.mass);
+  if (use_p && !(stride > 1 && bracket_top_p(x, n, plan, hists.data(), total, p.top_p, nseg))) {
+    if (stride > 1) first_pass(1);  // the estimate missed: the exact histogram
+    plan.theta = dense_top_p(x, n, plan, hists.data(), total, p.top_p, nseg, plan.mass);
+  }
   const float theta_min_p = min_p_threshold(mx, p);
   if (theta_min_p > plan.theta) {  // min-p decides: a pass for the kept weight of each block
     plan.theta = theta_min_p;

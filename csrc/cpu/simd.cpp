@@ -75,11 +75,11 @@ FS_MULTIVERSION SpanStats span_stats(const float* x, int64_t n) {
 }
 
 FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& st,
-                                 double* hist, PassBlocks blocks) {
-  // Long spans use two interleaved histograms: consecutive tokens in one bucket would otherwise chain
-  // every add on the previous store. Merged into hist at the end.
+                                 double* hist, int hist_stride, PassBlocks blocks) {
+  // Long exact spans use two interleaved histograms: consecutive tokens in one bucket would otherwise
+  // chain every add on the previous store. Merged into hist at the end.
   static thread_local double pair[2][kMassBuckets];
-  const bool split = hist && n >= 8 * kMassBuckets;
+  const bool split = hist && hist_stride == 1 && n >= 8 * kMassBuckets;
   double* h[2] = {hist, hist};
   if (split) {
     std::memset(pair, 0, sizeof pair);
@@ -139,7 +139,9 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
       blocks.sums[b / kPassBlock] = s;
       blocks.refs[b / kPassBlock] = st.ref;
     }
-    if (hist && s > 0.0f) {
+    if (hist && s > 0.0f && hist_stride > 1) {  // every stride-th token stands for stride tokens
+      for (int64_t i = 0; i < len; i += hist_stride) h[0][key_bucket(xb[i])] += w[i] * hist_stride;
+    } else if (hist && s > 0.0f) {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) bucket[i] = key_bucket(xb[i]);
       double *h0 = h[0], *h1 = h[1];
@@ -162,16 +164,6 @@ FS_MULTIVERSION void kept_block_sums(const float* x, int64_t n, Weighting wt, fl
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     sums[b / kPassBlock] = block_kept_weights(x + b, len, wt, theta, w);
   }
-}
-
-FS_MULTIVERSION double weight_sum(const float* x, int64_t n, Weighting wt, float* w) {
-  double total = 0.0;
-  float buf[kBlock];
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t len = n - b < kBlock ? n - b : kBlock;
-    total += block_kept_weights(x + b, len, wt, -kInf, w ? w + b : buf);
-  }
-  return total;
 }
 
 FS_MULTIVERSION double kept_weight_sum(const float* x, int64_t n, Weighting wt, float theta) {
@@ -258,6 +250,41 @@ FS_MULTIVERSION void gather_key_bucket(const float* x, int64_t n, int64_t base, 
     for (int64_t i = 0; i < len; ++i) {
       if (key_bucket(x[b + i]) == bucket) {
         values.push_back(x[b + i]);
+        indices.push_back(base + b + i);
+      }
+    }
+  }
+}
+
+FS_MULTIVERSION void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds,
+                                  double* mass_at, int64_t* count_at, int gather_edge, std::vector<float>& values,
+                                  std::vector<int64_t>& indices, float* block_above) {
+  const float lo = thresholds[gather_edge + 1], hi = thresholds[gather_edge];
+  float w[kPassBlock];
+  for (int64_t b = 0; b < n; b += kPassBlock) {
+    const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
+    const float* xb = x + b;
+    block_kept_weights(xb, len, wt, -kInf, w);
+    for (int j = 0; j < kBracketEdges; ++j) {
+      const float t = thresholds[j];
+      float s = 0.0f;
+      int64_t c = 0;
+#pragma omp simd reduction(+ : s, c)
+      for (int64_t i = 0; i < len; ++i) {
+        s += xb[i] >= t ? w[i] : 0.0f;
+        c += xb[i] >= t;
+      }
+      mass_at[j] += s;
+      count_at[j] += c;
+      if (j == gather_edge) block_above[b / kPassBlock] = s;
+    }
+    int hits = 0;
+#pragma omp simd reduction(+ : hits)
+    for (int64_t i = 0; i < len; ++i) hits += xb[i] >= lo && xb[i] < hi;
+    if (hits == 0) continue;
+    for (int64_t i = 0; i < len; ++i) {
+      if (xb[i] >= lo && xb[i] < hi) {
+        values.push_back(xb[i]);
         indices.push_back(base + b + i);
       }
     }

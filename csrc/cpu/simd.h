@@ -50,19 +50,16 @@ struct PassBlocks {
 };
 
 // One read of x: stats, the weight sum, optionally the weight of each mass bucket (hist: kMassBuckets
-// doubles indexed by key_bucket(x), zero on entry) and the block sums. Spans holding +inf or NaN get
-// stats only.
+// doubles indexed by key_bucket(x), zero on entry; exact with hist_stride 1, else estimated from every
+// hist_stride-th token) and the block sums. Spans holding +inf or NaN get stats only.
 void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& state, double* hist,
-                 PassBlocks blocks);
+                 int hist_stride, PassBlocks blocks);
 
 // sums[j] = kept weight (x >= theta) of block j of kPassBlock tokens.
 void kept_block_sums(const float* x, int64_t n, Weighting wt, float theta, float* sums);
 
 // sum of the weights of the tokens with x >= theta.
 double kept_weight_sum(const float* x, int64_t n, Weighting wt, float theta);
-
-// sum of the weights, and (if w != nullptr) the weights themselves stored to w.
-double weight_sum(const float* x, int64_t n, Weighting wt, float* w);
 
 // Inverse-CDF step over a span: adds the kept weights (x >= theta) to `cum` in index order and returns
 // the first index at which cum > target, or -1 (cum then holds the span's total added). `last_kept` gets
@@ -94,6 +91,25 @@ inline uint32_t float_key(float x) {
 constexpr int kMassBuckets = 2048;
 constexpr int kMassShift = 21;
 inline int key_bucket(float x) { return static_cast<int>(float_key(x) >> kMassShift); }
+
+// The smallest value of mass bucket b (-inf / +inf past the buckets that hold only NaN bit patterns).
+inline float bucket_floor(int b) {
+  if (b <= 3) return -__builtin_inff();  // keys 0..0x7FFFFF: NaNs and -inf
+  if (b >= 2044) return __builtin_inff();
+  const uint32_t key = static_cast<uint32_t>(b) << kMassShift, u = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
+  float v;
+  __builtin_memcpy(&v, &u, sizeof v);
+  return v;
+}
+
+// Exact masses at a few candidate top-p edges in one vectorised pass (no scatter): for thresholds t[j]
+// (kBracketEdges of them, descending), adds the weight and count of the tokens with x >= t[j] to
+// mass_at[j], count_at[j]; gathers (value, base + i) of the tokens in [t[gather_edge + 1],
+// t[gather_edge]); block_above[k] = kept weight of block k (kPassBlock tokens) with x >= t[gather_edge].
+constexpr int kBracketEdges = 8;
+void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds, double* mass_at,
+                  int64_t* count_at, int gather_edge, std::vector<float>& values, std::vector<int64_t>& indices,
+                  float* block_above);
 
 // Appends (value, base + i) for every token of the span with key_bucket(x) == bucket, in index order.
 void gather_key_bucket(const float* x, int64_t n, int64_t base, int bucket, std::vector<float>& values,

@@ -19,17 +19,25 @@ void uniform_over(const float* x, int64_t n, float value, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] == value ? share : 0.0f;
 }
 
+// Two passes: the fused online pass (stats + weight sum against a running reference), then one write of
+// exp((x - ref) / T) / sum.
 void softmax_row(const float* x, int64_t n, double temperature, int nseg, float* out) {
-  std::vector<SpanStats> stats(nseg);
+  if (!(temperature >= 0.0 && temperature < kInf)) {
+    std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
+    return;
+  }
+  const float inv_t = temperature > 0.0 ? static_cast<float>(1.0 / temperature) : 1.0f;
+  std::vector<OnlinePass> passes(nseg);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    stats[s] = span_stats(x + lo, hi - lo);
+    online_pass(x + lo, hi - lo, true, inv_t, passes[s], nullptr, 1, PassBlocks{});
   });
-  float mx = -kInf;
-  bool nan = !(temperature >= 0.0 && temperature < kInf);
-  for (const SpanStats& st : stats) {
-    nan |= st.has_nan;
-    mx = std::max(mx, st.max);
+  float mx = -kInf, ref = -kInf;
+  bool nan = false;
+  for (const OnlinePass& pass : passes) {
+    nan |= pass.has_nan;
+    mx = std::max(mx, pass.max);
+    ref = std::max(ref, pass.ref);
   }
   if (nan || mx == -kInf) {
     std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
@@ -39,19 +47,13 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
     uniform_over(x, n, mx, out);
     return;
   }
-  const Weighting wt{true, mx, static_cast<float>(1.0 / temperature)};
-  std::vector<double> sums(nseg);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    sums[s] = weight_sum(x + lo, hi - lo, wt, out + lo);
-  });
   double total = 0.0;
-  for (double v : sums) total += v;
+  for (const OnlinePass& pass : passes) total += pass.sum * std::exp((static_cast<double>(pass.ref) - ref) * inv_t);
+  const Weighting wt{true, ref, inv_t};
   const auto scale = static_cast<float>(1.0 / total);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-#pragma omp simd
-    for (int64_t i = lo; i < hi; ++i) out[i] *= scale;
+    write_kept_weights(x + lo, hi - lo, wt, -kInf, scale, out + lo);
   });
 }
 
@@ -81,7 +83,7 @@ at::Tensor logsumexp(const at::Tensor& logits_in) {
     std::vector<OnlinePass> passes(nseg);
     for_segments(nseg, [&](int s) {
       const int64_t lo = segment_begin(vocab, nseg, s), hi = segment_begin(vocab, nseg, s + 1);
-      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, passes[s], nullptr, PassBlocks{});
+      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, passes[s], nullptr, 1, PassBlocks{});
     });
     float mx = -kInf, ref = -kInf;
     bool nan = false;
