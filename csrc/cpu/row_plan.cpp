@@ -87,6 +87,16 @@ float refine_top_p(std::vector<Valued>& tokens, bool row_top, double target, dou
   return walk_top_p_groups(tokens, [](const Valued& t) { return t.w; }, row_top, target, cum);
 }
 
+// The gathered tokens of all segments with their weights (float from the vectorised loops, like the
+// masses they are compared with).
+std::vector<Valued> valued(const std::vector<Gathered>& parts) {
+  std::vector<Valued> tokens;
+  for (const Gathered& part : parts) {
+    for (size_t i = 0; i < part.values.size(); ++i) tokens.push_back({part.values[i], part.weights[i]});
+  }
+  return tokens;
+}
+
 // Top-p over the whole row (top-k off), from the mass histogram of the first pass: the bucket holding the
 // boundary is found by walking buckets from the top, then only its tokens are gathered and refined.
 // Returns theta and sets mass to the kept weight.
@@ -103,16 +113,12 @@ float dense_top_p(const float* x, int64_t n, const RowPlan& plan, const double* 
     if (!(cum + hist[b] < target)) break;
     cum += hist[b];
   }
-  std::vector<std::vector<float>> values(nseg);
-  std::vector<std::vector<int64_t>> indices(nseg);
+  std::vector<Gathered> parts(nseg);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    gather_key_bucket(x + lo, hi - lo, lo, boundary, values[s], indices[s]);
+    gather_key_bucket(x + lo, hi - lo, lo, plan.wt, boundary, parts[s]);
   });
-  std::vector<Valued> tokens;
-  for (const auto& part : values) {
-    for (float v : part) tokens.push_back({v, token_weight(plan, v)});
-  }
+  std::vector<Valued> tokens = valued(parts);
   const float theta = refine_top_p(tokens, row_top, target, cum);
   mass = cum;
   return theta;
@@ -136,55 +142,48 @@ bool bracket_top_p(const float* x, int64_t n, RowPlan& plan, const double* estim
     cum += estimate[b];
   }
   if (guess < 0) return false;
-  // Edge j is the floor of bucket guess + 4 - j; the guessed bucket lies between edges 3 and 4.
-  constexpr int kGuessEdge = 3;
+  // Edge j is the floor of bucket guess + 2 - j: the guessed bucket lies between edges 1 and 2, and one
+  // bucket either side is checked too.
+  constexpr int kGuessEdge = 1;
   float edges[kBracketEdges];
-  for (int j = 0; j < kBracketEdges; ++j) edges[j] = bucket_floor(guess + 4 - j);
+  for (int j = 0; j < kBracketEdges; ++j) edges[j] = bucket_floor(guess + 2 - j);
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<double> mass_at(static_cast<size_t>(nseg) * kBracketEdges, 0.0);
-  std::vector<int64_t> count_at(static_cast<size_t>(nseg) * kBracketEdges, 0);
-  std::vector<std::vector<float>> values(nseg);
-  std::vector<std::vector<int64_t>> indices(nseg);
-  std::vector<float> block_above(nblocks);
+  std::vector<Gathered> parts(nseg);
+  std::vector<float> block_above(kBracketEdges * nblocks);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    bracket_pass(x + lo, hi - lo, lo, plan.wt, edges, &mass_at[s * kBracketEdges], &count_at[s * kBracketEdges],
-                 kGuessEdge, values[s], indices[s], &block_above[lo / kPassBlock]);
+    bracket_pass(x + lo, hi - lo, lo, plan.wt, edges, &mass_at[s * kBracketEdges], kGuessEdge, parts[s],
+                 &block_above[lo / kPassBlock], nblocks);
   });
   for (int s = 1; s < nseg; ++s) {
-    for (int j = 0; j < kBracketEdges; ++j) {
-      mass_at[j] += mass_at[s * kBracketEdges + j];
-      count_at[j] += count_at[s * kBracketEdges + j];
-    }
+    for (int j = 0; j < kBracketEdges; ++j) mass_at[j] += mass_at[s * kBracketEdges + j];
   }
   // The boundary bucket: the mass above it is < target and the mass from its floor up is >= target.
+  // (With p > 0 that needs positive mass in it, and weights grow with the value, so "nothing above"
+  // is "no mass above".)
   const double target = top_p * total;
   int edge = -1;
   for (int j = 0; j + 1 < kBracketEdges && edge < 0; ++j) {
     if (mass_at[j] < target && target <= mass_at[j + 1]) edge = j;
   }
   if (edge < 0) return false;
-  if (edge != kGuessEdge) {  // the estimate was a few buckets off: gather the right one
+  if (edge != kGuessEdge) {  // the estimate was a bucket off: gather the right one
     for_segments(nseg, [&](int s) {
       const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-      values[s].clear();
-      indices[s].clear();
-      gather_key_bucket(x + lo, hi - lo, lo, guess + 3 - edge, values[s], indices[s]);
+      parts[s] = Gathered{};
+      gather_key_bucket(x + lo, hi - lo, lo, plan.wt, guess + 1 - edge, parts[s]);
     });
   }
-  std::vector<Valued> tokens;
-  for (const auto& part : values) {
-    for (float v : part) tokens.push_back({v, token_weight(plan, v)});
-  }
+  std::vector<Valued> tokens = valued(parts);
   cum = mass_at[edge];
-  plan.theta = refine_top_p(tokens, count_at[edge] == 0, target, cum);
+  plan.theta = refine_top_p(tokens, mass_at[edge] == 0.0, target, cum);
   plan.mass = cum;
-  if (edge == kGuessEdge) {  // block masses above the bucket, plus its kept tokens
-    plan.blocks.assign(block_above.begin(), block_above.end());
-    for (int s = 0; s < nseg; ++s) {
-      for (size_t i = 0; i < values[s].size(); ++i) {
-        if (values[s][i] >= plan.theta) plan.blocks[indices[s][i] / kPassBlock] += token_weight(plan, values[s][i]);
-      }
+  // Block masses above the boundary bucket, plus its kept tokens: a draw then scans one block.
+  plan.blocks.assign(block_above.begin() + edge * nblocks, block_above.begin() + (edge + 1) * nblocks);
+  for (const Gathered& part : parts) {
+    for (size_t i = 0; i < part.values.size(); ++i) {
+      if (part.values[i] >= plan.theta) plan.blocks[part.indices[i] / kPassBlock] += part.weights[i];
     }
   }
   return true;

@@ -59,6 +59,23 @@ inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt
   return s;
 }
 
+// Appends the `hits` tokens of a block for which in(x) holds, without a branch per token: such tokens are
+// spread at random, so a branch would mispredict.
+template <class In>
+inline void append_where(const float* x, const float* w, int64_t len, int64_t base, int hits, In in,
+                         Gathered& out) {
+  size_t k = out.values.size();
+  out.values.resize(k + hits);
+  out.weights.resize(k + hits);
+  out.indices.resize(k + hits);
+  for (int64_t i = 0; i < len && k < out.values.size(); ++i) {
+    out.values[k] = x[i];
+    out.weights[k] = w[i];
+    out.indices[k] = base + i;
+    k += in(x[i]);
+  }
+}
+
 }  // namespace
 
 FS_MULTIVERSION SpanStats span_stats(const float* x, int64_t n) {
@@ -139,8 +156,16 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
       blocks.sums[b / kPassBlock] = s;
       blocks.refs[b / kPassBlock] = st.ref;
     }
-    if (hist && s > 0.0f && hist_stride > 1) {  // every stride-th token stands for stride tokens
-      for (int64_t i = 0; i < len; i += hist_stride) h[0][key_bucket(xb[i])] += w[i] * hist_stride;
+    if (hist && s > 0.0f && hist_stride > 1) {
+      // The block's heaviest token counts exactly (peaked rows keep most of their mass in a few such
+      // tokens); every other stride-th token stands for stride tokens.
+      int64_t heaviest = len;
+#pragma omp simd reduction(min : heaviest)
+      for (int64_t i = 0; i < len; ++i) heaviest = xb[i] == bmax && i < heaviest ? i : heaviest;
+      h[0][key_bucket(bmax)] += w[heaviest];
+      for (int64_t i = 0; i < len; i += hist_stride) {
+        if (i != heaviest) h[0][key_bucket(xb[i])] += w[i] * hist_stride;
+      }
     } else if (hist && s > 0.0f) {
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) bucket[i] = key_bucket(xb[i]);
@@ -239,55 +264,50 @@ FS_MULTIVERSION SpanStats block_maxima(const float* x, int64_t n, float* block_m
   return {mx, mn, nan != 0};
 }
 
-FS_MULTIVERSION void gather_key_bucket(const float* x, int64_t n, int64_t base, int bucket,
-                                       std::vector<float>& values, std::vector<int64_t>& indices) {
+FS_MULTIVERSION void gather_key_bucket(const float* x, int64_t n, int64_t base, Weighting wt, int bucket,
+                                       Gathered& out) {
+  float w[kBlock];
   for (int64_t b = 0; b < n; b += kBlock) {
     const int64_t len = n - b < kBlock ? n - b : kBlock;
     int hits = 0;
 #pragma omp simd reduction(+ : hits)
     for (int64_t i = 0; i < len; ++i) hits += key_bucket(x[b + i]) == bucket;
     if (hits == 0) continue;
-    for (int64_t i = 0; i < len; ++i) {
-      if (key_bucket(x[b + i]) == bucket) {
-        values.push_back(x[b + i]);
-        indices.push_back(base + b + i);
-      }
-    }
+    block_kept_weights(x + b, len, wt, -kInf, w);
+    append_where(x + b, w, len, base + b, hits, [&](float v) { return key_bucket(v) == bucket; }, out);
   }
 }
 
 FS_MULTIVERSION void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds,
-                                  double* mass_at, int64_t* count_at, int gather_edge, std::vector<float>& values,
-                                  std::vector<int64_t>& indices, float* block_above) {
+                                  double* mass_at, int gather_edge, Gathered& out, float* block_above,
+                                  int64_t nblocks) {
+  static_assert(kBracketEdges == 4, "one accumulator per edge below");
+  const float t0 = thresholds[0], t1 = thresholds[1], t2 = thresholds[2], t3 = thresholds[3];
   const float lo = thresholds[gather_edge + 1], hi = thresholds[gather_edge];
   float w[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const float* xb = x + b;
     block_kept_weights(xb, len, wt, -kInf, w);
-    for (int j = 0; j < kBracketEdges; ++j) {
-      const float t = thresholds[j];
-      float s = 0.0f;
-      int64_t c = 0;
-#pragma omp simd reduction(+ : s, c)
-      for (int64_t i = 0; i < len; ++i) {
-        s += xb[i] >= t ? w[i] : 0.0f;
-        c += xb[i] >= t;
-      }
-      mass_at[j] += s;
-      count_at[j] += c;
-      if (j == gather_edge) block_above[b / kPassBlock] = s;
-    }
+    // One loop, independent accumulators: the edges' sums do not wait on each other.
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
     int hits = 0;
-#pragma omp simd reduction(+ : hits)
-    for (int64_t i = 0; i < len; ++i) hits += xb[i] >= lo && xb[i] < hi;
-    if (hits == 0) continue;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, hits)
     for (int64_t i = 0; i < len; ++i) {
-      if (xb[i] >= lo && xb[i] < hi) {
-        values.push_back(xb[i]);
-        indices.push_back(base + b + i);
-      }
+      const float v = xb[i];
+      s0 += v >= t0 ? w[i] : 0.0f;
+      s1 += v >= t1 ? w[i] : 0.0f;
+      s2 += v >= t2 ? w[i] : 0.0f;
+      s3 += v >= t3 ? w[i] : 0.0f;
+      hits += (v >= lo) & (v < hi);
     }
+    const float sums[kBracketEdges] = {s0, s1, s2, s3};
+    for (int j = 0; j < kBracketEdges; ++j) {
+      mass_at[j] += sums[j];
+      block_above[j * nblocks + b / kPassBlock] = sums[j];
+    }
+    if (hits == 0) continue;
+    append_where(xb, w, len, base + b, hits, [&](float v) { return (v >= lo) & (v < hi); }, out);
   }
 }
 

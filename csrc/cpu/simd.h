@@ -102,17 +102,21 @@ inline float bucket_floor(int b) {
   return v;
 }
 
-// Exact masses at a few candidate top-p edges in one vectorised pass (no scatter): for thresholds t[j]
-// (kBracketEdges of them, descending), adds the weight and count of the tokens with x >= t[j] to
-// mass_at[j], count_at[j]; gathers (value, base + i) of the tokens in [t[gather_edge + 1],
-// t[gather_edge]); block_above[k] = kept weight of block k (kPassBlock tokens) with x >= t[gather_edge].
-constexpr int kBracketEdges = 8;
-void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds, double* mass_at,
-                  int64_t* count_at, int gather_edge, std::vector<float>& values, std::vector<int64_t>& indices,
-                  float* block_above);
+// Tokens gathered from a span, in index order, with the weights the vectorised loops gave them.
+struct Gathered {
+  std::vector<float> values, weights;
+  std::vector<int64_t> indices;
+};
 
-// Appends (value, base + i) for every token of the span with key_bucket(x) == bucket, in index order.
-void gather_key_bucket(const float* x, int64_t n, int64_t base, int bucket, std::vector<float>& values,
-                       std::vector<int64_t>& indices);
+// Exact masses at a few candidate top-p edges in one vectorised pass (no scatter): for thresholds t[j]
+// (kBracketEdges of them, descending), adds the weight of the tokens with x >= t[j] to mass_at[j];
+// gathers the tokens in [t[gather_edge + 1], t[gather_edge]) (index = base + position);
+// block_above[j * nblocks + k] = weight of block k's tokens (kPassBlock a block) with x >= t[j].
+constexpr int kBracketEdges = 4;
+void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds, double* mass_at,
+                  int gather_edge, Gathered& out, float* block_above, int64_t nblocks);
+
+// Gathers every token of the span with key_bucket(x) == bucket (index = base + position).
+void gather_key_bucket(const float* x, int64_t n, int64_t base, Weighting wt, int bucket, Gathered& out);
 
 }  // namespace fastsample::cpu
