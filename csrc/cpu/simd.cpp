@@ -1,6 +1,7 @@
 // The vectorised leaf loops declared in simd.h, each compiled for AVX-512, AVX2+FMA and baseline x86-64.
 #include "simd.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -137,7 +138,9 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
         st.ref = ref;
       }
       const float ref = st.ref;
-      if (ref != -kInf) {  // else every token so far is -inf: weight 0, and x - ref would be NaN
+      if (ref == -kInf) {  // every token so far is -inf: weight 0 (and x - ref would be NaN)
+        std::fill(w, w + len, 0.0f);
+      } else {
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < len; ++i) {
           w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
@@ -152,10 +155,9 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
       }
     }
     st.sum += s;
-    if (blocks.sums) {
-      blocks.sums[b / kPassBlock] = s;
-      blocks.refs[b / kPassBlock] = st.ref;
-    }
+    if (blocks.sums) blocks.sums[b / kPassBlock] = s;
+    if (blocks.refs) blocks.refs[b / kPassBlock] = st.ref;
+    if (blocks.weights) std::memcpy(blocks.weights + b, w, len * sizeof(float));
     if (hist && s > 0.0f && hist_stride > 1) {
       // The block's heaviest token counts exactly (peaked rows keep most of their mass in a few such
       // tokens); every other stride-th token stands for stride tokens.

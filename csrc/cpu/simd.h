@@ -43,10 +43,12 @@ struct OnlinePass {
 constexpr int64_t kPassBlock = 256;
 
 // Per-block record of online_pass: sums[j] is block j's weight sum against reference refs[j]
-// (ceil(n / kPassBlock) entries each). Null pointers: not recorded.
+// (ceil(n / kPassBlock) entries each) and weights[i] token i's weight against its block's reference
+// (n entries). Null pointers: not recorded.
 struct PassBlocks {
   float* sums = nullptr;
   float* refs = nullptr;
+  float* weights = nullptr;
 };
 
 // One read of x: stats, the weight sum, optionally the weight of each mass bucket (hist: kMassBuckets

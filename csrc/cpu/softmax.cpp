@@ -19,18 +19,21 @@ void uniform_over(const float* x, int64_t n, float value, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] == value ? share : 0.0f;
 }
 
-// Two passes: the fused online pass (stats + weight sum against a running reference), then one write of
-// exp((x - ref) / T) / sum.
+// One exp per token: the fused online pass stores each weight against its block's reference, then a
+// multiply pass brings every block to the final reference and divides by the sum.
 void softmax_row(const float* x, int64_t n, double temperature, int nseg, float* out) {
   if (!(temperature >= 0.0 && temperature < kInf)) {
     std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
     return;
   }
   const float inv_t = temperature > 0.0 ? static_cast<float>(1.0 / temperature) : 1.0f;
+  const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
+  std::vector<float> refs(nblocks);
   std::vector<OnlinePass> passes(nseg);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    online_pass(x + lo, hi - lo, true, inv_t, passes[s], nullptr, 1, PassBlocks{});
+    online_pass(x + lo, hi - lo, true, inv_t, passes[s], nullptr, 1,
+                PassBlocks{nullptr, &refs[lo / kPassBlock], out + lo});
   });
   float mx = -kInf, ref = -kInf;
   bool nan = false;
@@ -49,11 +52,18 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
   }
   double total = 0.0;
   for (const OnlinePass& pass : passes) total += pass.sum * std::exp((static_cast<double>(pass.ref) - ref) * inv_t);
-  const Weighting wt{true, ref, inv_t};
-  const auto scale = static_cast<float>(1.0 / total);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    write_kept_weights(x + lo, hi - lo, wt, -kInf, scale, out + lo);
+    float block_ref = std::numeric_limits<float>::quiet_NaN(), scale = 0.0f;
+    for (int64_t b = lo; b < hi; b += kPassBlock) {
+      if (!(refs[b / kPassBlock] == block_ref)) {  // references change rarely: one exp per change
+        block_ref = refs[b / kPassBlock];
+        scale = static_cast<float>(std::exp((static_cast<double>(block_ref) - ref) * inv_t) / total);
+      }
+      const int64_t end = std::min(b + kPassBlock, hi);
+#pragma omp simd
+      for (int64_t i = b; i < end; ++i) out[i] *= scale;
+    }
   });
 }
 
