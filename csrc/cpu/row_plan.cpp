@@ -142,11 +142,11 @@ bool bracket_top_p(const float* x, int64_t n, RowPlan& plan, const double* estim
     cum += estimate[b];
   }
   if (guess < 0) return false;
-  // Edge j is the floor of bucket guess + 2 - j: the guessed bucket lies between edges 1 and 2, and one
-  // bucket either side is checked too.
-  constexpr int kGuessEdge = 1;
+  // Edge j is the floor of bucket guess + 4 - j: the guessed bucket lies between edges 3 and 4, and three
+  // buckets either side are checked too (near 0 the buckets are narrow and the estimate lands a few off).
+  constexpr int kGuessEdge = 3;
   float edges[kBracketEdges];
-  for (int j = 0; j < kBracketEdges; ++j) edges[j] = bucket_floor(guess + 2 - j);
+  for (int j = 0; j < kBracketEdges; ++j) edges[j] = bucket_floor(guess + 4 - j);
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<double> mass_at(static_cast<size_t>(nseg) * kBracketEdges, 0.0);
   std::vector<Gathered> parts(nseg);
@@ -168,11 +168,11 @@ bool bracket_top_p(const float* x, int64_t n, RowPlan& plan, const double* estim
     if (mass_at[j] < target && target <= mass_at[j + 1]) edge = j;
   }
   if (edge < 0) return false;
-  if (edge != kGuessEdge) {  // the estimate was a bucket off: gather the right one
+  if (edge != kGuessEdge) {  // the estimate was a few buckets off: gather the right one
     for_segments(nseg, [&](int s) {
       const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
       parts[s] = Gathered{};
-      gather_key_bucket(x + lo, hi - lo, lo, plan.wt, guess + 1 - edge, parts[s]);
+      gather_key_bucket(x + lo, hi - lo, lo, plan.wt, guess + 3 - edge, parts[s]);
     });
   }
   std::vector<Valued> tokens = valued(parts);

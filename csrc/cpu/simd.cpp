@@ -283,8 +283,9 @@ FS_MULTIVERSION void gather_key_bucket(const float* x, int64_t n, int64_t base, 
 FS_MULTIVERSION void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds,
                                   double* mass_at, int gather_edge, Gathered& out, float* block_above,
                                   int64_t nblocks) {
-  static_assert(kBracketEdges == 4, "one accumulator per edge below");
+  static_assert(kBracketEdges == 8, "one accumulator per edge below");
   const float t0 = thresholds[0], t1 = thresholds[1], t2 = thresholds[2], t3 = thresholds[3];
+  const float t4 = thresholds[4], t5 = thresholds[5], t6 = thresholds[6], t7 = thresholds[7];
   const float lo = thresholds[gather_edge + 1], hi = thresholds[gather_edge];
   float w[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
@@ -292,18 +293,22 @@ FS_MULTIVERSION void bracket_pass(const float* x, int64_t n, int64_t base, Weigh
     const float* xb = x + b;
     block_kept_weights(xb, len, wt, -kInf, w);
     // One loop, independent accumulators: the edges' sums do not wait on each other.
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
     int hits = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, hits)
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, hits)
     for (int64_t i = 0; i < len; ++i) {
       const float v = xb[i];
       s0 += v >= t0 ? w[i] : 0.0f;
       s1 += v >= t1 ? w[i] : 0.0f;
       s2 += v >= t2 ? w[i] : 0.0f;
       s3 += v >= t3 ? w[i] : 0.0f;
+      s4 += v >= t4 ? w[i] : 0.0f;
+      s5 += v >= t5 ? w[i] : 0.0f;
+      s6 += v >= t6 ? w[i] : 0.0f;
+      s7 += v >= t7 ? w[i] : 0.0f;
       hits += (v >= lo) & (v < hi);
     }
-    const float sums[kBracketEdges] = {s0, s1, s2, s3};
+    const float sums[kBracketEdges] = {s0, s1, s2, s3, s4, s5, s6, s7};
     for (int j = 0; j < kBracketEdges; ++j) {
       mass_at[j] += sums[j];
       block_above[j * nblocks + b / kPassBlock] = sums[j];

@@ -114,7 +114,7 @@ struct Gathered {
 // (kBracketEdges of them, descending), adds the weight of the tokens with x >= t[j] to mass_at[j];
 // gathers the tokens in [t[gather_edge + 1], t[gather_edge]) (index = base + position);
 // block_above[j * nblocks + k] = weight of block k's tokens (kPassBlock a block) with x >= t[j].
-constexpr int kBracketEdges = 4;
+constexpr int kBracketEdges = 8;
 void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds, double* mass_at,
                   int gather_edge, Gathered& out, float* block_above, int64_t nblocks);
 
