@@ -113,7 +113,10 @@ Drawn draw(const RowPlan& plan, const float* x, int64_t n, int64_t seed, int64_t
   } else {
     token = dense_crossing(x, n, plan, target, nseg);
   }
-  return {token, std::log(token_weight(plan, x[token]) / plan.mass)};
+  // The token's weight as the mass was summed: double weights for listed tokens, the vectorised float
+  // weights otherwise (mixing the two would put rounding into log(1) on one-token rows).
+  const double w = plan.listed ? token_weight(plan, x[token]) : weight_of(plan.wt, x[token]);
+  return {token, std::log(w / plan.mass)};
 }
 
 std::tuple<at::Tensor, at::Tensor> sample(const at::Tensor& x_in, bool is_logits,

@@ -17,28 +17,6 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-// exp(y) for y <= 0 (y = -inf included), vectorisable: Cody-Waite reduction by ln 2 and a degree-7
-// polynomial (relative error ~2 ulp). Below -87.33 the float result would be denormal: return exactly 0
-// so masked (-inf) tokens weigh nothing.
-inline float exp_nonpositive(float y) {
-  constexpr float kLow = -87.33654f;
-  const float c = y > kLow ? y : kLow;  // max(y, kLow): -inf and NaN-free inputs map into range
-  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest integer
-  float r = c - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale * static_cast<float>(y >= kLow);  // a multiply, not a select: vectorises on AVX2 too
-}
-
 // Weights of one block into w[0..len), kept ones only (others 0); returns their float sum.
 inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt, float theta, float* w) {
   float s = 0.0f;
