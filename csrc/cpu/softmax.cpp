@@ -19,6 +19,32 @@ void uniform_over(const float* x, int64_t n, float value, float* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = x[i] == value ? share : 0.0f;
 }
 
+// The first pass of a row run on nseg segments, merged: stats, and the weight sum brought to the largest
+// segment reference.
+struct RowPass {
+  float max = -kInf, ref = -kInf;
+  bool has_nan = false;
+  double total = 0.0;
+};
+
+template <class Segment>
+RowPass first_pass(int64_t n, int nseg, float inv_t, Segment segment_pass) {
+  std::vector<OnlinePass> passes(nseg);
+  for_segments(nseg, [&](int s) {
+    segment_pass(segment_begin(n, nseg, s), segment_begin(n, nseg, s + 1), passes[s]);
+  });
+  RowPass row;
+  for (const OnlinePass& pass : passes) {
+    row.has_nan |= pass.has_nan;
+    row.max = std::max(row.max, pass.max);
+    row.ref = std::max(row.ref, pass.ref);
+  }
+  for (const OnlinePass& pass : passes) {
+    row.total += pass.sum * std::exp((static_cast<double>(pass.ref) - row.ref) * inv_t);
+  }
+  return row;
+}
+
 // One exp per token: the fused online pass stores each weight against its block's reference, then a
 // multiply pass brings every block to the final reference and divides by the sum.
 void softmax_row(const float* x, int64_t n, double temperature, int nseg, float* out) {
@@ -29,20 +55,12 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
   const float inv_t = temperature > 0.0 ? static_cast<float>(1.0 / temperature) : 1.0f;
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<float> refs(nblocks);
-  std::vector<OnlinePass> passes(nseg);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    online_pass(x + lo, hi - lo, true, inv_t, passes[s], nullptr, 1,
-                PassBlocks{nullptr, &refs[lo / kPassBlock], out + lo});
+  const RowPass row = first_pass(n, nseg, inv_t, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
+    online_pass(x + lo, hi - lo, true, inv_t, pass, nullptr, 1, PassBlocks{nullptr, &refs[lo / kPassBlock], out + lo});
   });
-  float mx = -kInf, ref = -kInf;
-  bool nan = false;
-  for (const OnlinePass& pass : passes) {
-    nan |= pass.has_nan;
-    mx = std::max(mx, pass.max);
-    ref = std::max(ref, pass.ref);
-  }
-  if (nan || mx == -kInf) {
+  const float mx = row.max, ref = row.ref;
+  const double total = row.total;
+  if (row.has_nan || mx == -kInf) {
     std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
     return;
   }
@@ -50,8 +68,6 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
     uniform_over(x, n, mx, out);
     return;
   }
-  double total = 0.0;
-  for (const OnlinePass& pass : passes) total += pass.sum * std::exp((static_cast<double>(pass.ref) - ref) * inv_t);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
     float block_ref = std::numeric_limits<float>::quiet_NaN(), scale = 0.0f;
@@ -90,24 +106,13 @@ at::Tensor logsumexp(const at::Tensor& logits_in) {
   float* op = out.data_ptr<float>();
   const int nseg = segments_for(batch, vocab);
   for_rows(batch, nseg, [&](int64_t b) {
-    std::vector<OnlinePass> passes(nseg);
-    for_segments(nseg, [&](int s) {
-      const int64_t lo = segment_begin(vocab, nseg, s), hi = segment_begin(vocab, nseg, s + 1);
-      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, passes[s], nullptr, 1, PassBlocks{});
+    const RowPass row = first_pass(vocab, nseg, 1.0f, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
+      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, pass, nullptr, 1, PassBlocks{});
     });
-    float mx = -kInf, ref = -kInf;
-    bool nan = false;
-    for (const OnlinePass& pass : passes) {
-      nan |= pass.has_nan;
-      mx = std::max(mx, pass.max);
-      ref = std::max(ref, pass.ref);
-    }
-    double total = 0.0;
-    for (const OnlinePass& pass : passes) total += pass.sum * std::exp(static_cast<double>(pass.ref) - ref);
-    if (nan) {
+    if (row.has_nan) {
       op[b] = std::numeric_limits<float>::quiet_NaN();
     } else {
-      op[b] = (mx == kInf || mx == -kInf) ? mx : static_cast<float>(ref + std::log(total));
+      op[b] = (row.max == kInf || row.max == -kInf) ? row.max : static_cast<float>(row.ref + std::log(row.total));
     }
   });
   return out;
