@@ -1,7 +1,8 @@
 // CPU `chain_speculative_sampling` (docs/ops.md): the acceptance test of each draft position with its own
 // Philox draw, then one token from the residual max(0, p - q) at the first rejection, or the bonus token.
+#include <algorithm>
+#include <cfloat>
 #include <cmath>
-#include <vector>
 
 #include "common.h"
 #include "fastsample/philox.h"
@@ -9,21 +10,50 @@
 namespace fastsample::cpu {
 namespace {
 
-// Inverse CDF over weights w (ascending ids) with uniform u; -1 if the weights are not a distribution.
-int64_t sample_weights(const std::vector<double>& w, double u) {
-  double total = 0.0;
-  for (double v : w) {
-    if (!(v >= 0.0) || std::isinf(v)) return -1;
-    total += v;
+// The final token's weight of id v: the residual max(0, p - q) after a rejection (q given), else p.
+inline double final_weight(const float* p, const float* q, bool residual, int64_t v) {
+  return residual ? std::max(0.0, static_cast<double>(p[v]) - q[v]) : static_cast<double>(p[v]);
+}
+
+// The final token by inverse CDF with uniform u, streaming over the rows (no copies): a branch-free pass
+// for validity and sums, then block sums in ascending ids and a walk of the one block holding the step.
+// q is the draft row after a rejection, else null; a residual that sums to 0 falls back to p. -1 if p or
+// q holds a NaN, negative or infinite entry, or the weights sum to 0 (docs/ops.md).
+int64_t sample_final(const float* p, const float* q, int64_t vocab, double u) {
+  constexpr int64_t kWalkBlock = 64;
+  int bad = 0;
+  double sum_p = 0.0, sum_r = 0.0;
+#pragma omp simd reduction(| : bad) reduction(+ : sum_p, sum_r)
+  for (int64_t v = 0; v < vocab; ++v) {
+    const float pv = p[v], qv = q ? q[v] : 0.0f;
+    bad |= (pv != pv) | (pv < 0.0f) | (pv > FLT_MAX) | (qv != qv) | (qv < 0.0f) | (qv > FLT_MAX);
+    sum_p += pv;
+    sum_r += std::max(0.0, static_cast<double>(pv) - qv);
   }
-  if (!(total > 0.0)) return -1;
+  const bool residual = q != nullptr && sum_r > 0.0;
+  const double total = residual ? sum_r : sum_p;
+  if (bad || !(total > 0.0)) return -1;
   const double target = u * total;
   double cum = 0.0;
+  int64_t block = -1;
+  for (int64_t b = 0; b < vocab; b += kWalkBlock) {
+    const int64_t end = std::min(b + kWalkBlock, vocab);
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t v = b; v < end; ++v) s += final_weight(p, q, residual, v);
+    if (s <= 0.0) continue;
+    block = b;
+    if (cum + s > target) break;
+    cum += s;
+  }
+  if (block < 0) return -1;  // unreachable with total > 0; never read before the row
+  // Walk the block in order; rounding may leave it short of the target: its last positive weight then.
   int64_t last = -1;
-  for (size_t i = 0; i < w.size(); ++i) {
-    if (w[i] <= 0.0) continue;
-    last = static_cast<int64_t>(i);
-    cum += w[i];
+  for (int64_t v = block; v < std::min(block + kWalkBlock, vocab); ++v) {
+    const double w = final_weight(p, q, residual, v);
+    if (w <= 0.0) continue;
+    last = v;
+    cum += w;
     if (cum > target) break;
   }
   return last;
@@ -65,26 +95,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling(
     }
     // The final token uses draw n: residual norm(max(0, p - q)) after a rejection, else the bonus from p_n.
     const float* pe = pp + (b * (n + 1) + first_reject) * vocab;
-    std::vector<double> w(pe, pe + vocab);
-    if (first_reject < n) {
-      const float* qe = qp + (b * n + first_reject) * vocab;
-      std::vector<double> residual(vocab);
-      bool any = false, bad = false;
-      for (int64_t v = 0; v < vocab; ++v) {
-        // std::max(0, NaN) is 0, which would hide a NaN: check both rows first
-        bad |= !(qe[v] >= 0.0f) || std::isinf(qe[v]) || !(w[v] >= 0.0) || std::isinf(w[v]);
-        residual[v] = std::max(0.0, w[v] - static_cast<double>(qe[v]));
-        any |= residual[v] > 0.0;
-      }
-      if (bad) {
-        w.assign(vocab, std::nan(""));
-      } else if (any) {
-        w.swap(residual);
-      }
-    }
+    const float* qe = first_reject < n ? qp + (b * n + first_reject) * vocab : nullptr;
     const double u = philox_uniform(seeds[b], offsets[b], static_cast<uint32_t>(n));
     for (int64_t i = 0; i < first_reject; ++i) outp[b * (n + 1) + i] = idp[b * n + i];
-    outp[b * (n + 1) + first_reject] = sample_weights(w, u);
+    outp[b * (n + 1) + first_reject] = sample_final(pe, qe, vocab, u);
     accp[b] = passed;
     emp[b] = first_reject;
   }
