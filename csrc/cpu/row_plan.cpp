@@ -7,6 +7,8 @@
 #include <cstring>
 #include <limits>
 
+#include "top_p.h"
+
 namespace fastsample::cpu {
 namespace {
 
@@ -37,156 +39,6 @@ float min_p_threshold(float row_max, const RowParams& p) {
   }
   const double bound = p.min_p * static_cast<double>(row_max);
   return smallest_kept(static_cast<float>(bound), [&](float v) { return static_cast<double>(v) >= bound; });
-}
-
-// Top-p over tokens sorted by value (descending): walks groups of equal value from `cum` (the mass of
-// everything above them) and keeps a group while the mass above it is < target; the row's first group
-// is always kept. Returns the last kept value and updates cum to the kept mass.
-template <class Token, class Weight>
-float walk_top_p_groups(std::vector<Token>& tokens, Weight weight, bool row_top, double target, double& cum) {
-  std::sort(tokens.begin(), tokens.end(), [](const Token& a, const Token& b) { return a.x > b.x; });
-  float theta = kInf;
-  for (size_t i = 0; i < tokens.size();) {
-    if (!row_top && !(cum < target)) break;
-    row_top = false;
-    theta = tokens[i].x;
-    for (; i < tokens.size() && tokens[i].x == theta; ++i) cum += weight(tokens[i]);
-  }
-  return theta;
-}
-
-// Lower digits of a value's key below the kMassShift bits of key_bucket: refinement levels 1 and 2.
-inline int sub_bucket(float x, int level) {
-  const uint32_t key = float_key(x);
-  return level == 1 ? static_cast<int>((key >> 10) & 0x7FFu) : static_cast<int>(key & 0x3FFu);
-}
-
-struct Valued {
-  float x;
-  double w;
-};
-
-// Within the boundary bucket's tokens, narrows to the sub-bucket holding the boundary while there are
-// many tokens (equal values share every key digit, so ties never split), then walks groups exactly.
-float refine_top_p(std::vector<Valued>& tokens, bool row_top, double target, double& cum) {
-  for (int level = 1; level <= 2 && tokens.size() > 64; ++level) {
-    std::vector<double> hist(2048, 0.0);
-    for (const Valued& t : tokens) hist[sub_bucket(t.x, level)] += t.w;
-    int boundary = -1;
-    for (int d = 2047; d >= 0; --d) {
-      if (hist[d] == 0.0) continue;
-      if (boundary >= 0) row_top = false;
-      boundary = d;
-      if (!(cum + hist[d] < target)) break;
-      cum += hist[d];
-    }
-    tokens.erase(std::remove_if(tokens.begin(), tokens.end(),
-                                [&](const Valued& t) { return sub_bucket(t.x, level) != boundary; }),
-                 tokens.end());
-  }
-  return walk_top_p_groups(tokens, [](const Valued& t) { return t.w; }, row_top, target, cum);
-}
-
-// The gathered tokens of all segments with their weights (float from the vectorised loops, like the
-// masses they are compared with).
-std::vector<Valued> valued(const std::vector<Gathered>& parts) {
-  std::vector<Valued> tokens;
-  for (const Gathered& part : parts) {
-    for (size_t i = 0; i < part.values.size(); ++i) tokens.push_back({part.values[i], part.weights[i]});
-  }
-  return tokens;
-}
-
-// Top-p over the whole row (top-k off), from the mass histogram of the first pass: the bucket holding the
-// boundary is found by walking buckets from the top, then only its tokens are gathered and refined.
-// Returns theta and sets mass to the kept weight.
-float dense_top_p(const float* x, int64_t n, const RowPlan& plan, const double* hist, double total, double top_p,
-                  int nseg, double& mass) {
-  const double target = top_p * total;
-  double cum = 0.0;
-  int boundary = -1;
-  bool row_top = true;  // stays true while the boundary is the first non-empty bucket
-  for (int b = kMassBuckets - 1; b >= 0; --b) {
-    if (hist[b] == 0.0) continue;
-    if (boundary >= 0) row_top = false;
-    boundary = b;
-    if (!(cum + hist[b] < target)) break;
-    cum += hist[b];
-  }
-  std::vector<Gathered> parts(nseg);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    gather_key_bucket(x + lo, hi - lo, lo, plan.wt, boundary, parts[s]);
-  });
-  std::vector<Valued> tokens = valued(parts);
-  const float theta = refine_top_p(tokens, row_top, target, cum);
-  mass = cum;
-  return theta;
-}
-
-// Top-p from an estimated histogram (every 16th token): one vectorised pass finds the exact mass above a
-// few bucket edges around the estimated boundary bucket, gathering that bucket's tokens and each block's
-// mass above it on the way, so no exact histogram is scattered and a draw scans one block. Returns false,
-// with the plan untouched, when the boundary is not between those edges (the caller then builds the
-// exact histogram).
-bool bracket_top_p(const float* x, int64_t n, RowPlan& plan, const double* estimate, double total, double top_p,
-                   int nseg) {
-  double estimated_total = 0.0;
-  for (int b = 0; b < kMassBuckets; ++b) estimated_total += estimate[b];
-  int guess = -1;
-  double cum = 0.0;
-  for (int b = kMassBuckets - 1; b >= 0; --b) {
-    if (estimate[b] == 0.0) continue;
-    guess = b;
-    if (!(cum + estimate[b] < top_p * estimated_total)) break;
-    cum += estimate[b];
-  }
-  if (guess < 0) return false;
-  // Edge j is the floor of bucket guess + 4 - j: the guessed bucket lies between edges 3 and 4, and three
-  // buckets either side are checked too (near 0 the buckets are narrow and the estimate lands a few off).
-  constexpr int kGuessEdge = 3;
-  float edges[kBracketEdges];
-  for (int j = 0; j < kBracketEdges; ++j) edges[j] = bucket_floor(guess + 4 - j);
-  const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
-  std::vector<double> mass_at(static_cast<size_t>(nseg) * kBracketEdges, 0.0);
-  std::vector<Gathered> parts(nseg);
-  std::vector<float> block_above(kBracketEdges * nblocks);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    bracket_pass(x + lo, hi - lo, lo, plan.wt, edges, &mass_at[s * kBracketEdges], kGuessEdge, parts[s],
-                 &block_above[lo / kPassBlock], nblocks);
-  });
-  for (int s = 1; s < nseg; ++s) {
-    for (int j = 0; j < kBracketEdges; ++j) mass_at[j] += mass_at[s * kBracketEdges + j];
-  }
-  // The boundary bucket: the mass above it is < target and the mass from its floor up is >= target.
-  // (With p > 0 that needs positive mass in it, and weights grow with the value, so "nothing above"
-  // is "no mass above".)
-  const double target = top_p * total;
-  int edge = -1;
-  for (int j = 0; j + 1 < kBracketEdges && edge < 0; ++j) {
-    if (mass_at[j] < target && target <= mass_at[j + 1]) edge = j;
-  }
-  if (edge < 0) return false;
-  if (edge != kGuessEdge) {  // the estimate was a few buckets off: gather the right one
-    for_segments(nseg, [&](int s) {
-      const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-      parts[s] = Gathered{};
-      gather_key_bucket(x + lo, hi - lo, lo, plan.wt, guess + 3 - edge, parts[s]);
-    });
-  }
-  std::vector<Valued> tokens = valued(parts);
-  cum = mass_at[edge];
-  plan.theta = refine_top_p(tokens, mass_at[edge] == 0.0, target, cum);
-  plan.mass = cum;
-  // Block masses above the boundary bucket, plus its kept tokens: a draw then scans one block.
-  plan.blocks.assign(block_above.begin() + edge * nblocks, block_above.begin() + (edge + 1) * nblocks);
-  for (const Gathered& part : parts) {
-    for (size_t i = 0; i < part.values.size(); ++i) {
-      if (part.values[i] >= plan.theta) plan.blocks[part.indices[i] / kPassBlock] += part.weights[i];
-    }
-  }
-  return true;
 }
 
 // Top-k on (then top-p, min-p over the few survivors): everything from the candidate list.
@@ -271,6 +123,27 @@ bool plan_from_stats(RowPlan& plan, const float* x, int64_t n, const RowParams& 
   return mn < 0.0f || mx == kInf || !(mx > 0.0f);  // probs: negative, infinite or all zero
 }
 
+// min-p on top of a plan, when its threshold is the higher one: listed plans drop tokens, dense plans
+// take a pass for the kept weight of each block.
+void apply_min_p(const float* x, int64_t n, float theta_min_p, int nseg, RowPlan& plan) {
+  if (!(theta_min_p > plan.theta)) return;
+  plan.theta = theta_min_p;
+  plan.mass = 0.0;
+  if (plan.listed) {
+    drop_below(plan.kept, theta_min_p);
+    for (const Candidate& c : plan.kept) plan.mass += token_weight(plan, c.x);
+    return;
+  }
+  const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
+  std::vector<float> sums(nblocks);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    kept_block_sums(x + lo, hi - lo, plan.wt, plan.theta, &sums[lo / kPassBlock]);
+  });
+  plan.blocks.assign(sums.begin(), sums.end());
+  for (double v : plan.blocks) plan.mass += v;
+}
+
 }  // namespace
 
 int segments_for(int64_t batch, int64_t n) {
@@ -312,48 +185,41 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
     return plan;
   }
 
-  // First pass without top-k: stats, the weight sum and, for top-p, the mass histogram (estimated from
-  // every 16th token on long rows, exact on short ones), in one read. With no filter at all it also
-  // records block sums, which are then all a draw needs.
-  const bool use_p = p.top_p < 1.0, record = !use_p && p.min_p <= 0.0;
+  if (p.top_p < 1.0) {  // top-p without top-k: csrc/cpu/top_p.h
+    const TopPPass pass = top_p_first_pass(x, n, p.is_logits, plan.temperature, p.top_p, nseg);
+    if (pass.has_nan) return plan;
+    if (plan_from_stats(plan, x, n, p, pass.max, pass.min, nseg, count_maxima)) return plan;
+    plan.kind = RowPlan::kThreshold;
+    plan.wt = {p.is_logits, p.is_logits ? pass.ref : pass.max, inv_t};
+    resolve_top_p(x, n, pass, p.top_p, nseg, plan);
+    apply_min_p(x, n, min_p_threshold(pass.max, p), nseg, plan);
+    return plan;
+  }
+
+  // No top-k, no top-p: one pass for the stats, the weight sum and (with no filter at all) block sums,
+  // which are then all a draw needs.
+  const bool record = p.min_p <= 0.0;
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<OnlinePass> passes(nseg);
-  std::vector<double> hists(use_p ? static_cast<size_t>(nseg) * kMassBuckets : 0);
   std::vector<float> block_sums(record ? nblocks : 0), block_refs(record ? nblocks : 0);
+  for_segments(nseg, [&](int s) {
+    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    const PassBlocks blocks = record ? PassBlocks{&block_sums[lo / kPassBlock], &block_refs[lo / kPassBlock]}
+                                     : PassBlocks{};
+    online_pass(x + lo, hi - lo, p.is_logits, inv_t, passes[s], blocks);
+  });
+  if (!merge_stats(nseg, [&](int s) { return passes[s]; }, mx, mn)) return plan;
+  if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
+  // Segments summed weights against their own references: bring them to the largest one.
   float ref = mx;
-  double total = 0.0;
+  if (p.is_logits) {
+    for (const OnlinePass& pass : passes) ref = std::max(ref, pass.ref);
+  }
   auto rescale = [&](float from) {
     return p.is_logits ? std::exp((static_cast<double>(from) - ref) * inv_t) : 1.0;
   };
-  auto first_pass = [&](int hist_stride) {  // fills passes and hists[0, kMassBuckets): false on a NaN row
-    std::fill(hists.begin(), hists.end(), 0.0);
-    passes.assign(nseg, OnlinePass{});
-    for_segments(nseg, [&](int s) {
-      const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-      const PassBlocks blocks = record ? PassBlocks{&block_sums[lo / kPassBlock], &block_refs[lo / kPassBlock]}
-                                       : PassBlocks{};
-      online_pass(x + lo, hi - lo, p.is_logits, inv_t, passes[s],
-                  use_p ? &hists[static_cast<size_t>(s) * kMassBuckets] : nullptr, hist_stride, blocks);
-    });
-    if (!merge_stats(nseg, [&](int s) { return passes[s]; }, mx, mn)) return false;
-    // Segments summed weights against their own references: bring them to the largest one.
-    ref = mx;
-    if (p.is_logits) {
-      for (const OnlinePass& pass : passes) ref = std::max(ref, pass.ref);
-    }
-    total = 0.0;
-    for (int s = 0; s < nseg; ++s) {
-      const double scale = rescale(passes[s].ref);
-      total += passes[s].sum * scale;
-      for (size_t b = 0; use_p && b < kMassBuckets; ++b) {
-        hists[b] = (s == 0 ? 0.0 : hists[b]) + hists[static_cast<size_t>(s) * kMassBuckets + b] * scale;
-      }
-    }
-    return true;
-  };
-  const int stride = use_p && n >= 16384 ? 16 : 1;
-  if (!first_pass(stride)) return plan;
-  if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
+  double total = 0.0;
+  for (const OnlinePass& pass : passes) total += pass.sum * rescale(pass.ref);
   plan.kind = RowPlan::kThreshold;
   plan.wt = {p.is_logits, ref, inv_t};
   plan.mass = total;
@@ -371,22 +237,7 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
     }
     return plan;
   }
-  if (use_p && !(stride > 1 && bracket_top_p(x, n, plan, hists.data(), total, p.top_p, nseg))) {
-    if (stride > 1) first_pass(1);  // the estimate missed: the exact histogram
-    plan.theta = dense_top_p(x, n, plan, hists.data(), total, p.top_p, nseg, plan.mass);
-  }
-  const float theta_min_p = min_p_threshold(mx, p);
-  if (theta_min_p > plan.theta) {  // min-p decides: a pass for the kept weight of each block
-    plan.theta = theta_min_p;
-    std::vector<float> sums(nblocks);
-    for_segments(nseg, [&](int s) {
-      const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-      kept_block_sums(x + lo, hi - lo, plan.wt, plan.theta, &sums[lo / kPassBlock]);
-    });
-    plan.blocks.assign(sums.begin(), sums.end());
-    plan.mass = 0.0;
-    for (double v : plan.blocks) plan.mass += v;
-  }
+  apply_min_p(x, n, min_p_threshold(mx, p), nseg, plan);
   return plan;
 }
 

@@ -6,6 +6,10 @@
 #include <cstring>
 #include <limits>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FS_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -16,6 +20,10 @@ namespace fastsample::cpu {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// GCC vector extensions, where the auto-vectoriser falls short: 16 floats, lowered to whatever width the
+// instruction set at hand has.
+typedef float F16 __attribute__((vector_size(64)));
 
 // Weights of one block into w[0..len), kept ones only (others 0); returns their float sum.
 inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt, float theta, float* w) {
@@ -38,21 +46,85 @@ inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt
   return s;
 }
 
-// Appends the `hits` tokens of a block for which in(x) holds, without a branch per token: such tokens are
-// spread at random, so a branch would mispredict.
-template <class In>
-inline void append_where(const float* x, const float* w, int64_t len, int64_t base, int hits, In in,
-                         Gathered& out) {
-  size_t k = out.values.size();
-  out.values.resize(k + hits);
-  out.weights.resize(k + hits);
-  out.indices.resize(k + hits);
-  for (int64_t i = 0; i < len && k < out.values.size(); ++i) {
-    out.values[k] = x[i];
-    out.weights[k] = w[i];
-    out.indices[k] = base + i;
-    k += in(x[i]);
+// Stats of one block into st and, for logits, the reference raised (with slack) when the block exceeds
+// it. Returns the factor that sums taken against the old reference must be multiplied by (1 if unchanged)
+// and sets bmax to the block max.
+inline double block_stats(const float* xb, int64_t len, bool is_exp, float inv_t, OnlinePass& st, float& bmax) {
+  float mx = -kInf, mn = kInf;
+  int nan = 0;
+#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(| : nan)
+  for (int64_t i = 0; i < len; ++i) {
+    nan |= xb[i] != xb[i];
+    mx = xb[i] > mx ? xb[i] : mx;
+    mn = xb[i] < mn ? xb[i] : mn;
   }
+  bmax = mx;
+  st.has_nan |= nan != 0;
+  st.max = mx > st.max ? mx : st.max;
+  st.min = mn < st.min ? mn : st.min;
+  if (!is_exp || !(mx > st.ref) || st.has_nan || st.max == kInf) return 1.0;
+  const float ref = mx + 8.0f / inv_t;  // new references sit 8 temperatures above the block max
+  const double scale = std::exp(static_cast<double>(st.ref - ref) * inv_t);  // 0 from -inf
+  st.ref = ref;
+  return scale;
+}
+
+// Whether the span's weights can be summed: rows with NaN or +inf are decided by their stats alone, and
+// while every logit so far is -inf there is no reference (x - ref would be NaN).
+inline bool weighable(const OnlinePass& st, bool is_exp) {
+  return !st.has_nan && st.max != kInf && !(is_exp && st.ref == -kInf);
+}
+
+// The masses of one block above the bracket's edges, from the weights w: sums[j] = sum of w[i] with
+// x[i] >= edges[j] (len a multiple of 16, or the block zero-padded). Independent accumulators: the
+// edges' sums do not wait on each other.
+inline void bracket_sums(const float* xb, const float* w, int64_t len, const Bracket& br, float* sums) {
+  F16 acc[kBracketEdges] = {};
+  for (int64_t i = 0; i < len; i += 16) {
+    F16 v, wv;
+    std::memcpy(&v, xb + i, sizeof v);
+    std::memcpy(&wv, w + i, sizeof wv);
+    for (int j = 0; j < kBracketEdges; ++j) acc[j] += v >= br.edges[j] ? wv : F16{};
+  }
+  for (int j = 0; j < kBracketEdges; ++j) {
+    float s = 0.0f;
+    for (int l = 0; l < 16; ++l) s += acc[j][l];
+    sums[j] = s;
+  }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// bracket_sums with a compare into a mask register and a masked add per edge (generic vector code takes a
+// blend more).
+__attribute__((target("avx512f"))) void bracket_sums_avx512(const float* xb, const float* w, int64_t len,
+                                                             const Bracket& br, float* sums) {
+  __m512 acc[kBracketEdges], edge[kBracketEdges];
+  for (int j = 0; j < kBracketEdges; ++j) {
+    acc[j] = _mm512_setzero_ps();
+    edge[j] = _mm512_set1_ps(br.edges[j]);
+  }
+  for (int64_t i = 0; i < len; i += 16) {
+    const __m512 v = _mm512_loadu_ps(xb + i), wv = _mm512_loadu_ps(w + i);
+    for (int j = 0; j < kBracketEdges; ++j) {
+      acc[j] = _mm512_mask_add_ps(acc[j], _mm512_cmp_ps_mask(v, edge[j], _CMP_GE_OQ), acc[j], wv);
+    }
+  }
+  for (int j = 0; j < kBracketEdges; ++j) {  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, acc[j]);
+    float s = 0.0f;
+    for (float v : lanes) s += v;
+    sums[j] = s;
+  }
+}
+#endif
+
+inline void bracket_sums_dispatch(const float* xb, const float* w, int64_t len, const Bracket& br, float* sums) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return bracket_sums_avx512(xb, w, len, br, sums);
+#endif
+  bracket_sums(xb, w, len, br, sums);
 }
 
 }  // namespace
@@ -71,59 +143,22 @@ FS_MULTIVERSION SpanStats span_stats(const float* x, int64_t n) {
 }
 
 FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& st,
-                                 double* hist, int hist_stride, PassBlocks blocks) {
-  // Long exact spans use two interleaved histograms: consecutive tokens in one bucket would otherwise
-  // chain every add on the previous store. Merged into hist at the end.
-  static thread_local double pair[2][kMassBuckets];
-  const bool split = hist && hist_stride == 1 && n >= 8 * kMassBuckets;
-  double* h[2] = {hist, hist};
-  if (split) {
-    std::memset(pair, 0, sizeof pair);
-    h[0] = pair[0];
-    h[1] = pair[1];
-  }
-  const float slack = 8.0f / inv_t;  // new references sit 8 temperatures above the block max
+                                 PassBlocks blocks) {
   float w[kPassBlock];
-  int32_t bucket[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const float* xb = x + b;
-    float bmax = -kInf, bmin = kInf;
-    int nan = 0;
-#pragma omp simd reduction(max : bmax) reduction(min : bmin) reduction(| : nan)
-    for (int64_t i = 0; i < len; ++i) {
-      nan |= xb[i] != xb[i];
-      bmax = xb[i] > bmax ? xb[i] : bmax;
-      bmin = xb[i] < bmin ? xb[i] : bmin;
-    }
-    st.has_nan |= nan != 0;
-    st.max = bmax > st.max ? bmax : st.max;
-    st.min = bmin < st.min ? bmin : st.min;
+    float bmax;
+    st.sum *= block_stats(xb, len, is_exp, inv_t, st, bmax);
     float s = 0.0f;
-    if (st.has_nan || st.max == kInf) {
-      // such rows are decided by their stats alone
+    if (!weighable(st, is_exp)) {
+      std::fill(w, w + len, 0.0f);
     } else if (is_exp) {
-      if (bmax > st.ref) {
-        const float ref = bmax + slack;
-        const double scale = std::exp(static_cast<double>(st.ref - ref) * inv_t);  // 0 from -inf
-        st.sum *= scale;
-        if (hist) {
-          for (int k = 0; k < kMassBuckets; ++k) h[0][k] *= scale;
-          if (split) {
-            for (int k = 0; k < kMassBuckets; ++k) h[1][k] *= scale;
-          }
-        }
-        st.ref = ref;
-      }
       const float ref = st.ref;
-      if (ref == -kInf) {  // every token so far is -inf: weight 0 (and x - ref would be NaN)
-        std::fill(w, w + len, 0.0f);
-      } else {
 #pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < len; ++i) {
-          w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
-          s += w[i];
-        }
+      for (int64_t i = 0; i < len; ++i) {
+        w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
+        s += w[i];
       }
     } else {
 #pragma omp simd reduction(+ : s)
@@ -136,31 +171,125 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
     if (blocks.sums) blocks.sums[b / kPassBlock] = s;
     if (blocks.refs) blocks.refs[b / kPassBlock] = st.ref;
     if (blocks.weights) std::memcpy(blocks.weights + b, w, len * sizeof(float));
-    if (hist && s > 0.0f && hist_stride > 1) {
-      // The block's heaviest token counts exactly (peaked rows keep most of their mass in a few such
-      // tokens); every other stride-th token stands for stride tokens.
-      int64_t heaviest = len;
-#pragma omp simd reduction(min : heaviest)
-      for (int64_t i = 0; i < len; ++i) heaviest = xb[i] == bmax && i < heaviest ? i : heaviest;
-      h[0][key_bucket(bmax)] += w[heaviest];
-      for (int64_t i = 0; i < len; i += hist_stride) {
-        if (i != heaviest) h[0][key_bucket(xb[i])] += w[i] * hist_stride;
-      }
-    } else if (hist && s > 0.0f) {
-#pragma omp simd
-      for (int64_t i = 0; i < len; ++i) bucket[i] = key_bucket(xb[i]);
-      double *h0 = h[0], *h1 = h[1];
-      int64_t i = 0;
-      for (; i + 1 < len; i += 2) {
-        h0[bucket[i]] += w[i];
-        h1[bucket[i + 1]] += w[i + 1];
-      }
-      if (i < len) h0[bucket[i]] += w[i];
+  }
+}
+
+FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& br,
+                                         OnlinePass& st, double* mass_at, BracketBlocks blocks) {
+  float w[kPassBlock];
+  for (int64_t b = 0; b < n; b += kPassBlock) {
+    const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
+    const float* xb = x + b;
+    const int64_t k = b / kPassBlock;
+    const double scale = block_stats(xb, len, is_exp, inv_t, st, blocks.max[k]);
+    if (scale != 1.0) {
+      st.sum *= scale;
+      for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
+    }
+    blocks.refs[k] = st.ref;
+    float sums[kBracketEdges] = {};
+    if (weighable(st, is_exp) && len == kPassBlock) {
+      st.sum += block_kept_weights(xb, len, Weighting{is_exp, st.ref, inv_t}, -kInf, w);
+      bracket_sums_dispatch(xb, w, len, br, sums);
+    } else if (weighable(st, is_exp)) {  // a short last block: padded with tokens of no weight
+      float xs[kPassBlock];
+      std::fill(std::copy(xb, xb + len, xs), xs + kPassBlock, is_exp ? -kInf : 0.0f);
+      st.sum += block_kept_weights(xs, kPassBlock, Weighting{is_exp, st.ref, inv_t}, -kInf, w);
+      bracket_sums_dispatch(xs, w, kPassBlock, br, sums);
+    }
+    for (int j = 0; j < kBracketEdges; ++j) {
+      mass_at[j] += sums[j];
+      blocks.above[j * blocks.stride + k] = sums[j];
     }
   }
-  if (split) {
-    for (int k = 0; k < kMassBuckets; ++k) hist[k] += pair[0][k] + pair[1][k];
+}
+
+// gather_range: the tokens in range are few and spread at random, so a branch per token would mispredict.
+// AVX-512 compresses each group of 16 into place without a branch; other machines reduce the group to a
+// bit mask (vector extensions) and visit its set bits. Both write into the vectors grown ahead (so the
+// loop makes no calls that would spill its registers) and trim them at the end.
+namespace {
+
+// Makes room for 16 more tokens after the first k.
+inline void room_for_16(Gathered& out, size_t k) {
+  if (k + 16 <= out.values.size()) return;
+  const size_t size = std::max<size_t>(2 * out.values.size(), k + 1024);
+  out.values.resize(size);
+  out.indices.resize(size);
+}
+
+}  // namespace
+
+void gather_range_generic(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
+  typedef int32_t I16 __attribute__((vector_size(64)));
+  const I16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+  size_t k = out.values.size();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    F16 v;
+    std::memcpy(&v, x + i, sizeof v);
+    const I16 bits = (v >= lo) & (v < hi) & bit;
+    uint32_t mask = 0;
+    for (int l = 0; l < 16; ++l) mask |= static_cast<uint32_t>(bits[l]);
+    if (mask == 0) continue;
+    room_for_16(out, k);
+    for (; mask != 0; mask &= mask - 1, ++k) {
+      const int64_t j = i + __builtin_ctz(mask);
+      out.values[k] = x[j];
+      out.indices[k] = base + j;
+    }
   }
+  for (; i < n; ++i) {
+    room_for_16(out, k);
+    out.values[k] = x[i];
+    out.indices[k] = base + i;
+    k += x[i] >= lo && x[i] < hi;
+  }
+  out.values.resize(k);
+  out.indices.resize(k);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target("avx512f"))) void gather_range_avx512(const float* x, int64_t n, int64_t base, float lo,
+                                                             float hi, Gathered& out) {
+  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+  const __m512i lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+  size_t k = out.values.size();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    room_for_16(out, k);
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 mask = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LT_OQ);
+    const auto low = static_cast<__mmask8>(mask), high = static_cast<__mmask8>(mask >> 8);
+    const __m512i at = _mm512_add_epi64(lanes, _mm512_set1_epi64(base + i));
+    _mm512_storeu_ps(&out.values[k], _mm512_maskz_compress_ps(mask, v));
+    _mm512_storeu_si512(&out.indices[k], _mm512_maskz_compress_epi64(low, at));
+    const size_t k_high = k + __builtin_popcount(low);
+    _mm512_storeu_si512(&out.indices[k_high], _mm512_maskz_compress_epi64(high, _mm512_add_epi64(at, _mm512_set1_epi64(8))));
+    k = k_high + __builtin_popcount(high);
+  }
+  out.values.resize(k);
+  out.indices.resize(k);
+  gather_range_generic(x + i, n - i, base + i, lo, hi, out);  // the tail
+}
+#endif
+
+void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) return gather_range_avx512(x, n, base, lo, hi, out);
+#endif
+  gather_range_generic(x, n, base, lo, hi, out);
+}
+
+FS_MULTIVERSION void weights_of(const Weighting& wt, const float* x, int64_t n, float* w) {
+  if (!wt.is_exp) {
+    std::copy(x, x + n, w);
+    return;
+  }
+  const float ref = wt.max, inv_t = wt.inv_t;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) w[i] = exp_nonpositive((x[i] - ref) * inv_t);
 }
 
 FS_MULTIVERSION void kept_block_sums(const float* x, int64_t n, Weighting wt, float theta, float* sums) {
@@ -242,58 +371,6 @@ FS_MULTIVERSION SpanStats block_maxima(const float* x, int64_t n, float* block_m
     mx = m > mx ? m : mx;
   }
   return {mx, mn, nan != 0};
-}
-
-FS_MULTIVERSION void gather_key_bucket(const float* x, int64_t n, int64_t base, Weighting wt, int bucket,
-                                       Gathered& out) {
-  float w[kBlock];
-  for (int64_t b = 0; b < n; b += kBlock) {
-    const int64_t len = n - b < kBlock ? n - b : kBlock;
-    int hits = 0;
-#pragma omp simd reduction(+ : hits)
-    for (int64_t i = 0; i < len; ++i) hits += key_bucket(x[b + i]) == bucket;
-    if (hits == 0) continue;
-    block_kept_weights(x + b, len, wt, -kInf, w);
-    append_where(x + b, w, len, base + b, hits, [&](float v) { return key_bucket(v) == bucket; }, out);
-  }
-}
-
-FS_MULTIVERSION void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds,
-                                  double* mass_at, int gather_edge, Gathered& out, float* block_above,
-                                  int64_t nblocks) {
-  static_assert(kBracketEdges == 8, "one accumulator per edge below");
-  const float t0 = thresholds[0], t1 = thresholds[1], t2 = thresholds[2], t3 = thresholds[3];
-  const float t4 = thresholds[4], t5 = thresholds[5], t6 = thresholds[6], t7 = thresholds[7];
-  const float lo = thresholds[gather_edge + 1], hi = thresholds[gather_edge];
-  float w[kPassBlock];
-  for (int64_t b = 0; b < n; b += kPassBlock) {
-    const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
-    const float* xb = x + b;
-    block_kept_weights(xb, len, wt, -kInf, w);
-    // One loop, independent accumulators: the edges' sums do not wait on each other.
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f, s4 = 0.0f, s5 = 0.0f, s6 = 0.0f, s7 = 0.0f;
-    int hits = 0;
-#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, hits)
-    for (int64_t i = 0; i < len; ++i) {
-      const float v = xb[i];
-      s0 += v >= t0 ? w[i] : 0.0f;
-      s1 += v >= t1 ? w[i] : 0.0f;
-      s2 += v >= t2 ? w[i] : 0.0f;
-      s3 += v >= t3 ? w[i] : 0.0f;
-      s4 += v >= t4 ? w[i] : 0.0f;
-      s5 += v >= t5 ? w[i] : 0.0f;
-      s6 += v >= t6 ? w[i] : 0.0f;
-      s7 += v >= t7 ? w[i] : 0.0f;
-      hits += (v >= lo) & (v < hi);
-    }
-    const float sums[kBracketEdges] = {s0, s1, s2, s3, s4, s5, s6, s7};
-    for (int j = 0; j < kBracketEdges; ++j) {
-      mass_at[j] += sums[j];
-      block_above[j * nblocks + b / kPassBlock] = sums[j];
-    }
-    if (hits == 0) continue;
-    append_where(xb, w, len, base + b, hits, [&](float v) { return (v >= lo) & (v < hi); }, out);
-  }
 }
 
 }  // namespace fastsample::cpu

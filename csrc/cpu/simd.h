@@ -53,11 +53,11 @@ struct SpanStats {
 
 SpanStats span_stats(const float* x, int64_t n);
 
-// State of the fused first pass over a span (online softmax normaliser + stats + mass histogram).
+// State of the fused first pass over a span (online softmax normaliser + stats).
 // Logit weights are taken relative to a reference `ref` >= every value seen, raised with some slack
-// whenever a block exceeds it (the running sum and histogram are rescaled then), so weights never exceed
-// 1 and rescales are rare even for ascending inputs. Start from OnlinePass{} and merge spans with
-// `merge_online`.
+// whenever a block exceeds it (the running sums are rescaled then), so weights never exceed 1 and
+// rescales are rare even for ascending inputs. Start from OnlinePass{} (or with `ref` preset to a good
+// guess) and merge spans by bringing their sums to the largest reference.
 struct OnlinePass {
   float max = -__builtin_inff();
   float min = __builtin_inff();
@@ -66,8 +66,8 @@ struct OnlinePass {
   double sum = 0.0;               // sum of the weights
 };
 
-// The first pass reads x in blocks of this many tokens and can record each block's weight sum, so that a
-// draw later walks block sums and scans a single block instead of the row.
+// The first pass reads x in blocks of this many tokens and can record per-block facts (weight sums,
+// maxima), so that a draw later walks block sums and scans a single block instead of the row.
 constexpr int64_t kPassBlock = 256;
 
 // Per-block record of online_pass: sums[j] is block j's weight sum against reference refs[j]
@@ -79,11 +79,40 @@ struct PassBlocks {
   float* weights = nullptr;
 };
 
-// One read of x: stats, the weight sum, optionally the weight of each mass bucket (hist: kMassBuckets
-// doubles indexed by key_bucket(x), zero on entry; exact with hist_stride 1, else estimated from every
-// hist_stride-th token) and the block sums. Spans holding +inf or NaN get stats only.
-void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& state, double* hist,
-                 int hist_stride, PassBlocks blocks);
+// One read of x: stats, the weight sum and the block records. Spans holding +inf or NaN get stats only.
+void online_pass(const float* x, int64_t n, bool is_exp, float inv_t, OnlinePass& state, PassBlocks blocks);
+
+// Tokens gathered from a span, in index order; weights are filled in by whoever needs them.
+struct Gathered {
+  std::vector<float> values, weights;
+  std::vector<int64_t> indices;
+};
+
+// A top-p bracket (csrc/cpu/top_p.h): thresholds, descending, at which the first pass finds exact masses.
+constexpr int kBracketEdges = 8;
+struct Bracket {
+  float edges[kBracketEdges];
+};
+
+// Per-block record of online_bracket_pass (ceil(n / kPassBlock) entries per array): above[j * stride + k]
+// is the weight of block k's tokens with x >= edges[j], against reference refs[k]; max[k] the block max.
+struct BracketBlocks {
+  float* above;
+  int64_t stride;
+  float* refs;
+  float* max;
+};
+
+// online_pass fused with a bracket: also adds the weight of the tokens with x >= edges[j] to mass_at[j]
+// (against the span's final reference) and records the blocks.
+void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& bracket,
+                         OnlinePass& state, double* mass_at, BracketBlocks blocks);
+
+// Gathers the tokens of a span with lo <= x < hi (index = base + position), without weights.
+void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out);
+
+// w[i] = weight_of(wt, x[i]), vectorised.
+void weights_of(const Weighting& wt, const float* x, int64_t n, float* w);
 
 // sums[j] = kept weight (x >= theta) of block j of kPassBlock tokens.
 void kept_block_sums(const float* x, int64_t n, Weighting wt, float theta, float* sums);
@@ -115,38 +144,5 @@ inline uint32_t float_key(float x) {
   __builtin_memcpy(&u, &x, sizeof u);
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
-
-// Probability-mass buckets: the top 11 bits of a token value's key (sign, 8 exponent bits, 2 mantissa
-// bits). Monotone in the value, hence in the weight, and exact on ties; no weight is needed to bucket.
-constexpr int kMassBuckets = 2048;
-constexpr int kMassShift = 21;
-inline int key_bucket(float x) { return static_cast<int>(float_key(x) >> kMassShift); }
-
-// The smallest value of mass bucket b (-inf / +inf past the buckets that hold only NaN bit patterns).
-inline float bucket_floor(int b) {
-  if (b <= 3) return -__builtin_inff();  // keys 0..0x7FFFFF: NaNs and -inf
-  if (b >= 2044) return __builtin_inff();
-  const uint32_t key = static_cast<uint32_t>(b) << kMassShift, u = (key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key;
-  float v;
-  __builtin_memcpy(&v, &u, sizeof v);
-  return v;
-}
-
-// Tokens gathered from a span, in index order, with the weights the vectorised loops gave them.
-struct Gathered {
-  std::vector<float> values, weights;
-  std::vector<int64_t> indices;
-};
-
-// Exact masses at a few candidate top-p edges in one vectorised pass (no scatter): for thresholds t[j]
-// (kBracketEdges of them, descending), adds the weight of the tokens with x >= t[j] to mass_at[j];
-// gathers the tokens in [t[gather_edge + 1], t[gather_edge]) (index = base + position);
-// block_above[j * nblocks + k] = weight of block k's tokens (kPassBlock a block) with x >= t[j].
-constexpr int kBracketEdges = 8;
-void bracket_pass(const float* x, int64_t n, int64_t base, Weighting wt, const float* thresholds, double* mass_at,
-                  int gather_edge, Gathered& out, float* block_above, int64_t nblocks);
-
-// Gathers every token of the span with key_bucket(x) == bucket (index = base + position).
-void gather_key_bucket(const float* x, int64_t n, int64_t base, Weighting wt, int bucket, Gathered& out);
 
 }  // namespace fastsample::cpu

@@ -56,7 +56,7 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<float> refs(nblocks);
   const RowPass row = first_pass(n, nseg, inv_t, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
-    online_pass(x + lo, hi - lo, true, inv_t, pass, nullptr, 1, PassBlocks{nullptr, &refs[lo / kPassBlock], out + lo});
+    online_pass(x + lo, hi - lo, true, inv_t, pass, PassBlocks{nullptr, &refs[lo / kPassBlock], out + lo});
   });
   const float mx = row.max, ref = row.ref;
   const double total = row.total;
@@ -107,7 +107,7 @@ at::Tensor logsumexp(const at::Tensor& logits_in) {
   const int nseg = segments_for(batch, vocab);
   for_rows(batch, nseg, [&](int64_t b) {
     const RowPass row = first_pass(vocab, nseg, 1.0f, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
-      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, pass, nullptr, 1, PassBlocks{});
+      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, pass, PassBlocks{});
     });
     if (row.has_nan) {
       op[b] = std::numeric_limits<float>::quiet_NaN();
