@@ -1,9 +1,12 @@
-"""Top-p without top-k on long rows takes a CPU-specific route (csrc/cpu/row_plan.cpp): the boundary
-bucket is estimated from every 16th token, one vectorised pass checks exact masses at bucket edges around
-the estimate, and a missed estimate falls back to the exact histogram. Whatever route a row takes, its
-kept set and token must be the oracle's. The rows here are built to hit each route: flat and peaked rows
-(estimate right), a few heavy tokens at indices the estimate never samples (estimate far off: fallback),
-ties across the boundary, and p at its extremes."""
+"""Top-p without top-k on long rows takes a CPU-specific route (csrc/cpu/top_p.h): a sample of the row
+places eight thresholds around the estimated boundary, one fused pass finds the exact mass above each, and
+the tokens between the two that bracket the boundary are gathered and refined; when the heaviest block
+maxima alone reach p, the row is settled from them instead. Whatever route a row takes, its kept set and
+token must be the oracle's. The rows here are built to hit each route: flat rows (bracket), peaked rows
+(block maxima), a few heavy tokens the sample never sees (estimate far off: block maxima), many such
+tokens in too many blocks to bound (a wide gather), ties across the boundary (gathered groups of equal
+value), and p at its extremes (p = 0: the max group; p = 0.999: a boundary far out in the tail).
+"""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from conftest import assert_rare, check_renorm, check_tokens, np64, row_seeds
 import fastsample
 import oracle
 
-VOCAB = 65536  # long enough for the estimated histogram
+VOCAB = 65536  # long enough to be sampled rather than read whole
 
 
 def _rows(kind: str, batch: int = 8) -> torch.Tensor:
@@ -22,16 +25,20 @@ def _rows(kind: str, batch: int = 8) -> torch.Tensor:
     if kind == "peaked":
         ranks = torch.arange(1, VOCAB + 1, dtype=torch.float32)
         return torch.stack([-1.2 * ranks.log()[torch.randperm(VOCAB, generator=gen)] for _ in range(batch)])
-    if kind == "hidden_heavy":  # heavy tokens only at odd indices: every-16th sampling never sees them
+    if kind == "hidden_heavy":  # heavy tokens between the sampled runs (64 tokens every 512 here)
         x = torch.randn(batch, VOCAB, generator=gen)
-        heavy = 1 + 2 * torch.randint(0, VOCAB // 2, (batch, 5), generator=gen)
+        heavy = 256 + 512 * torch.randint(0, VOCAB // 512, (batch, 5), generator=gen)
         return x.scatter(1, heavy, torch.full((batch, 5), 12.0))
+    if kind == "many_hidden":  # 200 equal heavy tokens in 200 blocks, unsampled: too many blocks to bound
+        x = torch.randn(batch, VOCAB, generator=gen)
+        heavy = torch.stack([128 + 256 * torch.randperm(256, generator=gen)[:200] for _ in range(batch)])
+        return x.scatter(1, heavy, torch.full((batch, 200), 12.0))
     if kind == "ties":  # a few distinct values, many tokens each
         return torch.randint(0, 6, (batch, VOCAB), generator=gen).float()
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["flat", "peaked", "hidden_heavy", "ties"])
+@pytest.mark.parametrize("kind", ["flat", "peaked", "hidden_heavy", "many_hidden", "ties"])
 @pytest.mark.parametrize("top_p", [0.0, 0.3, 0.9, 0.999])
 def test_top_p_sample_long_rows(kind, top_p):
     logits = _rows(kind)
@@ -44,7 +51,7 @@ def test_top_p_sample_long_rows(kind, top_p):
     np.testing.assert_allclose(np64(got_lp)[same], want_lp[same], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["flat", "peaked", "hidden_heavy", "ties"])
+@pytest.mark.parametrize("kind", ["flat", "peaked", "hidden_heavy", "many_hidden", "ties"])
 @pytest.mark.parametrize("top_p", [0.3, 0.9])
 def test_top_p_renorm_long_rows(kind, top_p):
     probs = torch.softmax(_rows(kind, batch=4), dim=-1)
