@@ -1,11 +1,14 @@
 """Top-p without top-k on long rows takes a CPU-specific route (csrc/cpu/top_p.h): a sample of the row
-places eight thresholds around the estimated boundary, one fused pass finds the exact mass above each, and
-the tokens between the two that bracket the boundary are gathered and refined; when the heaviest block
-maxima alone reach p, the row is settled from them instead. Whatever route a row takes, its kept set and
-token must be the oracle's. The rows here are built to hit each route: flat rows (bracket), peaked rows
-(block maxima), a few heavy tokens the sample never sees (estimate far off: block maxima), many such
-tokens in too many blocks to bound (a wide gather), ties across the boundary (gathered groups of equal
-value), and p at its extremes (p = 0: the max group; p = 0.999: a boundary far out in the tail).
+places four thresholds around the estimated boundary, one fused pass finds the exact mass above each and
+gathers the tokens of the central region, and the region that brackets the boundary is refined (gathered
+again by a second pass when it is not the central one, or the central one held too many tokens); when the
+heaviest block maxima alone reach p, the row is settled from them instead. Whatever route a row takes, its
+kept set and token must be the oracle's. The rows here are built to hit each route: flat rows (central
+region), peaked rows (block maxima), a few heavy tokens the sample never sees (estimate far off: block
+maxima), many such tokens in too many blocks to bound (a wide gather), tokens between the sampled runs
+shifted up (the boundary outside the central region), a dense cluster at the boundary (the central region
+overflows), ties across the boundary (gathered groups of equal value), and p at its extremes (p = 0: the
+max group; p = 0.999: a boundary far out in the tail). Single rows are split over threads.
 """
 import numpy as np
 import pytest
@@ -33,15 +36,27 @@ def _rows(kind: str, batch: int = 8) -> torch.Tensor:
         x = torch.randn(batch, VOCAB, generator=gen)
         heavy = torch.stack([128 + 256 * torch.randperm(256, generator=gen)[:200] for _ in range(batch)])
         return x.scatter(1, heavy, torch.full((batch, 200), 12.0))
+    if kind == "unsampled_shift":  # the sample sees only the lower tokens: its boundary guess is too low
+        x = torch.randn(batch, VOCAB, generator=gen)
+        sampled = (torch.arange(VOCAB) % 512) < 64
+        return torch.where(sampled, x, x + 0.7)
+    if kind == "cluster":  # 30000 tokens within 1e-3 of each other around the boundary: more than a pass keeps
+        x = torch.randn(batch, VOCAB, generator=gen)
+        cluster = torch.stack([torch.randperm(VOCAB, generator=gen)[:30000] for _ in range(batch)])
+        return x.scatter(1, cluster, 2.0 + 1e-3 * torch.rand(batch, 30000, generator=gen))
     if kind == "ties":  # a few distinct values, many tokens each
         return torch.randint(0, 6, (batch, VOCAB), generator=gen).float()
     raise ValueError(kind)
 
 
-@pytest.mark.parametrize("kind", ["flat", "peaked", "hidden_heavy", "many_hidden", "ties"])
+KINDS = ["flat", "peaked", "hidden_heavy", "many_hidden", "unsampled_shift", "cluster", "ties"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("top_p", [0.0, 0.3, 0.9, 0.999])
-def test_top_p_sample_long_rows(kind, top_p):
-    logits = _rows(kind)
+@pytest.mark.parametrize("batch", [1, 8])
+def test_top_p_sample_long_rows(kind, top_p, batch):
+    logits = _rows(kind, batch)
     seed, offset = row_seeds(logits.shape[0], 5)
     got, got_lp = fastsample.sample(logits, temperature=0.9, top_p=top_p, seed=torch.from_numpy(seed),
                                     offset=torch.from_numpy(offset), return_logprobs=True, backend="cpu")
@@ -51,7 +66,7 @@ def test_top_p_sample_long_rows(kind, top_p):
     np.testing.assert_allclose(np64(got_lp)[same], want_lp[same], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["flat", "peaked", "hidden_heavy", "many_hidden", "ties"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("top_p", [0.3, 0.9])
 def test_top_p_renorm_long_rows(kind, top_p):
     probs = torch.softmax(_rows(kind, batch=4), dim=-1)

@@ -75,16 +75,56 @@ inline bool weighable(const OnlinePass& st, bool is_exp) {
   return !st.has_nan && st.max != kInf && !(is_exp && st.ref == -kInf);
 }
 
-// The masses of one block above the bracket's edges, from the weights w: sums[j] = sum of w[i] with
-// x[i] >= edges[j] (len a multiple of 16, or the block zero-padded). Independent accumulators: the
-// edges' sums do not wait on each other.
-inline void bracket_sums(const float* xb, const float* w, int64_t len, const Bracket& br, float* sums) {
+// The weights of one block into w[0..len) against the current reference (all 0 while the span is not
+// weighable); returns their float sum.
+inline float block_weights(const float* xb, int64_t len, const OnlinePass& st, bool is_exp, float inv_t, float* w) {
+  float s = 0.0f;
+  if (!weighable(st, is_exp)) {
+    std::fill(w, w + len, 0.0f);
+  } else if (is_exp) {
+    const float ref = st.ref;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < len; ++i) {
+      w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
+      s += w[i];
+    }
+  } else {
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = 0; i < len; ++i) {
+      w[i] = xb[i];
+      s += w[i];
+    }
+  }
+  return s;
+}
+
+// One block of the bracket pass, from its weights w (len a multiple of 16, or the block padded with
+// tokens of no weight; only the first `real` tokens are gathered): sums[j] = sum of w[i] with
+// x[i] >= edges[j], and the central region's tokens appended to g (offset = base + i). Independent
+// accumulators: the edges' sums do not wait on each other.
+inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t real, const Bracket& br,
+                          float* sums, PassGather& g, uint32_t base) {
   F16 acc[kBracketEdges] = {};
+  const float lo = br.edges[kCentral + 1], hi = br.edges[kCentral];
   for (int64_t i = 0; i < len; i += 16) {
     F16 v, wv;
     std::memcpy(&v, xb + i, sizeof v);
     std::memcpy(&wv, w + i, sizeof wv);
     for (int j = 0; j < kBracketEdges; ++j) acc[j] += v >= br.edges[j] ? wv : F16{};
+    // The gather (machines without AVX-512): a bit mask of the group, then its set bits.
+    typedef int32_t I16 __attribute__((vector_size(64)));
+    const I16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
+    const I16 bits = (v >= lo) & (v < hi) & bit;
+    uint32_t mask = 0;
+    for (int l = 0; l < 16; ++l) mask |= static_cast<uint32_t>(bits[l]);
+    const int64_t rem = real - i;
+    mask &= rem >= 16 ? 0xFFFFu : rem <= 0 ? 0u : (1u << rem) - 1u;
+    for (; mask != 0; mask &= mask - 1, ++g.count) {
+      if (g.count >= g.capacity) continue;
+      const int l = __builtin_ctz(mask);
+      g.values[g.count] = xb[i + l];
+      g.offsets[g.count] = base + static_cast<uint32_t>(i + l);
+    }
   }
   for (int j = 0; j < kBracketEdges; ++j) {
     float s = 0.0f;
@@ -94,37 +134,54 @@ inline void bracket_sums(const float* xb, const float* w, int64_t len, const Bra
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// bracket_sums with a compare into a mask register and a masked add per edge (generic vector code takes a
-// blend more).
-__attribute__((target("avx512f"))) void bracket_sums_avx512(const float* xb, const float* w, int64_t len,
-                                                             const Bracket& br, float* sums) {
+// bracket_block with a compare into a mask register and a masked add per edge (generic vector code takes a
+// blend more), and the gather compressing each group of 16 into place without a branch: the region's
+// tokens are spread at random, so a branch per group would mispredict. Writes land at min(count,
+// capacity), inside the buffers' 16 spare entries.
+__attribute__((target("avx512f"))) void bracket_block_avx512(const float* xb, const float* w, int64_t len,
+                                                             int64_t real, const Bracket& br, float* sums,
+                                                             PassGather& g, uint32_t base) {
   __m512 acc[kBracketEdges], edge[kBracketEdges];
   for (int j = 0; j < kBracketEdges; ++j) {
     acc[j] = _mm512_setzero_ps();
     edge[j] = _mm512_set1_ps(br.edges[j]);
   }
+  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  int64_t count = g.count;
   for (int64_t i = 0; i < len; i += 16) {
     const __m512 v = _mm512_loadu_ps(xb + i), wv = _mm512_loadu_ps(w + i);
+    __mmask16 ge[kBracketEdges];
     for (int j = 0; j < kBracketEdges; ++j) {
-      acc[j] = _mm512_mask_add_ps(acc[j], _mm512_cmp_ps_mask(v, edge[j], _CMP_GE_OQ), acc[j], wv);
+      ge[j] = _mm512_cmp_ps_mask(v, edge[j], _CMP_GE_OQ);
+      acc[j] = _mm512_mask_add_ps(acc[j], ge[j], acc[j], wv);
     }
+    const int64_t rem = real - i;
+    const __mmask16 valid = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1u);
+    const __mmask16 central = ge[kCentral + 1] & ~ge[kCentral] & valid;
+    const int64_t at = count < g.capacity ? count : g.capacity;
+    _mm512_storeu_ps(g.values + at, _mm512_maskz_compress_ps(central, v));
+    const __m512i offsets = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(base + i)));
+    _mm512_storeu_si512(g.offsets + at, _mm512_maskz_compress_epi32(central, offsets));
+    count += __builtin_popcount(central);
   }
+  g.count = count;
   for (int j = 0; j < kBracketEdges; ++j) {  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
-    alignas(64) float lanes[16];
-    _mm512_store_ps(lanes, acc[j]);
+    alignas(64) float lanes_sum[16];
+    _mm512_store_ps(lanes_sum, acc[j]);
     float s = 0.0f;
-    for (float v : lanes) s += v;
+    for (float v : lanes_sum) s += v;
     sums[j] = s;
   }
 }
 #endif
 
-inline void bracket_sums_dispatch(const float* xb, const float* w, int64_t len, const Bracket& br, float* sums) {
+inline void bracket_block_dispatch(const float* xb, const float* w, int64_t len, int64_t real, const Bracket& br,
+                                   float* sums, PassGather& g, uint32_t base) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return bracket_sums_avx512(xb, w, len, br, sums);
+  if (avx512) return bracket_block_avx512(xb, w, len, real, br, sums, g, base);
 #endif
-  bracket_sums(xb, w, len, br, sums);
+  bracket_block(xb, w, len, real, br, sums, g, base);
 }
 
 }  // namespace
@@ -150,23 +207,7 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
     const float* xb = x + b;
     float bmax;
     st.sum *= block_stats(xb, len, is_exp, inv_t, st, bmax);
-    float s = 0.0f;
-    if (!weighable(st, is_exp)) {
-      std::fill(w, w + len, 0.0f);
-    } else if (is_exp) {
-      const float ref = st.ref;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < len; ++i) {
-        w[i] = exp_nonpositive((xb[i] - ref) * inv_t);
-        s += w[i];
-      }
-    } else {
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < len; ++i) {
-        w[i] = xb[i];
-        s += w[i];
-      }
-    }
+    const float s = block_weights(xb, len, st, is_exp, inv_t, w);
     st.sum += s;
     if (blocks.sums) blocks.sums[b / kPassBlock] = s;
     if (blocks.refs) blocks.refs[b / kPassBlock] = st.ref;
@@ -175,8 +216,9 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
 }
 
 FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& br,
-                                         OnlinePass& st, double* mass_at, BracketBlocks blocks) {
-  float w[kPassBlock];
+                                         OnlinePass& st, double* mass_at, BracketBlocks blocks, PassGather& g) {
+  if (n > static_cast<int64_t>(UINT32_MAX)) g.capacity = 0;
+  float w[kPassBlock], xs[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const float* xb = x + b;
@@ -187,16 +229,13 @@ FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp,
       for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
     }
     blocks.refs[k] = st.ref;
-    float sums[kBracketEdges] = {};
-    if (weighable(st, is_exp) && len == kPassBlock) {
-      st.sum += block_kept_weights(xb, len, Weighting{is_exp, st.ref, inv_t}, -kInf, w);
-      bracket_sums_dispatch(xb, w, len, br, sums);
-    } else if (weighable(st, is_exp)) {  // a short last block: padded with tokens of no weight
-      float xs[kPassBlock];
+    if (len < kPassBlock) {  // a short last block: padded with tokens of no weight
       std::fill(std::copy(xb, xb + len, xs), xs + kPassBlock, is_exp ? -kInf : 0.0f);
-      st.sum += block_kept_weights(xs, kPassBlock, Weighting{is_exp, st.ref, inv_t}, -kInf, w);
-      bracket_sums_dispatch(xs, w, kPassBlock, br, sums);
+      xb = xs;
     }
+    st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
+    float sums[kBracketEdges];
+    bracket_block_dispatch(xb, w, kPassBlock, len, br, sums, g, static_cast<uint32_t>(b));
     for (int j = 0; j < kBracketEdges; ++j) {
       mass_at[j] += sums[j];
       blocks.above[j * blocks.stride + k] = sums[j];

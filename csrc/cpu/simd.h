@@ -89,7 +89,10 @@ struct Gathered {
 };
 
 // A top-p bracket (csrc/cpu/top_p.h): thresholds, descending, at which the first pass finds exact masses.
-constexpr int kBracketEdges = 8;
+// The boundary most likely lies in the central region [edges[kCentral + 1], edges[kCentral]), whose tokens
+// the pass gathers as it goes; the outer edges narrow the search when it does not.
+constexpr int kBracketEdges = 4;
+constexpr int kCentral = 1;
 struct Bracket {
   float edges[kBracketEdges];
 };
@@ -103,10 +106,22 @@ struct BracketBlocks {
   float* max;
 };
 
+// The central region's tokens as online_bracket_pass gathers them: values and offsets into the span, in
+// index order. Both buffers hold capacity + 16 entries; `count` goes on past `capacity` when the region
+// holds more tokens, and then only the first `capacity` were kept.
+struct PassGather {
+  float* values;
+  uint32_t* offsets;
+  int64_t capacity;
+  int64_t count = 0;
+  bool overflowed() const { return count > capacity; }
+};
+
 // online_pass fused with a bracket: also adds the weight of the tokens with x >= edges[j] to mass_at[j]
-// (against the span's final reference) and records the blocks.
+// (against the span's final reference), records the blocks and gathers the central region (spans longer
+// than 2^32 tokens pass capacity 0: an offset must fit 32 bits).
 void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& bracket,
-                         OnlinePass& state, double* mass_at, BracketBlocks blocks);
+                         OnlinePass& state, double* mass_at, BracketBlocks blocks, PassGather& gather);
 
 // Gathers the tokens of a span with lo <= x < hi (index = base + position), without weights.
 void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out);

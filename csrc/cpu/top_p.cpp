@@ -14,16 +14,25 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // tokens of short rows). Runs rather than a stride: a stride short of a cache line would read every line
 // of the row, runs read one in sixteen.
 constexpr int64_t kSampleChunk = 64;
-constexpr int64_t kSampleChunks = 128;
-// The estimate buckets sample weights by their float bits below the sample's largest weight: 1/64 octave a
+#ifndef FS_CHUNKS
+#define FS_CHUNKS 128
+#endif
+constexpr int64_t kSampleChunks = FS_CHUNKS;
+// The estimate buckets sample weights by their float bits below the sample's largest weight: 1/32 octave a
 // bucket, 32 octaves in all (lighter tokens share the last bucket).
-constexpr int kEstBuckets = 2048;
-constexpr int kEstShift = 17;
-// Bracket edge j sits kSpread[j] standard errors of the estimated mass fraction from p, and at least
-// kGap[j] estimate buckets beyond its inner neighbour (the guessed bucket lies between edges 3 and 4):
+constexpr int kEstBuckets = 1024;
+constexpr int kEstShift = 18;
+// Bracket edge j sits kSpread[j] standard errors of the estimated mass fraction from p. The central
+// region holds at least the guessed bucket, and the outer edges lie at least kOuterGap buckets beyond it:
 // the sample's and the pass's float weights differ a little, and a row sampled whole has no error.
-constexpr double kSpread[kBracketEdges] = {-6.0, -2.0, -1.0, -0.35, 0.35, 1.0, 2.0, 6.0};
-constexpr int64_t kGap[kBracketEdges] = {4, 2, 1, 0, 1, 1, 2, 4};
+#ifndef FS_CENTRAL_SPREAD
+#define FS_CENTRAL_SPREAD 0.5
+#endif
+constexpr double kSpread[kBracketEdges] = {-6.0, -FS_CENTRAL_SPREAD, FS_CENTRAL_SPREAD, 6.0};
+constexpr int64_t kOuterGap = 4;
+static_assert(kBracketEdges == 4 && kCentral == 1, "one outer edge on each side of the central region");
+// Tokens of the central region each segment's pass may gather (more: gathered again, by a second pass).
+constexpr int64_t kCentralCapacity = 16384;
 
 // The weight whose float bits are `edge` buckets below `top`'s (0 past the last).
 float bucket_edge_weight(float top, int64_t edge) {
@@ -35,51 +44,64 @@ float bucket_edge_weight(float top, int64_t edge) {
   return v;
 }
 
+// The sample, into `sample` (m tokens). The runs are prefetched first: they lie far apart, so each would
+// otherwise wait on memory in turn.
+void take_sample(const float* x, int64_t n, int64_t m, std::vector<float>& sample) {
+  sample.resize(m);
+  if (m == n) {
+    std::copy(x, x + n, sample.data());
+    return;
+  }
+  auto run_at = [&](int64_t c) { return std::min(c * n / kSampleChunks, n - kSampleChunk); };
+  for (int64_t c = 0; c < kSampleChunks; ++c) {
+    for (int64_t l = 0; l < kSampleChunk; l += 16) __builtin_prefetch(x + run_at(c) + l);
+  }
+  for (int64_t c = 0; c < kSampleChunks; ++c) {
+    std::copy(x + run_at(c), x + run_at(c) + kSampleChunk, &sample[c * kSampleChunk]);
+  }
+}
+
 // Step 1. guess_ref: the reference to start the pass from (the sample max plus the usual slack).
 Bracket estimate_bracket(const float* x, int64_t n, bool is_logits, double temperature, double top_p,
                          float& guess_ref) {
   Bracket br;
   std::fill(br.edges, br.edges + kBracketEdges, kInf);  // no estimate: the resolve step finds the boundary
   guess_ref = -kInf;
-  const bool whole = n <= kSampleChunk * kSampleChunks;
-  const int64_t m = whole ? n : kSampleChunk * kSampleChunks;
-  std::vector<float> sample(m), w(m);
-  if (whole) {
-    std::copy(x, x + n, sample.data());
-  } else {
-    for (int64_t c = 0; c < kSampleChunks; ++c) {
-      const int64_t at = std::min(c * n / kSampleChunks, n - kSampleChunk);
-      std::copy(x + at, x + at + kSampleChunk, &sample[c * kSampleChunk]);
-    }
-  }
+  const int64_t m = std::min(n, kSampleChunk * kSampleChunks);
+  thread_local std::vector<float> sample, w;  // scratch reused across rows
+  thread_local std::vector<int32_t> bucket;
+  take_sample(x, n, m, sample);
   const double stride = static_cast<double>(n) / m;  // each sampled token stands for this many
   const SpanStats stats = span_stats(sample.data(), m);
   if (stats.has_nan || !(stats.max > -kInf) || stats.max == kInf || (!is_logits && !(stats.max > 0.0f))) return br;
   const float inv_t = static_cast<float>(1.0 / temperature);
   if (is_logits) guess_ref = stats.max + 8.0f / inv_t;
+  w.resize(m + 1);
   weights_of(Weighting{is_logits, stats.max, inv_t}, sample.data(), m, w.data());
+  w[m] = 0.0f;  // a zero-weight pad for the pairwise loop below
 
   const float top = is_logits ? 1.0f : stats.max;  // the sample's largest weight
   const auto top_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(top));
-  std::vector<int32_t> bucket(m + 1, 0);  // + 1: a zero-weight pad for the pairwise loop below
-  for (int64_t i = 0; i < m; ++i) {  // vectorised: bits below the top, 1/64 octave a bucket
+  bucket.resize(m + 1);
+  for (int64_t i = 0; i <= m; ++i) {  // vectorised: bits below the top, 1/32 octave a bucket
     const int32_t below = (top_bits - static_cast<int32_t>(std::bit_cast<uint32_t>(w[i]))) >> kEstShift;
     bucket[i] = w[i] > 0.0f ? std::min(std::max(below, 0), kEstBuckets - 1) : kEstBuckets - 1;
   }
-  w.push_back(0.0f);
   // Two interleaved histograms: tokens in one bucket would otherwise chain every add on the last store.
-  std::vector<double> mass(2 * kEstBuckets, 0.0);
+  // Float sums: the estimate only places edges, the pass measures the exact masses.
+  float mass[2][kEstBuckets] = {};
   for (int64_t i = 0; i < m; i += 2) {
-    mass[bucket[i]] += w[i];
-    mass[kEstBuckets + bucket[i + 1]] += w[i + 1];
+    mass[0][bucket[i]] += w[i];
+    mass[1][bucket[i + 1]] += w[i + 1];
   }
   // bucket_at(f): the bucket in which the mass from the top reaches the fraction f of the sample's.
-  std::vector<double> cum(kEstBuckets + 1, 0.0);
-  for (int k = 0; k < kEstBuckets; ++k) cum[k + 1] = cum[k] + mass[k] + mass[kEstBuckets + k];
+  double cum[kEstBuckets + 1];
+  cum[0] = 0.0;
+  for (int k = 0; k < kEstBuckets; ++k) cum[k + 1] = cum[k] + (static_cast<double>(mass[0][k]) + mass[1][k]);
   const double z = cum[kEstBuckets];
   auto bucket_at = [&](double f) {
-    const auto it = std::lower_bound(cum.begin() + 1, cum.end(), std::clamp(f, 0.0, 1.0) * z);
-    return std::min<int64_t>(it - cum.begin() - 1, kEstBuckets - 1);
+    const double* it = std::lower_bound(cum + 1, cum + kEstBuckets + 1, std::clamp(f, 0.0, 1.0) * z);
+    return std::min<int64_t>(it - cum - 1, kEstBuckets - 1);
   };
   const int64_t guess = bucket_at(top_p);
   // Standard error of the estimated fraction above the guess (each sampled token stands for `stride`).
@@ -91,10 +113,10 @@ Bracket estimate_bracket(const float* x, int64_t n, bool is_logits, double tempe
   const double se = z > 0.0 ? std::sqrt((stride - 1.0) * var) / z : 0.0;
   // Edge j keeps the tokens of weight >= bucket_edge_weight(top, e[j]), i.e. about the buckets < e[j].
   int64_t e[kBracketEdges];
-  e[3] = std::min(bucket_at(top_p + kSpread[3] * se), guess);
-  e[4] = std::max(bucket_at(top_p + kSpread[4] * se), guess) + 1;
-  for (int j = 2; j >= 0; --j) e[j] = std::min(bucket_at(top_p + kSpread[j] * se), e[j + 1] - kGap[j]);
-  for (int j = 5; j < kBracketEdges; ++j) e[j] = std::max(bucket_at(top_p + kSpread[j] * se) + 1, e[j - 1] + kGap[j]);
+  e[kCentral] = std::min(bucket_at(top_p + kSpread[kCentral] * se), guess);
+  e[kCentral + 1] = std::max(bucket_at(top_p + kSpread[kCentral + 1] * se), guess) + 1;
+  e[0] = std::min(bucket_at(top_p + kSpread[0] * se), e[1] - kOuterGap);
+  e[3] = std::max(bucket_at(top_p + kSpread[3] * se) + 1, e[2] + kOuterGap);
   for (int j = 0; j < kBracketEdges; ++j) {
     const float wt = bucket_edge_weight(top, std::clamp<int64_t>(e[j], 0, kEstBuckets));
     br.edges[j] = !is_logits ? wt
@@ -104,53 +126,114 @@ Bracket estimate_bracket(const float* x, int64_t n, bool is_logits, double tempe
   return br;
 }
 
-// Lower digits of a value's key, most significant first: 11, 11 and 10 bits.
-inline int key_digit(float x, int level) {
-  const uint32_t key = float_key(x);
-  return level == 0 ? static_cast<int>(key >> 21) : level == 1 ? static_cast<int>((key >> 10) & 0x7FFu)
-                                                                : static_cast<int>(key & 0x3FFu);
+// Which of at most 2048 buckets over the key range [lo, lo + (2047 << shift)] holds the boundary, given
+// the bucket masses (descending walk from cum, as walk_top_p_groups; bucket 0 is never empty). Adds the
+// mass of the buckets above it to cum.
+int boundary_bucket(const double* hist, int buckets, bool& row_top, double target, double& cum) {
+  int boundary = -1;
+  for (int d = buckets - 1; d >= 0; --d) {
+    if (hist[d] == 0.0 && d > 0) continue;
+    if (boundary >= 0) row_top = false;
+    boundary = d;
+    if (!(cum + hist[d] < target)) break;
+    cum += hist[d];
+  }
+  return boundary;
 }
 
-// The walk of walk_top_p_groups over many tokens: narrows to the key digit holding the boundary while
-// there are many tokens (equal values share every digit, so ties never split), then walks groups exactly.
-float refine_top_p(std::vector<Valued>& tokens, bool row_top, double target, double& cum) {
-  for (int level = 0; level <= 2 && tokens.size() > 64; ++level) {
-    std::vector<double> hist(2048, 0.0);
-    for (const Valued& t : tokens) hist[key_digit(t.x, level)] += t.w;
-    int boundary = -1;
-    for (int d = 2047; d >= 0; --d) {
-      if (hist[d] == 0.0) continue;
-      if (boundary >= 0) row_top = false;
-      boundary = d;
-      if (!(cum + hist[d] < target)) break;
-      cum += hist[d];
+// The shift that splits a key range into about count / 8 buckets (at least 64, at most 2048): walking
+// empty buckets costs as much as sorting out the survivors of the boundary's.
+int split_shift(uint32_t range, int64_t count) {
+  const int bits = std::clamp(static_cast<int>(std::bit_width(static_cast<uint64_t>(count / 8))), 6, 11);
+  return std::max(0, static_cast<int>(std::bit_width(range)) - bits);
+}
+
+// The walk of walk_top_p_groups over many tokens (values x, weights w): while more than a few remain,
+// splits their key range into buckets (split_shift) and keeps only the bucket holding the boundary (equal
+// values share a bucket, so ties never split); then walks groups exactly.
+float refine_top_p(const float* x, const float* w, int64_t count, bool row_top, double target, double& cum) {
+  thread_local std::vector<uint32_t> keys;
+  thread_local std::vector<Valued> work, next;
+  keys.resize(count);
+  work.clear();
+  for (int64_t i = 0; i < count; ++i) keys[i] = float_key(x[i]);  // vectorised
+  uint32_t lo = UINT32_MAX, hi = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    lo = std::min(lo, keys[i]);
+    hi = std::max(hi, keys[i]);
+  }
+  if (count > 64 && lo < hi) {  // the first split reads the arrays; the survivors are few
+    const int shift = split_shift(hi - lo, count);
+    const int buckets = static_cast<int>((hi - lo) >> shift) + 1;
+    double hist[2048];
+    std::fill(hist, hist + buckets, 0.0);
+    for (int64_t i = 0; i < count; ++i) keys[i] = (keys[i] - lo) >> shift;  // vectorised
+    for (int64_t i = 0; i < count; ++i) hist[keys[i]] += w[i];
+    const auto boundary = static_cast<uint32_t>(boundary_bucket(hist, buckets, row_top, target, cum));
+    for (int64_t i = 0; i < count; ++i) {
+      if (keys[i] == boundary) work.push_back({x[i], w[i]});
     }
-    tokens.erase(std::remove_if(tokens.begin(), tokens.end(),
-                                [&](const Valued& t) { return key_digit(t.x, level) != boundary; }),
-                 tokens.end());
+  } else {
+    for (int64_t i = 0; i < count; ++i) work.push_back({x[i], w[i]});
   }
-  return walk_top_p_groups(tokens, [](const Valued& t) { return t.w; }, row_top, target, cum);
+  while (work.size() > 64) {
+    lo = UINT32_MAX, hi = 0;
+    for (const Valued& t : work) {
+      lo = std::min(lo, float_key(t.x));
+      hi = std::max(hi, float_key(t.x));
+    }
+    if (lo == hi) break;
+    const int shift = split_shift(hi - lo, static_cast<int64_t>(work.size()));
+    const int buckets = static_cast<int>((hi - lo) >> shift) + 1;
+    double hist[2048];
+    std::fill(hist, hist + buckets, 0.0);
+    for (const Valued& t : work) hist[(float_key(t.x) - lo) >> shift] += t.w;
+    const auto boundary = static_cast<uint32_t>(boundary_bucket(hist, buckets, row_top, target, cum));
+    next.clear();
+    for (const Valued& t : work) {
+      if (((float_key(t.x) - lo) >> shift) == boundary) next.push_back(t);
+    }
+    work.swap(next);
+  }
+  return walk_top_p_groups(work, [](const Valued& t) { return t.w; }, row_top, target, cum);
 }
 
-// The gathered tokens of all segments with their float weights (the vectorised loops' own, like the
-// masses they are compared with).
-std::vector<Valued> valued(std::vector<Gathered>& parts, const Weighting& wt) {
-  std::vector<Valued> tokens;
-  for (Gathered& part : parts) {
-    part.weights.resize(part.values.size());
-    weights_of(wt, part.values.data(), static_cast<int64_t>(part.values.size()), part.weights.data());
-    for (size_t i = 0; i < part.values.size(); ++i) tokens.push_back({part.values[i], part.weights[i]});
-  }
+// The calling thread's list of a row's region tokens, emptied (kept allocated across rows).
+Gathered& region_scratch() {
+  thread_local Gathered tokens;
+  tokens.values.clear();
+  tokens.weights.clear();
+  tokens.indices.clear();
   return tokens;
 }
 
-std::vector<Gathered> gather(const float* x, int64_t n, float lo, float hi, int nseg) {
+// Their float weights: the vectorised loops' own, like the masses they are compared with.
+void weigh(Gathered& tokens, const Weighting& wt) {
+  tokens.weights.resize(tokens.values.size());
+  weights_of(wt, tokens.values.data(), static_cast<int64_t>(tokens.values.size()), tokens.weights.data());
+}
+
+// The tokens with lo <= x < hi, on nseg threads, into `out`.
+void gather(const float* x, int64_t n, float lo, float hi, int nseg, Gathered& out) {
   std::vector<Gathered> parts(nseg);
   for_segments(nseg, [&](int s) {
     const int64_t begin = segment_begin(n, nseg, s), end = segment_begin(n, nseg, s + 1);
     gather_range(x + begin, end - begin, begin, lo, hi, parts[s]);
   });
-  return parts;
+  for (const Gathered& part : parts) {
+    out.values.insert(out.values.end(), part.values.begin(), part.values.end());
+    out.indices.insert(out.indices.end(), part.indices.begin(), part.indices.end());
+  }
+}
+
+// The central tokens the pass gathered, with row indices, into `out`.
+void central_tokens(const TopPPass& pass, int64_t n, int nseg, Gathered& out) {
+  for (int s = 0; s < nseg; ++s) {
+    const PassGather& g = pass.central[s];
+    const int64_t base = segment_begin(n, nseg, s);
+    out.values.insert(out.values.end(), g.values, g.values + g.count);
+    for (int64_t i = 0; i < g.count; ++i) out.indices.push_back(base + g.offsets[i]);
+  }
 }
 
 // If the heaviest block maxima alone reach the target (a peaked row), every kept token is >= the last of
@@ -173,16 +256,15 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
     if (cum >= target * (1.0 + 1e-6)) bound = heaviest[i];
   }
   if (bound == kInf) return false;
-  std::vector<Gathered> parts(1);
+  Gathered& g = region_scratch();
   for (int64_t k = 0; k < nblocks; ++k) {
     if (!(pass.maxima[k] >= bound)) continue;
     const int64_t lo = k * kPassBlock;
-    gather_range(x + lo, std::min(kPassBlock, n - lo), lo, bound, kInf, parts[0]);
+    gather_range(x + lo, std::min(kPassBlock, n - lo), lo, bound, kInf, g);
   }
-  std::vector<Valued> tokens = valued(parts, plan.wt);
+  weigh(g, plan.wt);
   double kept = 0.0;
-  plan.theta = refine_top_p(tokens, true, target, kept);
-  const Gathered& g = parts[0];
+  plan.theta = refine_top_p(g.values.data(), g.weights.data(), static_cast<int64_t>(g.values.size()), true, target, kept);
   plan.kept.clear();
   plan.mass = 0.0;
   for (size_t i = 0; i < g.values.size(); ++i) {
@@ -196,6 +278,13 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
 
 }  // namespace
 
+// Each thread's buffers for the central tokens its passes gather: valid until its next pass.
+PassGather central_scratch() {
+  thread_local std::vector<float> values(kCentralCapacity + 16);
+  thread_local std::vector<uint32_t> offsets(kCentralCapacity + 16);
+  return PassGather{values.data(), offsets.data(), kCentralCapacity};
+}
+
 TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg) {
   TopPPass pass;
   float guess_ref;
@@ -205,14 +294,16 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
   pass.above.resize(kBracketEdges * nblocks);
   pass.refs.resize(nblocks);
   pass.maxima.resize(nblocks);
+  pass.central.resize(nseg);
   std::vector<OnlinePass> segs(nseg);
   std::vector<double> mass(static_cast<size_t>(nseg) * kBracketEdges, 0.0);
   for_segments(nseg, [&](int s) {
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
     const int64_t k = lo / kPassBlock;
     segs[s].ref = guess_ref;
+    pass.central[s] = central_scratch();
     online_bracket_pass(x + lo, hi - lo, is_logits, inv_t, pass.bracket, segs[s], &mass[s * kBracketEdges],
-                        BracketBlocks{&pass.above[k], nblocks, &pass.refs[k], &pass.maxima[k]});
+                        BracketBlocks{&pass.above[k], nblocks, &pass.refs[k], &pass.maxima[k]}, pass.central[s]);
   });
   for (const OnlinePass& seg : segs) {  // segments summed against their own references: bring them to one
     pass.has_nan |= seg.has_nan;
@@ -232,16 +323,24 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
   const double target = top_p * pass.total;
   const float* t = pass.bracket.edges;
   const double* m = pass.mass_at;
-  // The region holding the boundary: the mass above it is < target, and with it >= target. `edge` is the
-  // edge just above it (-1: none), whose per-block masses the kept tokens are added to.
   if (bound_by_maxima(x, n, pass, target, plan)) return;
+  // The region holding the boundary: the mass above it is < target, and with it >= target. `edge` is the
+  // edge just above it (-1: none), whose per-block masses the kept tokens are added to. The pass gathered
+  // the central region already, unless it held too many tokens.
   int edge = kBracketEdges - 1;
   while (edge >= 0 && !(m[edge] < target)) --edge;
-  std::vector<Gathered> parts =
-      gather(x, n, edge + 1 < kBracketEdges ? t[edge + 1] : -kInf, edge >= 0 ? t[edge] : kInf, nseg);
+  const bool in_pass = edge == kCentral && std::none_of(pass.central.begin(), pass.central.end(),
+                                                        [](const PassGather& g) { return g.overflowed(); });
+  Gathered& tokens = region_scratch();
+  if (in_pass) {
+    central_tokens(pass, n, nseg, tokens);
+  } else {
+    gather(x, n, edge + 1 < kBracketEdges ? t[edge + 1] : -kInf, edge >= 0 ? t[edge] : kInf, nseg, tokens);
+  }
+  weigh(tokens, plan.wt);
   double cum = edge >= 0 ? m[edge] : 0.0;
-  std::vector<Valued> tokens = valued(parts, plan.wt);
-  plan.theta = refine_top_p(tokens, cum == 0.0, target, cum);
+  plan.theta = refine_top_p(tokens.values.data(), tokens.weights.data(), static_cast<int64_t>(tokens.values.size()),
+                            cum == 0.0, target, cum);
   plan.mass = cum;
   // Block masses above the region, plus its kept tokens: a draw then scans one block.
   const int64_t nblocks = static_cast<int64_t>(pass.refs.size());
@@ -257,10 +356,14 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
       plan.blocks[k] = pass.above[edge * nblocks + k] * scale;
     }
   }
-  for (const Gathered& part : parts) {
-    for (size_t i = 0; i < part.values.size(); ++i) {
-      if (part.values[i] >= plan.theta) plan.blocks[part.indices[i] / kPassBlock] += part.weights[i];
-    }
+  // The tokens are in index order: sum each block's run in a register (adding to memory token by token
+  // would chain every add on the last store), and select rather than branch (kept or not is a coin toss).
+  const size_t count = tokens.values.size();
+  for (size_t i = 0; i < count;) {
+    const int64_t k = tokens.indices[i] / kPassBlock, end = (k + 1) * kPassBlock;
+    float s = 0.0f;
+    for (; i < count && tokens.indices[i] < end; ++i) s += tokens.values[i] >= plan.theta ? tokens.weights[i] : 0.0f;
+    plan.blocks[k] += s;
   }
 }
 

@@ -52,9 +52,11 @@ struct TopPPass {
   double mass_at[kBracketEdges] = {};  // exact weight of the tokens >= each edge
   std::vector<float> above;            // [edge][block] masses, each block against its own reference
   std::vector<float> refs, maxima;     // per block
+  std::vector<PassGather> central;     // per segment: the central region's tokens (the thread's scratch)
 };
 
-// Steps 1 and 2 for a row split into nseg segments.
+// Steps 1 and 2 for a row split into nseg segments. The central tokens live in the segment threads'
+// scratch: resolve the row before those threads start another.
 TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg);
 
 // Step 3 for a row whose stats did not decide it: sets plan.theta and plan.mass, and plan.blocks (or the
