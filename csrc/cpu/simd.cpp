@@ -3,23 +3,32 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #endif
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FS_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FS_MULTIVERSION
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12's AVX-512 intrinsics (max, roundscale) start from _mm512_undefined_ps() and warn on their own code.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
+
 
 namespace fastsample::cpu {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// Whether the hand-written AVX-512 loops run. FASTSAMPLE_NO_AVX512=1 turns them off, so that the generic
+// loops other machines take are tested here too.
+bool use_avx512() {
+  static const bool on = __builtin_cpu_supports("avx512f") && std::getenv("FASTSAMPLE_NO_AVX512") == nullptr;
+  return on;
+}
+#endif
 
 // GCC vector extensions, where the auto-vectoriser falls short: 16 floats, lowered to whatever width the
 // instruction set at hand has.
@@ -90,8 +99,7 @@ __attribute__((target("avx512f"))) float exp_weights_avx512(const float* x, int6
 
 inline float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return exp_weights_avx512(x, n, ref, inv_t, theta, w);
+  if (use_avx512()) return exp_weights_avx512(x, n, ref, inv_t, theta, w);
 #endif
   return exp_weights_generic(x, n, ref, inv_t, theta, w);
 }
@@ -149,8 +157,7 @@ __attribute__((target("avx512f"))) SpanStats span_stats_avx512(const float* x, i
 
 inline SpanStats span_stats_dispatch(const float* x, int64_t n) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return span_stats_avx512(x, n);
+  if (use_avx512()) return span_stats_avx512(x, n);
 #endif
   return span_stats_generic(x, n);
 }
@@ -198,10 +205,10 @@ inline float block_weights(const float* xb, int64_t len, const OnlinePass& st, b
 
 // One block of the bracket pass, from its weights w (len a multiple of 16, or the block padded with
 // tokens of no weight; only the first `real` tokens are gathered): sums[j] = sum of w[i] with
-// x[i] >= edges[j], and the central region's tokens appended to g (offset = base + i). Independent
+// x[i] >= edges[j], and the central region's values appended to g. Independent
 // accumulators: the edges' sums do not wait on each other.
 inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t real, const Bracket& br,
-                          float* sums, PassGather& g, uint32_t base) {
+                          float* sums, PassGather& g) {
   F16 acc[kBracketEdges] = {};
   const float lo = br.edges[kCentral + 1], hi = br.edges[kCentral];
   for (int64_t i = 0; i < len; i += 16) {
@@ -219,9 +226,7 @@ inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t 
     mask &= rem >= 16 ? 0xFFFFu : rem <= 0 ? 0u : (1u << rem) - 1u;
     for (; mask != 0; mask &= mask - 1, ++g.count) {
       if (g.count >= g.capacity) continue;
-      const int l = __builtin_ctz(mask);
-      g.values[g.count] = xb[i + l];
-      g.offsets[g.count] = base + static_cast<uint32_t>(i + l);
+      g.values[g.count] = xb[i + __builtin_ctz(mask)];
     }
   }
   for (int j = 0; j < kBracketEdges; ++j) {
@@ -232,22 +237,26 @@ inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t 
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-// bracket_block with a compare into a mask register and a masked add per edge (generic vector code takes a
-// blend more), and the gather compressing each group of 16 into place without a branch: the region's
-// tokens are spread at random, so a branch per group would mispredict. Writes land at min(count,
-// capacity), inside the buffers' 16 spare entries.
-__attribute__((target("avx512f"))) void bracket_block_avx512(const float* xb, const float* w, int64_t len,
-                                                             int64_t real, const Bracket& br, float* sums,
-                                                             PassGather& g, uint32_t base) {
+// The whole bracket block for AVX-512, weights included (they never leave registers): a compare into a
+// mask register and a masked add per edge (generic vector code takes a blend more), and the gather
+// compressing each group of 16 into place without a branch: the region's tokens are spread at random, so
+// a branch per group would mispredict. Writes land at min(count, capacity), inside the buffers' 16 spare
+// entries. Returns the block's weight sum.
+__attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float* xb, int64_t len, int64_t real,
+                                                                    bool is_exp, float ref, float inv_t,
+                                                                    const Bracket& br, float* sums, PassGather& g) {
   __m512 acc[kBracketEdges], edge[kBracketEdges];
   for (int j = 0; j < kBracketEdges; ++j) {
     acc[j] = _mm512_setzero_ps();
     edge[j] = _mm512_set1_ps(br.edges[j]);
   }
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), all = _mm512_set1_ps(-kInf);
+  __m512 total = _mm512_setzero_ps();
   int64_t count = g.count;
   for (int64_t i = 0; i < len; i += 16) {
-    const __m512 v = _mm512_loadu_ps(xb + i), wv = _mm512_loadu_ps(w + i);
+    const __m512 v = _mm512_loadu_ps(xb + i);
+    const __m512 wv = is_exp ? exp16_avx512(v, 0xFFFF, vref, vinv, all) : v;
+    total = _mm512_add_ps(total, wv);
     __mmask16 ge[kBracketEdges];
     for (int j = 0; j < kBracketEdges; ++j) {
       ge[j] = _mm512_cmp_ps_mask(v, edge[j], _CMP_GE_OQ);
@@ -258,28 +267,34 @@ __attribute__((target("avx512f"))) void bracket_block_avx512(const float* xb, co
     const __mmask16 central = ge[kCentral + 1] & ~ge[kCentral] & valid;
     const int64_t at = count < g.capacity ? count : g.capacity;
     _mm512_storeu_ps(g.values + at, _mm512_maskz_compress_ps(central, v));
-    const __m512i offsets = _mm512_add_epi32(lanes, _mm512_set1_epi32(static_cast<int>(base + i)));
-    _mm512_storeu_si512(g.offsets + at, _mm512_maskz_compress_epi32(central, offsets));
     count += __builtin_popcount(central);
   }
   g.count = count;
-  for (int j = 0; j < kBracketEdges; ++j) {  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
-    alignas(64) float lanes_sum[16];
-    _mm512_store_ps(lanes_sum, acc[j]);
-    float s = 0.0f;
-    for (float v : lanes_sum) s += v;
-    sums[j] = s;
+  alignas(64) float lane_sums[16];  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
+  for (int j = 0; j < kBracketEdges; ++j) {
+    _mm512_store_ps(lane_sums, acc[j]);
+    sums[j] = 0.0f;
+    for (float v : lane_sums) sums[j] += v;
   }
+  _mm512_store_ps(lane_sums, total);
+  float s = 0.0f;
+  for (float v : lane_sums) s += v;
+  return s;
 }
 #endif
 
-inline void bracket_block_dispatch(const float* xb, const float* w, int64_t len, int64_t real, const Bracket& br,
-                                   float* sums, PassGather& g, uint32_t base) {
+// One block of online_bracket_pass (len a multiple of 16, padded with tokens of no weight past `real`):
+// adds to st.sum and fills sums; w is scratch.
+inline void weigh_bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, float inv_t,
+                                const Bracket& br, OnlinePass& st, float* sums, PassGather& g, float* w) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return bracket_block_avx512(xb, w, len, real, br, sums, g, base);
+  if (use_avx512() && weighable(st, is_exp)) {
+    st.sum += weigh_bracket_block_avx512(xb, len, real, is_exp, st.ref, inv_t, br, sums, g);
+    return;
+  }
 #endif
-  bracket_block(xb, w, len, real, br, sums, g, base);
+  st.sum += block_weights(xb, len, st, is_exp, inv_t, w);
+  bracket_block(xb, w, len, real, br, sums, g);
 }
 
 }  // namespace
@@ -304,7 +319,6 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
 
 FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& br,
                                          OnlinePass& st, double* mass_at, BracketBlocks blocks, PassGather& g) {
-  if (n > static_cast<int64_t>(UINT32_MAX)) g.capacity = 0;
   float w[kPassBlock], xs[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
@@ -320,9 +334,9 @@ FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp,
       std::fill(std::copy(xb, xb + len, xs), xs + kPassBlock, is_exp ? -kInf : 0.0f);
       xb = xs;
     }
-    st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
     float sums[kBracketEdges];
-    bracket_block_dispatch(xb, w, kPassBlock, len, br, sums, g, static_cast<uint32_t>(b));
+    blocks.central[k] = g.count;
+    weigh_bracket_block(xb, kPassBlock, len, is_exp, inv_t, br, st, sums, g, w);
     for (int j = 0; j < kBracketEdges; ++j) {
       mass_at[j] += sums[j];
       blocks.above[j * blocks.stride + k] = sums[j];
@@ -402,8 +416,7 @@ __attribute__((target("avx512f"))) void gather_range_avx512(const float* x, int6
 
 void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512) return gather_range_avx512(x, n, base, lo, hi, out);
+  if (use_avx512()) return gather_range_avx512(x, n, base, lo, hi, out);
 #endif
   gather_range_generic(x, n, base, lo, hi, out);
 }

@@ -8,6 +8,13 @@
 #include <cstdint>
 #include <vector>
 
+// Compiles a function once per instruction set, the best clone picked when the library loads.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FS_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FS_MULTIVERSION
+#endif
+
 namespace fastsample::cpu {
 
 // Weights of a row (docs/ops.md): probs are their own weights; logits weigh exp((x - max) * inv_t).
@@ -98,28 +105,28 @@ struct Bracket {
 };
 
 // Per-block record of online_bracket_pass (ceil(n / kPassBlock) entries per array): above[j * stride + k]
-// is the weight of block k's tokens with x >= edges[j], against reference refs[k]; max[k] the block max.
+// is the weight of block k's tokens with x >= edges[j], against reference refs[k]; max[k] the block max;
+// central[k] how many central tokens the span's earlier blocks held (block k's follow them).
 struct BracketBlocks {
   float* above;
   int64_t stride;
   float* refs;
   float* max;
+  int64_t* central;
 };
 
-// The central region's tokens as online_bracket_pass gathers them: values and offsets into the span, in
-// index order. Both buffers hold capacity + 16 entries; `count` goes on past `capacity` when the region
-// holds more tokens, and then only the first `capacity` were kept.
+// The central region's values as online_bracket_pass gathers them, in index order (which block each
+// came from is in BracketBlocks::central). The buffer holds capacity + 16 entries; `count` goes on past
+// `capacity` when the region holds more tokens, and then only the first `capacity` were kept.
 struct PassGather {
   float* values;
-  uint32_t* offsets;
   int64_t capacity;
   int64_t count = 0;
   bool overflowed() const { return count > capacity; }
 };
 
 // online_pass fused with a bracket: also adds the weight of the tokens with x >= edges[j] to mass_at[j]
-// (against the span's final reference), records the blocks and gathers the central region (spans longer
-// than 2^32 tokens pass capacity 0: an offset must fit 32 bits).
+// (against the span's final reference), records the blocks and gathers the central region.
 void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& bracket,
                          OnlinePass& state, double* mass_at, BracketBlocks blocks, PassGather& gather);
 

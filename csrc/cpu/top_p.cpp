@@ -62,7 +62,8 @@ void take_sample(const float* x, int64_t n, int64_t m, std::vector<float>& sampl
 }
 
 // Step 1. guess_ref: the reference to start the pass from (the sample max plus the usual slack).
-Bracket estimate_bracket(const float* x, int64_t n, bool is_logits, double temperature, double top_p,
+// Multiversioned for its vector loops over the sample.
+FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logits, double temperature, double top_p,
                          float& guess_ref) {
   Bracket br;
   std::fill(br.edges, br.edges + kBracketEdges, kInf);  // no estimate: the resolve step finds the boundary
@@ -226,14 +227,27 @@ void gather(const float* x, int64_t n, float lo, float hi, int nseg, Gathered& o
   }
 }
 
-// The central tokens the pass gathered, with row indices, into `out`.
-void central_tokens(const TopPPass& pass, int64_t n, int nseg, Gathered& out) {
+// The central values the pass gathered, into `out`, and where each block's run starts in it.
+void central_tokens(const TopPPass& pass, int64_t n, int nseg, Gathered& out, std::vector<int64_t>& starts) {
+  const auto nblocks = static_cast<int64_t>(pass.central_start.size());
+  starts.resize(nblocks + 1);
   for (int s = 0; s < nseg; ++s) {
     const PassGather& g = pass.central[s];
-    const int64_t base = segment_begin(n, nseg, s);
+    const auto before = static_cast<int64_t>(out.values.size());
+    const int64_t end = (segment_begin(n, nseg, s + 1) + kPassBlock - 1) / kPassBlock;
+    for (int64_t k = segment_begin(n, nseg, s) / kPassBlock; k < end; ++k) {
+      starts[k] = before + pass.central_start[k];
+    }
     out.values.insert(out.values.end(), g.values, g.values + g.count);
-    for (int64_t i = 0; i < g.count; ++i) out.indices.push_back(base + g.offsets[i]);
   }
+  starts[nblocks] = static_cast<int64_t>(out.values.size());
+}
+
+// Where each block's run starts among tokens gathered in index order.
+void block_starts(const Gathered& tokens, int64_t nblocks, std::vector<int64_t>& starts) {
+  starts.assign(nblocks + 1, 0);
+  for (int64_t i : tokens.indices) ++starts[i / kPassBlock + 1];
+  for (int64_t k = 0; k < nblocks; ++k) starts[k + 1] += starts[k];
 }
 
 // If the heaviest block maxima alone reach the target (a peaked row), every kept token is >= the last of
@@ -281,8 +295,7 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
 // Each thread's buffers for the central tokens its passes gather: valid until its next pass.
 PassGather central_scratch() {
   thread_local std::vector<float> values(kCentralCapacity + 16);
-  thread_local std::vector<uint32_t> offsets(kCentralCapacity + 16);
-  return PassGather{values.data(), offsets.data(), kCentralCapacity};
+  return PassGather{values.data(), kCentralCapacity};
 }
 
 TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg) {
@@ -295,6 +308,7 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
   pass.refs.resize(nblocks);
   pass.maxima.resize(nblocks);
   pass.central.resize(nseg);
+  pass.central_start.resize(nblocks);
   std::vector<OnlinePass> segs(nseg);
   std::vector<double> mass(static_cast<size_t>(nseg) * kBracketEdges, 0.0);
   for_segments(nseg, [&](int s) {
@@ -303,7 +317,8 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
     segs[s].ref = guess_ref;
     pass.central[s] = central_scratch();
     online_bracket_pass(x + lo, hi - lo, is_logits, inv_t, pass.bracket, segs[s], &mass[s * kBracketEdges],
-                        BracketBlocks{&pass.above[k], nblocks, &pass.refs[k], &pass.maxima[k]}, pass.central[s]);
+                        BracketBlocks{&pass.above[k], nblocks, &pass.refs[k], &pass.maxima[k], &pass.central_start[k]},
+                        pass.central[s]);
   });
   for (const OnlinePass& seg : segs) {  // segments summed against their own references: bring them to one
     pass.has_nan |= seg.has_nan;
@@ -331,11 +346,14 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
   while (edge >= 0 && !(m[edge] < target)) --edge;
   const bool in_pass = edge == kCentral && std::none_of(pass.central.begin(), pass.central.end(),
                                                         [](const PassGather& g) { return g.overflowed(); });
+  const int64_t nblocks = static_cast<int64_t>(pass.refs.size());
   Gathered& tokens = region_scratch();
+  thread_local std::vector<int64_t> starts;
   if (in_pass) {
-    central_tokens(pass, n, nseg, tokens);
+    central_tokens(pass, n, nseg, tokens, starts);
   } else {
     gather(x, n, edge + 1 < kBracketEdges ? t[edge + 1] : -kInf, edge >= 0 ? t[edge] : kInf, nseg, tokens);
+    block_starts(tokens, nblocks, starts);
   }
   weigh(tokens, plan.wt);
   double cum = edge >= 0 ? m[edge] : 0.0;
@@ -343,7 +361,6 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
                             cum == 0.0, target, cum);
   plan.mass = cum;
   // Block masses above the region, plus its kept tokens: a draw then scans one block.
-  const int64_t nblocks = static_cast<int64_t>(pass.refs.size());
   plan.blocks.assign(nblocks, 0.0);
   if (edge >= 0) {
     float last_ref = std::numeric_limits<float>::quiet_NaN();
@@ -356,13 +373,18 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
       plan.blocks[k] = pass.above[edge * nblocks + k] * scale;
     }
   }
-  // The tokens are in index order: sum each block's run in a register (adding to memory token by token
-  // would chain every add on the last store), and select rather than branch (kept or not is a coin toss).
-  const size_t count = tokens.values.size();
-  for (size_t i = 0; i < count;) {
-    const int64_t k = tokens.indices[i] / kPassBlock, end = (k + 1) * kPassBlock;
+  // The region's kept weights (a select, not a branch: kept or not is a coin toss), then each block's run
+  // summed in registers: adding to memory token by token would chain every add on the last store.
+  const float* v = tokens.values.data();
+  float* kw = tokens.weights.data();
+  const auto count = static_cast<int64_t>(tokens.values.size());
+  const float theta = plan.theta;
+#pragma omp simd
+  for (int64_t i = 0; i < count; ++i) kw[i] = v[i] >= theta ? kw[i] : 0.0f;
+  for (int64_t k = 0; k < nblocks; ++k) {
     float s = 0.0f;
-    for (; i < count && tokens.indices[i] < end; ++i) s += tokens.values[i] >= plan.theta ? tokens.weights[i] : 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int64_t i = starts[k]; i < starts[k + 1]; ++i) s += kw[i];
     plan.blocks[k] += s;
   }
 }

@@ -1,14 +1,16 @@
 // Top-p without top-k over a whole row (docs/ops.md): the exact threshold without sorting the vocabulary
 // and without a histogram scattered per token.
 //
-// 1. An estimate from a strided sample of the row (about 8k tokens) places a bracket: eight candidate
-//    thresholds around the guessed boundary, closest near the guess, spaced by the estimate's standard
-//    error.
+// 1. An estimate from a sample of the row (128 runs of 64 tokens) places a bracket: four thresholds, the
+//    two central ones half a standard error of the estimate either side of the guessed boundary, the
+//    outer ones six.
 // 2. One fused pass (online_bracket_pass) computes the row's stats and weight sum, the exact mass above
-//    each threshold (also per block of kPassBlock tokens) and each block's max.
-// 3. The exact masses say between which two thresholds the boundary lies. A light pass (compares, no
-//    exp) gathers the tokens between them, and only those are sorted out (radix narrowing, then groups
-//    of equal value). When the boundary lies above every threshold (a peaked row whose heavy tokens the
+//    each threshold (also per block of kPassBlock tokens), each block's max, and gathers the tokens of the
+//    central region as it goes (a compress per 16 tokens, no branch).
+// 3. The exact masses say between which two thresholds the boundary lies: nearly always the central
+//    pair, whose tokens (a few thousand) are already at hand; otherwise a light pass (compares, no exp)
+//    gathers the region that holds it. Only those tokens are sorted out (radix narrowing, then groups of
+//    equal value). When the boundary lies above every threshold (a peaked row whose heavy tokens the
 //    sample missed), the blocks' maxima bound it instead: the heaviest maxima alone reach the target, so
 //    only the few tokens >= the last of them can be kept.
 // A draw then walks the per-block masses and scans one block.
@@ -52,7 +54,8 @@ struct TopPPass {
   double mass_at[kBracketEdges] = {};  // exact weight of the tokens >= each edge
   std::vector<float> above;            // [edge][block] masses, each block against its own reference
   std::vector<float> refs, maxima;     // per block
-  std::vector<PassGather> central;     // per segment: the central region's tokens (the thread's scratch)
+  std::vector<PassGather> central;     // per segment: the central region's values (the thread's scratch)
+  std::vector<int64_t> central_start;  // per block: where its central values start in its segment's
 };
 
 // Steps 1 and 2 for a row split into nseg segments. The central tokens live in the segment threads'
