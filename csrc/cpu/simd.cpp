@@ -49,8 +49,8 @@ inline float exp_weights_generic(const float* x, int64_t n, float ref, float inv
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 // exp_weights_generic written out for AVX-512, step for step as exp_nonpositive: GCC predicates the
 // generic loop with masks and runs it at about half this speed, and exp throughput bounds every pass.
-// The range clamp and the kept test become one mask that zeroes the result.
-// exp_nonpositive((v - ref) * inv_t) of 16 lanes, 0 where not `lanes`, below the range or v < theta.
+// exp16_avx512: exp_nonpositive((v - ref) * inv_t) of 16 lanes, 0 where not `lanes`, below the range or
+// v < theta (the range clamp and the kept test become one mask that zeroes the result).
 __attribute__((target("avx512f"))) inline __m512 exp16_avx512(__m512 v, __mmask16 lanes, __m512 ref, __m512 inv_t,
                                                               __m512 theta) {
   const __m512 low = _mm512_set1_ps(-87.33654f);
@@ -70,14 +70,56 @@ __attribute__((target("avx512f"))) inline __m512 exp16_avx512(__m512 v, __mmask1
   return _mm512_maskz_scalef_ps(keep, p, k);
 }
 
+// Running stats of 16 lanes (the `lanes` ones): vmaxps/vminps return their second operand when either is
+// NaN, so NaN lanes leave the running values alone.
+struct Stats16 {
+  __m512 max, min;
+  __mmask16 nan;
+};
+
+__attribute__((target("avx512f"))) inline void see16(Stats16& st, __m512 v, __mmask16 lanes) {
+  st.nan |= _mm512_mask_cmp_ps_mask(lanes, v, v, _CMP_UNORD_Q);
+  st.max = _mm512_mask_max_ps(st.max, lanes, v, st.max);
+  st.min = _mm512_mask_min_ps(st.min, lanes, v, st.min);
+}
+
+__attribute__((target("avx512f"))) SpanStats seen_of(const Stats16& st) {
+  alignas(64) float hi[16], lo[16];
+  _mm512_store_ps(hi, st.max);
+  _mm512_store_ps(lo, st.min);
+  SpanStats out{-kInf, kInf, st.nan != 0};
+  for (int l = 0; l < 16; ++l) {
+    out.max = hi[l] > out.max ? hi[l] : out.max;
+    out.min = lo[l] < out.min ? lo[l] : out.min;
+  }
+  return out;
+}
+
+__attribute__((target("avx512f"))) float lane_sum(__m512 v) {
+  alignas(64) float lanes[16];  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
+  _mm512_store_ps(lanes, v);
+  float s = 0.0f;
+  for (float l : lanes) s += l;
+  return s;
+}
+
+// exp_weights_generic for AVX-512; with kSee it also takes the span's stats into *seen in the same read
+// (logits only: probs have their own loop).
+template <bool kSee>
 __attribute__((target("avx512f"))) float exp_weights_avx512(const float* x, int64_t n, float ref, float inv_t,
-                                                             float theta, float* w) {
+                                                             float theta, float* w, SpanStats* seen) {
   const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), vtheta = _mm512_set1_ps(theta);
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();  // two chains: adds do not wait on each other
+  Stats16 st{_mm512_set1_ps(-kInf), _mm512_set1_ps(kInf), 0};
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {  // full vectors: plain stores (masked ones are slow on some cores)
-    const __m512 e0 = exp16_avx512(_mm512_loadu_ps(x + i), 0xFFFF, vref, vinv, vtheta);
-    const __m512 e1 = exp16_avx512(_mm512_loadu_ps(x + i + 16), 0xFFFF, vref, vinv, vtheta);
+    const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
+    if constexpr (kSee) {
+      see16(st, v0, 0xFFFF);
+      see16(st, v1, 0xFFFF);
+    }
+    const __m512 e0 = exp16_avx512(v0, 0xFFFF, vref, vinv, vtheta);
+    const __m512 e1 = exp16_avx512(v1, 0xFFFF, vref, vinv, vtheta);
     _mm512_storeu_ps(w + i, e0);
     _mm512_storeu_ps(w + i + 16, e1);
     acc0 = _mm512_add_ps(acc0, e0);
@@ -85,21 +127,20 @@ __attribute__((target("avx512f"))) float exp_weights_avx512(const float* x, int6
   }
   for (; i < n; i += 16) {
     const __mmask16 lanes = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
-    const __m512 e = exp16_avx512(_mm512_maskz_loadu_ps(lanes, x + i), lanes, vref, vinv, vtheta);
+    const __m512 v = _mm512_maskz_loadu_ps(lanes, x + i);
+    if constexpr (kSee) see16(st, v, lanes);
+    const __m512 e = exp16_avx512(v, lanes, vref, vinv, vtheta);
     _mm512_mask_storeu_ps(w + i, lanes, e);
     acc0 = _mm512_add_ps(acc0, e);
   }
-  alignas(64) float lanes_sum[16];  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
-  _mm512_store_ps(lanes_sum, _mm512_add_ps(acc0, acc1));
-  float s = 0.0f;
-  for (float v : lanes_sum) s += v;
-  return s;
+  if constexpr (kSee) *seen = seen_of(st);
+  return lane_sum(_mm512_add_ps(acc0, acc1));
 }
 #endif
 
 inline float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (use_avx512()) return exp_weights_avx512(x, n, ref, inv_t, theta, w);
+  if (use_avx512()) return exp_weights_avx512<false>(x, n, ref, inv_t, theta, w, nullptr);
 #endif
   return exp_weights_generic(x, n, ref, inv_t, theta, w);
 }
@@ -134,24 +175,12 @@ inline SpanStats span_stats_generic(const float* x, int64_t n) {
 // span_stats_generic for AVX-512: GCC spills the generic loop's three reductions to memory. vmaxps and
 // vminps return their second operand when either is NaN, so NaN lanes leave the running values alone.
 __attribute__((target("avx512f"))) SpanStats span_stats_avx512(const float* x, int64_t n) {
-  __m512 mx = _mm512_set1_ps(-kInf), mn = _mm512_set1_ps(kInf);
-  __mmask16 nan = 0;
+  Stats16 st{_mm512_set1_ps(-kInf), _mm512_set1_ps(kInf), 0};
   for (int64_t i = 0; i < n; i += 16) {
     const __mmask16 lanes = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
-    const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-kInf), lanes, x + i);
-    nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-    mx = _mm512_max_ps(v, mx);
-    mn = _mm512_mask_min_ps(mn, lanes, v, mn);
+    see16(st, _mm512_maskz_loadu_ps(lanes, x + i), lanes);
   }
-  alignas(64) float hi[16], lo[16];
-  _mm512_store_ps(hi, mx);
-  _mm512_store_ps(lo, mn);
-  SpanStats out{-kInf, kInf, nan != 0};
-  for (int l = 0; l < 16; ++l) {
-    out.max = hi[l] > out.max ? hi[l] : out.max;
-    out.min = lo[l] < out.min ? lo[l] : out.min;
-  }
-  return out;
+  return seen_of(st);
 }
 #endif
 
@@ -244,7 +273,8 @@ inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t 
 // entries. Returns the block's weight sum.
 __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float* xb, int64_t len, int64_t real,
                                                                     bool is_exp, float ref, float inv_t,
-                                                                    const Bracket& br, float* sums, PassGather& g) {
+                                                                    const Bracket& br, float* sums, PassGather& g,
+                                                                    SpanStats& seen) {
   __m512 acc[kBracketEdges], edge[kBracketEdges];
   for (int j = 0; j < kBracketEdges; ++j) {
     acc[j] = _mm512_setzero_ps();
@@ -252,9 +282,13 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
   }
   const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), all = _mm512_set1_ps(-kInf);
   __m512 total = _mm512_setzero_ps();
+  Stats16 st{_mm512_set1_ps(-kInf), _mm512_set1_ps(kInf), 0};
   int64_t count = g.count;
   for (int64_t i = 0; i < len; i += 16) {
     const __m512 v = _mm512_loadu_ps(xb + i);
+    const int64_t rem = real - i;
+    const __mmask16 valid = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1u);
+    see16(st, v, valid);
     const __m512 wv = is_exp ? exp16_avx512(v, 0xFFFF, vref, vinv, all) : v;
     total = _mm512_add_ps(total, wv);
     __mmask16 ge[kBracketEdges];
@@ -262,39 +296,64 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
       ge[j] = _mm512_cmp_ps_mask(v, edge[j], _CMP_GE_OQ);
       acc[j] = _mm512_mask_add_ps(acc[j], ge[j], acc[j], wv);
     }
-    const int64_t rem = real - i;
-    const __mmask16 valid = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1u);
     const __mmask16 central = ge[kCentral + 1] & ~ge[kCentral] & valid;
     const int64_t at = count < g.capacity ? count : g.capacity;
     _mm512_storeu_ps(g.values + at, _mm512_maskz_compress_ps(central, v));
     count += __builtin_popcount(central);
   }
   g.count = count;
-  alignas(64) float lane_sums[16];  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
-  for (int j = 0; j < kBracketEdges; ++j) {
-    _mm512_store_ps(lane_sums, acc[j]);
-    sums[j] = 0.0f;
-    for (float v : lane_sums) sums[j] += v;
-  }
-  _mm512_store_ps(lane_sums, total);
-  float s = 0.0f;
-  for (float v : lane_sums) s += v;
-  return s;
+  for (int j = 0; j < kBracketEdges; ++j) sums[j] = lane_sum(acc[j]);
+  seen = seen_of(st);
+  return lane_sum(total);
 }
 #endif
 
-// One block of online_bracket_pass (len a multiple of 16, padded with tokens of no weight past `real`):
-// adds to st.sum and fills sums; w is scratch.
-inline void weigh_bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, float inv_t,
-                                const Bracket& br, OnlinePass& st, float* sums, PassGather& g, float* w) {
+// Whether a block weighed before its stats were known (the fused AVX-512 loops, against the reference as
+// it stood) stands: its max did not exceed the reference, and it held no NaN or +inf. Then folds its stats
+// into st; otherwise the caller weighs the block again the generic way (stats first).
+inline bool fused_block_stands(const SpanStats& seen, bool is_exp, OnlinePass& st) {
+  if (seen.has_nan || seen.max == kInf || (is_exp && !(seen.max <= st.ref))) return false;
+  st.max = seen.max > st.max ? seen.max : st.max;
+  st.min = seen.min < st.min ? seen.min : st.min;
+  return true;
+}
+
+// online_pass's block in one AVX-512 read (logits): sets w, s (the weight sum) and bmax. False, with
+// nothing changed, where it cannot run or stand.
+inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, OnlinePass& st, float* w, float& s,
+                        float& bmax) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (use_avx512() && weighable(st, is_exp)) {
-    st.sum += weigh_bracket_block_avx512(xb, len, real, is_exp, st.ref, inv_t, br, sums, g);
-    return;
-  }
+  if (!use_avx512() || !is_exp || !weighable(st, is_exp)) return false;
+  SpanStats seen;
+  s = exp_weights_avx512<true>(xb, len, st.ref, inv_t, -kInf, w, &seen);
+  if (!fused_block_stands(seen, is_exp, st)) return false;
+  bmax = seen.max;
+  return true;
+#else
+  return false;
 #endif
-  st.sum += block_weights(xb, len, st, is_exp, inv_t, w);
-  bracket_block(xb, w, len, real, br, sums, g);
+}
+
+// online_bracket_pass's block in one AVX-512 read (xb padded to kPassBlock past `real` tokens): adds to
+// st.sum, fills sums, gathers into g and sets bmax. False, with nothing changed, where it cannot run or
+// stand.
+inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
+                                OnlinePass& st, float* sums, PassGather& g, float& bmax) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (!use_avx512() || !weighable(st, is_exp)) return false;
+  const int64_t count = g.count;
+  SpanStats seen;
+  const float s = weigh_bracket_block_avx512(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, seen);
+  if (!fused_block_stands(seen, is_exp, st)) {
+    g.count = count;
+    return false;
+  }
+  st.sum += s;
+  bmax = seen.max;
+  return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -307,9 +366,11 @@ FS_MULTIVERSION void online_pass(const float* x, int64_t n, bool is_exp, float i
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const float* xb = x + b;
-    float bmax;
-    st.sum *= block_stats(xb, len, is_exp, inv_t, st, bmax);
-    const float s = block_weights(xb, len, st, is_exp, inv_t, w);
+    float bmax, s;
+    if (!fused_block(xb, len, is_exp, inv_t, st, w, s, bmax)) {
+      st.sum *= block_stats(xb, len, is_exp, inv_t, st, bmax);
+      s = block_weights(xb, len, st, is_exp, inv_t, w);
+    }
     st.sum += s;
     if (blocks.sums) blocks.sums[b / kPassBlock] = s;
     if (blocks.refs) blocks.refs[b / kPassBlock] = st.ref;
@@ -322,21 +383,24 @@ FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp,
   float w[kPassBlock], xs[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
-    const float* xb = x + b;
     const int64_t k = b / kPassBlock;
-    const double scale = block_stats(xb, len, is_exp, inv_t, st, blocks.max[k]);
-    if (scale != 1.0) {
-      st.sum *= scale;
-      for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
-    }
-    blocks.refs[k] = st.ref;
+    const float* xb = x + b;
     if (len < kPassBlock) {  // a short last block: padded with tokens of no weight
       std::fill(std::copy(xb, xb + len, xs), xs + kPassBlock, is_exp ? -kInf : 0.0f);
       xb = xs;
     }
-    float sums[kBracketEdges];
     blocks.central[k] = g.count;
-    weigh_bracket_block(xb, kPassBlock, len, is_exp, inv_t, br, st, sums, g, w);
+    float sums[kBracketEdges];
+    if (!fused_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, blocks.max[k])) {
+      const double scale = block_stats(x + b, len, is_exp, inv_t, st, blocks.max[k]);
+      if (scale != 1.0) {
+        st.sum *= scale;
+        for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
+      }
+      st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
+      bracket_block(xb, w, kPassBlock, len, br, sums, g);
+    }
+    blocks.refs[k] = st.ref;
     for (int j = 0; j < kBracketEdges; ++j) {
       mass_at[j] += sums[j];
       blocks.above[j * blocks.stride + k] = sums[j];
