@@ -74,3 +74,25 @@ def test_top_p_renorm_long_rows(kind, top_p):
     flips = check_renorm(got, oracle.renorm_candidates(np64(probs), top_p=top_p), atol=1e-7, rtol=1e-4,
                          what=f"{kind} p={top_p}")
     assert_rare(flips, probs.shape[0])
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 1.0])
+def test_rows_the_fused_pass_hands_back(top_p):
+    """The passes weigh a block and take its stats in one read, against the reference as it stood; a block
+    whose max passes that reference (every block of a steeply rising row), or that holds NaN or +inf after
+    finite blocks, is weighed again the generic way. Those rows must still give the oracle's tokens."""
+    gen = torch.Generator().manual_seed(5)
+    rising = torch.arange(VOCAB, dtype=torch.float32) * 0.05  # 12.8 per block: past the 8 T of slack
+    nan_row, inf_row = torch.randn(2, VOCAB, generator=gen)
+    nan_row[40000] = float("nan")
+    inf_row[[30000, 50000]] = float("inf")
+    logits = torch.stack([rising, rising.flip(0), nan_row, inf_row])
+    seed, offset = row_seeds(logits.shape[0], 9)
+    got, got_lp = fastsample.sample(logits, temperature=0.9, top_p=top_p, seed=torch.from_numpy(seed),
+                                    offset=torch.from_numpy(offset), return_logprobs=True, backend="cpu")
+    want, want_lp, candidates = oracle.sample_with_candidates(np64(logits), True, 0.9, 0, top_p, 0.0, seed, offset)
+    assert got[2].item() == -1 and want[2] == -1  # NaN: invalid row
+    assert got[3].item() in (30000, 50000)
+    assert_rare(check_tokens(got, want, candidates, f"p={top_p}"), logits.shape[0])
+    same = (np64(got) == want) & (want >= 0)
+    np.testing.assert_allclose(np64(got_lp)[same], want_lp[same], rtol=1e-4, atol=1e-5)

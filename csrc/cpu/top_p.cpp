@@ -14,10 +14,7 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // tokens of short rows). Runs rather than a stride: a stride short of a cache line would read every line
 // of the row, runs read one in sixteen.
 constexpr int64_t kSampleChunk = 64;
-#ifndef FS_CHUNKS
-#define FS_CHUNKS 128
-#endif
-constexpr int64_t kSampleChunks = FS_CHUNKS;
+constexpr int64_t kSampleChunks = 128;
 // The estimate buckets sample weights by their float bits below the sample's largest weight: 1/32 octave a
 // bucket, 32 octaves in all (lighter tokens share the last bucket).
 constexpr int kEstBuckets = 1024;
@@ -25,10 +22,10 @@ constexpr int kEstShift = 18;
 // Bracket edge j sits kSpread[j] standard errors of the estimated mass fraction from p. The central
 // region holds at least the guessed bucket, and the outer edges lie at least kOuterGap buckets beyond it:
 // the sample's and the pass's float weights differ a little, and a row sampled whole has no error.
-#ifndef FS_CENTRAL_SPREAD
-#define FS_CENTRAL_SPREAD 0.5
-#endif
-constexpr double kSpread[kBracketEdges] = {-6.0, -FS_CENTRAL_SPREAD, FS_CENTRAL_SPREAD, 6.0};
+// Half a standard error either side of the guess held the boundary in every flat row tried (the estimated
+// error is conservative, and the edges round outwards to whole buckets): wider only adds tokens to sort,
+// and a miss costs a second, compare-only pass.
+constexpr double kSpread[kBracketEdges] = {-6.0, -0.5, 0.5, 6.0};
 constexpr int64_t kOuterGap = 4;
 static_assert(kBracketEdges == 4 && kCentral == 1, "one outer edge on each side of the central region");
 // Tokens of the central region each segment's pass may gather (more: gathered again, by a second pass).
