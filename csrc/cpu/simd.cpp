@@ -273,8 +273,7 @@ inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t 
 // entries. Returns the block's weight sum.
 __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float* xb, int64_t len, int64_t real,
                                                                     bool is_exp, float ref, float inv_t,
-                                                                    const Bracket& br, float* sums, PassGather& g,
-                                                                    SpanStats& seen) {
+                                                                    const Bracket& br, float* sums, PassGather& g) {
   __m512 acc[kBracketEdges], edge[kBracketEdges];
   for (int j = 0; j < kBracketEdges; ++j) {
     acc[j] = _mm512_setzero_ps();
@@ -282,13 +281,11 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
   }
   const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), all = _mm512_set1_ps(-kInf);
   __m512 total = _mm512_setzero_ps();
-  Stats16 st{_mm512_set1_ps(-kInf), _mm512_set1_ps(kInf), 0};
   int64_t count = g.count;
   for (int64_t i = 0; i < len; i += 16) {
     const __m512 v = _mm512_loadu_ps(xb + i);
     const int64_t rem = real - i;
     const __mmask16 valid = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1u);
-    see16(st, v, valid);
     const __m512 wv = is_exp ? exp16_avx512(v, 0xFFFF, vref, vinv, all) : v;
     total = _mm512_add_ps(total, wv);
     __mmask16 ge[kBracketEdges];
@@ -303,7 +300,6 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
   }
   g.count = count;
   for (int j = 0; j < kBracketEdges; ++j) sums[j] = lane_sum(acc[j]);
-  seen = seen_of(st);
   return lane_sum(total);
 }
 #endif
@@ -334,26 +330,20 @@ inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, 
 #endif
 }
 
-// online_bracket_pass's block in one AVX-512 read (xb padded to kPassBlock past `real` tokens): adds to
-// st.sum, fills sums, gathers into g and sets bmax. False, with nothing changed, where it cannot run or
-// stand.
-inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
-                                OnlinePass& st, float* sums, PassGather& g, float& bmax) {
+// One block of online_bracket_pass, after its stats (xb padded to kPassBlock past `real` tokens): adds to
+// st.sum, fills sums and gathers into g; w is scratch. AVX-512 keeps the weights in registers. (Taking
+// the stats in the same read, as online_pass does, measured no faster here: this loop is bound by its own
+// ops.)
+inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
+                                OnlinePass& st, float* sums, PassGather& g, float* w) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (!use_avx512() || !weighable(st, is_exp)) return false;
-  const int64_t count = g.count;
-  SpanStats seen;
-  const float s = weigh_bracket_block_avx512(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, seen);
-  if (!fused_block_stands(seen, is_exp, st)) {
-    g.count = count;
-    return false;
+  if (use_avx512() && weighable(st, is_exp)) {
+    st.sum += weigh_bracket_block_avx512(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g);
+    return;
   }
-  st.sum += s;
-  bmax = seen.max;
-  return true;
-#else
-  return false;
 #endif
+  st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
+  bracket_block(xb, w, kPassBlock, real, br, sums, g);
 }
 
 }  // namespace
@@ -385,22 +375,19 @@ FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp,
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const int64_t k = b / kPassBlock;
     const float* xb = x + b;
+    const double scale = block_stats(xb, len, is_exp, inv_t, st, blocks.max[k]);
+    if (scale != 1.0) {
+      st.sum *= scale;
+      for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
+    }
+    blocks.refs[k] = st.ref;
     if (len < kPassBlock) {  // a short last block: padded with tokens of no weight
       std::fill(std::copy(xb, xb + len, xs), xs + kPassBlock, is_exp ? -kInf : 0.0f);
       xb = xs;
     }
     blocks.central[k] = g.count;
     float sums[kBracketEdges];
-    if (!fused_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, blocks.max[k])) {
-      const double scale = block_stats(x + b, len, is_exp, inv_t, st, blocks.max[k]);
-      if (scale != 1.0) {
-        st.sum *= scale;
-        for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
-      }
-      st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
-      bracket_block(xb, w, kPassBlock, len, br, sums, g);
-    }
-    blocks.refs[k] = st.ref;
+    weigh_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, w);
     for (int j = 0; j < kBracketEdges; ++j) {
       mass_at[j] += sums[j];
       blocks.above[j * blocks.stride + k] = sums[j];
