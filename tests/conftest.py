@@ -139,6 +139,49 @@ def check_renorm(got: torch.Tensor, candidates: list, atol: float, rtol: float, 
     return flips
 
 
+def oracle_value(value):
+    """A filter value as the oracle takes it: a per-row tensor as a float64 array, a scalar as it is."""
+    return np64(value) if isinstance(value, torch.Tensor) else value
+
+
+def sweep_filter_renorm(backend: str, renorm, key: str, values, probs_seed: int, tol: tuple) -> None:
+    """``renorm(probs, v, backend=...)`` against ``oracle.renorm_candidates(..., key=v)`` over flat and peaked
+    rows at each test vocabulary, for every v in ``values(rows, vocab)``; near-tie flips must be rare."""
+    import oracle
+    flips = rows_total = 0
+    for kind in ("flat", "peaked"):
+        for vocab in sizes(backend).vocabs:
+            rows = sizes(backend).rows(vocab)
+            probs = make_probs(rows, vocab, kind, seed=vocab + probs_seed)
+            for v in values(rows, vocab):
+                got = renorm(probs, v, backend=backend)
+                cands = oracle.renorm_candidates(np64(probs), **{key: oracle_value(v)})
+                flips += check_renorm(got, cands, *tol, what=f"{backend} {kind} V={vocab} {key}={v}")
+                rows_total += rows
+    assert_rare(flips, rows_total, f"{backend} {renorm.__name__}")
+
+
+def sweep_filter_sampling(backend: str, sampler, key: str, values, probs_seed: int, seed_of, offset: int,
+                          kinds=("flat", "peaked")) -> None:
+    """``sampler(probs, v, seed=seed_of(vocab), offset=offset, backend=...)`` against the oracle's token for each
+    row (per-row seeds of docs/ops.md) over each kind of rows at each test vocabulary, for every v in
+    ``values(rows, vocab)``; near-tie flips must be rare."""
+    import oracle
+    flips = rows_total = 0
+    for kind in kinds:
+        for vocab in sizes(backend).vocabs:
+            rows = sizes(backend).rows(vocab)
+            probs = make_probs(rows, vocab, kind, seed=vocab + probs_seed)
+            for v in values(rows, vocab):
+                got = sampler(probs, v, seed=seed_of(vocab), offset=offset, backend=backend)
+                seeds, offsets = row_seeds(rows, seed_of(vocab), offset)
+                want, _, cands = oracle.sample_with_candidates(np64(probs), False, **{key: oracle_value(v)},
+                                                               seed=seeds, offset=offsets)
+                flips += check_tokens(got, want, cands, what=f"{backend} {kind} V={vocab} {key}={v}")
+                rows_total += rows
+    assert_rare(flips, rows_total, f"{backend} {sampler.__name__}")
+
+
 def check_close(got: torch.Tensor, want: np.ndarray, atol: float, rtol: float, what: str = "") -> None:
     """Assert |got - want| <= atol + rtol * |want| elementwise, NaN where the oracle has NaN, same infinities."""
     g = np64(got)

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_rare, check_renorm, check_tokens, chi_square_pvalue, make_probs, np64, row_seeds, sizes
+from conftest import (check_renorm, check_tokens, chi_square_pvalue, np64, sizes, sweep_filter_renorm,
+                      sweep_filter_sampling)
 
 import fastsample
 import oracle
@@ -20,22 +21,8 @@ def _min_p_values(rows: int, seed: int):
     return [0.0, 0.01, 0.1, 0.5, 1.0, per_row]
 
 
-def _oracle_mp(mp):
-    return np64(mp) if isinstance(mp, torch.Tensor) else mp
-
-
 def test_min_p_renorm_probs(backend):
-    flips = rows_total = 0
-    for kind in ("flat", "peaked"):
-        for vocab in sizes(backend).vocabs:
-            rows = sizes(backend).rows(vocab)
-            probs = make_probs(rows, vocab, kind, seed=vocab + 20)
-            for mp in _min_p_values(rows, vocab):
-                got = fastsample.min_p_renorm_probs(probs, mp, backend=backend)
-                cands = oracle.renorm_candidates(np64(probs), min_p=_oracle_mp(mp))
-                flips += check_renorm(got, cands, *RENORM_TOL, what=f"{backend} {kind} V={vocab} min_p={mp}")
-                rows_total += rows
-    assert_rare(flips, rows_total, f"{backend} min_p_renorm_probs")
+    sweep_filter_renorm(backend, fastsample.min_p_renorm_probs, "min_p", _min_p_values, 20, RENORM_TOL)
 
 
 def test_min_p_ties_and_invalid_rows(backend):
@@ -69,19 +56,8 @@ def test_min_p_rejects(backend, mp, error):
 
 
 def test_min_p_sampling_exact(backend):
-    flips = rows_total = 0
-    for kind in ("flat", "peaked"):
-        for vocab in sizes(backend).vocabs:
-            rows = sizes(backend).rows(vocab)
-            probs = make_probs(rows, vocab, kind, seed=vocab + 21)
-            for mp in _min_p_values(rows, vocab + 1):
-                got = fastsample.min_p_sampling_from_probs(probs, mp, seed=vocab + 1, offset=8, backend=backend)
-                seeds, offsets = row_seeds(rows, vocab + 1, 8)
-                want, _, cands = oracle.sample_with_candidates(np64(probs), False, min_p=_oracle_mp(mp), seed=seeds,
-                                                               offset=offsets)
-                flips += check_tokens(got, want, cands, what=f"{backend} {kind} V={vocab} min_p={mp}")
-                rows_total += rows
-    assert_rare(flips, rows_total, f"{backend} min_p_sampling_from_probs")
+    sweep_filter_sampling(backend, fastsample.min_p_sampling_from_probs, "min_p",
+                          lambda rows, vocab: _min_p_values(rows, vocab + 1), 21, lambda vocab: vocab + 1, 8)
 
 
 @pytest.mark.parametrize("mp", [0.0, 0.3, 0.6, 1.0])

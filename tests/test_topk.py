@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import (assert_rare, check_renorm, check_tokens, chi_square_pvalue, make_logits, make_probs, np64,
-                      row_seeds, sizes)
+                      sizes, sweep_filter_sampling)
 
 import fastsample
 import oracle
@@ -133,21 +133,9 @@ def test_top_k_renorm_probs_ties_and_invalid_rows(backend):
 
 # ---------------------------------------------------------------------------- top_k_sampling_from_probs
 def test_top_k_sampling_exact(backend):
-    flips = rows_total = 0
-    for kind in ("flat", "peaked"):
-        for vocab in sizes(backend).vocabs:
-            rows = sizes(backend).rows(vocab)
-            probs = make_probs(rows, vocab, kind, seed=vocab + 3)
-            gen = torch.Generator().manual_seed(vocab)
-            for k in (1, 5, 100, vocab, torch.randint(-1, vocab + 1, (rows,), generator=gen)):
-                got = fastsample.top_k_sampling_from_probs(probs, k, seed=vocab, offset=17, backend=backend)
-                seeds, offsets = row_seeds(rows, vocab, 17)
-                want, _, cands = oracle.sample_with_candidates(
-                    np64(probs), False, top_k=np64(k) if isinstance(k, torch.Tensor) else k, seed=seeds,
-                    offset=offsets)
-                flips += check_tokens(got, want, cands, what=f"{backend} {kind} V={vocab} k={k}")
-                rows_total += rows
-    assert_rare(flips, rows_total, f"{backend} top_k_sampling_from_probs")
+    def ks(rows, vocab):
+        return (1, 5, 100, vocab, torch.randint(-1, vocab + 1, (rows,), generator=torch.Generator().manual_seed(vocab)))
+    sweep_filter_sampling(backend, fastsample.top_k_sampling_from_probs, "top_k", ks, 3, lambda vocab: vocab, 17)
 
 
 def test_top_k_sampling_ties_and_invalid(backend):

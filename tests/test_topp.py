@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_rare, check_renorm, check_tokens, chi_square_pvalue, make_probs, np64, row_seeds, sizes
+from conftest import (check_renorm, check_tokens, chi_square_pvalue, make_probs, np64, sizes, sweep_filter_renorm,
+                      sweep_filter_sampling)
 
 import fastsample
 import oracle
@@ -20,22 +21,8 @@ def _p_values(rows: int, seed: int):
     return [0.0, 0.3, 0.9, 1.0, per_row]
 
 
-def _oracle_p(p):
-    return np64(p) if isinstance(p, torch.Tensor) else p
-
-
 def test_top_p_renorm_probs(backend):
-    flips = rows_total = 0
-    for kind in ("flat", "peaked"):
-        for vocab in sizes(backend).vocabs:
-            rows = sizes(backend).rows(vocab)
-            probs = make_probs(rows, vocab, kind, seed=vocab + 10)
-            for p in _p_values(rows, vocab):
-                got = fastsample.top_p_renorm_probs(probs, p, backend=backend)
-                cands = oracle.renorm_candidates(np64(probs), top_p=_oracle_p(p))
-                flips += check_renorm(got, cands, *RENORM_TOL, what=f"{backend} {kind} V={vocab} p={p}")
-                rows_total += rows
-    assert_rare(flips, rows_total, f"{backend} top_p_renorm_probs")
+    sweep_filter_renorm(backend, fastsample.top_p_renorm_probs, "top_p", _p_values, 10, RENORM_TOL)
 
 
 def test_top_p_ties_at_the_boundary(backend):
@@ -84,19 +71,8 @@ def test_top_p_rejects(backend, p, error):
 
 
 def test_top_p_sampling_exact(backend):
-    flips = rows_total = 0
-    for kind in ("flat", "peaked"):
-        for vocab in sizes(backend).vocabs:
-            rows = sizes(backend).rows(vocab)
-            probs = make_probs(rows, vocab, kind, seed=vocab + 12)
-            for p in _p_values(rows, vocab + 1):
-                got = fastsample.top_p_sampling_from_probs(probs, p, seed=vocab, offset=3, backend=backend)
-                seeds, offsets = row_seeds(rows, vocab, 3)
-                want, _, cands = oracle.sample_with_candidates(np64(probs), False, top_p=_oracle_p(p), seed=seeds,
-                                                               offset=offsets)
-                flips += check_tokens(got, want, cands, what=f"{backend} {kind} V={vocab} p={p}")
-                rows_total += rows
-    assert_rare(flips, rows_total, f"{backend} top_p_sampling_from_probs")
+    sweep_filter_sampling(backend, fastsample.top_p_sampling_from_probs, "top_p",
+                          lambda rows, vocab: _p_values(rows, vocab + 1), 12, lambda vocab: vocab, 3)
 
 
 @pytest.mark.parametrize("p", [0.0, 0.45, 0.75, 1.0])

@@ -3,7 +3,9 @@
 // They are compiled once per instruction set (AVX-512, AVX2+FMA, baseline x86-64) by GCC function
 // multiversioning and the best clone is picked when the library loads, so one build runs on any x86-64
 // and still uses the wide units where they exist. Loops are written for the auto-vectoriser: fixed-size
-// blocks, no early exits inside a block, `omp simd` reductions.
+// blocks, no early exits inside a block, `omp simd` reductions. The hottest ones (exp, row stats, the top-p
+// bracket block, gathers) also have AVX-512 intrinsics versions in simd.cpp, picked at run time
+// (FASTSAMPLE_NO_AVX512=1 keeps the generic ones).
 #pragma once
 #include <cstdint>
 #include <vector>

@@ -146,51 +146,48 @@ int split_shift(uint32_t range, int64_t count) {
   return std::max(0, static_cast<int>(std::bit_width(range)) - bits);
 }
 
-// The walk of walk_top_p_groups over many tokens (values x, weights w): while more than a few remain,
-// splits their key range into buckets (split_shift) and keeps only the bucket holding the boundary (equal
-// values share a bucket, so ties never split); then walks groups exactly.
-float refine_top_p(const float* x, const float* w, int64_t count, bool row_top, double target, double& cum) {
-  thread_local std::vector<uint32_t> keys;
-  thread_local std::vector<Valued> work, next;
-  keys.resize(count);
-  work.clear();
-  for (int64_t i = 0; i < count; ++i) keys[i] = float_key(x[i]);  // vectorised
+// One split of m tokens (value x_of(i), weight w_of(i)): their key range into buckets (split_shift), and
+// the tokens of the bucket holding the boundary appended to `out` (equal values share a bucket, so ties
+// never split). False, with nothing done, when all keys are equal.
+template <class X, class W>
+bool split_at_boundary(int64_t m, X x_of, W w_of, bool& row_top, double target, double& cum, std::vector<Valued>& out) {
+  thread_local std::vector<uint32_t> keys;  // each token's key, then its bucket (loops that vectorise)
+  keys.resize(m);
+  for (int64_t i = 0; i < m; ++i) keys[i] = float_key(x_of(i));
   uint32_t lo = UINT32_MAX, hi = 0;
-  for (int64_t i = 0; i < count; ++i) {
+  for (int64_t i = 0; i < m; ++i) {
     lo = std::min(lo, keys[i]);
     hi = std::max(hi, keys[i]);
   }
-  if (count > 64 && lo < hi) {  // the first split reads the arrays; the survivors are few
-    const int shift = split_shift(hi - lo, count);
-    const int buckets = static_cast<int>((hi - lo) >> shift) + 1;
-    double hist[2048];
-    std::fill(hist, hist + buckets, 0.0);
-    for (int64_t i = 0; i < count; ++i) keys[i] = (keys[i] - lo) >> shift;  // vectorised
-    for (int64_t i = 0; i < count; ++i) hist[keys[i]] += w[i];
-    const auto boundary = static_cast<uint32_t>(boundary_bucket(hist, buckets, row_top, target, cum));
-    for (int64_t i = 0; i < count; ++i) {
-      if (keys[i] == boundary) work.push_back({x[i], w[i]});
-    }
-  } else {
+  if (lo == hi) return false;
+  const int shift = split_shift(hi - lo, m);
+  const int buckets = static_cast<int>((hi - lo) >> shift) + 1;
+  double hist[2048];
+  std::fill(hist, hist + buckets, 0.0);
+  for (int64_t i = 0; i < m; ++i) keys[i] = (keys[i] - lo) >> shift;
+  for (int64_t i = 0; i < m; ++i) hist[keys[i]] += w_of(i);
+  const auto boundary = static_cast<uint32_t>(boundary_bucket(hist, buckets, row_top, target, cum));
+  for (int64_t i = 0; i < m; ++i) {
+    if (keys[i] == boundary) out.push_back({x_of(i), w_of(i)});
+  }
+  return true;
+}
+
+// The walk of walk_top_p_groups over many tokens (values x, weights w): splits while more than a few
+// remain (the first split reads the arrays, later ones the few survivors), then walks groups exactly.
+float refine_top_p(const float* x, const float* w, int64_t count, bool row_top, double target, double& cum) {
+  thread_local std::vector<Valued> work, next;
+  work.clear();
+  auto x_at = [&](int64_t i) { return x[i]; };
+  auto w_at = [&](int64_t i) { return static_cast<double>(w[i]); };
+  if (count <= 64 || !split_at_boundary(count, x_at, w_at, row_top, target, cum, work)) {
     for (int64_t i = 0; i < count; ++i) work.push_back({x[i], w[i]});
   }
   while (work.size() > 64) {
-    lo = UINT32_MAX, hi = 0;
-    for (const Valued& t : work) {
-      lo = std::min(lo, float_key(t.x));
-      hi = std::max(hi, float_key(t.x));
-    }
-    if (lo == hi) break;
-    const int shift = split_shift(hi - lo, static_cast<int64_t>(work.size()));
-    const int buckets = static_cast<int>((hi - lo) >> shift) + 1;
-    double hist[2048];
-    std::fill(hist, hist + buckets, 0.0);
-    for (const Valued& t : work) hist[(float_key(t.x) - lo) >> shift] += t.w;
-    const auto boundary = static_cast<uint32_t>(boundary_bucket(hist, buckets, row_top, target, cum));
     next.clear();
-    for (const Valued& t : work) {
-      if (((float_key(t.x) - lo) >> shift) == boundary) next.push_back(t);
-    }
+    auto work_x = [&](int64_t i) { return work[i].x; };
+    auto work_w = [&](int64_t i) { return work[i].w; };
+    if (!split_at_boundary(static_cast<int64_t>(work.size()), work_x, work_w, row_top, target, cum, next)) break;
     work.swap(next);
   }
   return walk_top_p_groups(work, [](const Valued& t) { return t.w; }, row_top, target, cum);
