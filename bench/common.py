@@ -52,6 +52,18 @@ class Timing:
     p20_ms: float
     p80_ms: float
     reps: int
+    times_ms: list[float] = field(default_factory=list, repr=False)  # the sorted single-call times
+
+
+def timing_of(times_ms: list[float]) -> Timing:
+    """Median, p20/p80 and count of single-call times."""
+    times = sorted(times_ms)
+    return Timing(_quantile(times, 0.5), _quantile(times, 0.2), _quantile(times, 0.8), len(times), times)
+
+
+def pooled(*timings: Timing) -> Timing:
+    """One Timing from the calls of several measurements of the same thing."""
+    return timing_of([t for timing in timings for t in timing.times_ms])
 
 
 # ------------------------------------------------------------------------------------------------ timing
@@ -110,8 +122,7 @@ def measure(fn: Callable[[], object], device: torch.device, min_time_s: float = 
     if cuda:
         torch.cuda.synchronize(device)
         times = [b.elapsed_time(e) for b, e in events]
-    times.sort()
-    return Timing(_quantile(times, 0.5), _quantile(times, 0.2), _quantile(times, 0.8), len(times))
+    return timing_of(times)
 
 
 # ------------------------------------------------------------------------------------------- progress bar

@@ -11,8 +11,10 @@
 #include <immintrin.h>
 #endif
 #if defined(__GNUC__) && !defined(__clang__)
-// GCC 12's AVX-512 intrinsics (max, roundscale) start from _mm512_undefined_ps() and warn on their own code.
+// GCC 12's AVX-512 intrinsics (max, roundscale, shuffles) start from _mm512_undefined_ps() and warn on their
+// own code.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 
@@ -50,12 +52,15 @@ inline float exp_weights_generic(const float* x, int64_t n, float ref, float inv
 // exp_weights_generic written out for AVX-512, step for step as exp_nonpositive: GCC predicates the
 // generic loop with masks and runs it at about half this speed, and exp throughput bounds every pass.
 // exp16_avx512: exp_nonpositive((v - ref) * inv_t) of 16 lanes, 0 where not `lanes`, below the range or
-// v < theta (the range clamp and the kept test become one mask that zeroes the result).
+// v < theta (the range clamp and the kept test become one mask that zeroes the result). kTheta = false: no
+// theta (-inf), and one compare less in loops that the exp bounds.
+template <bool kTheta>
 __attribute__((target("avx512f"))) inline __m512 exp16_avx512(__m512 v, __mmask16 lanes, __m512 ref, __m512 inv_t,
                                                               __m512 theta) {
   const __m512 low = _mm512_set1_ps(-87.33654f);
   const __m512 y = _mm512_mul_ps(_mm512_sub_ps(v, ref), inv_t);
-  const __mmask16 keep = lanes & _mm512_cmp_ps_mask(y, low, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, theta, _CMP_GE_OQ);
+  __mmask16 keep = lanes & _mm512_cmp_ps_mask(y, low, _CMP_GE_OQ);
+  if constexpr (kTheta) keep &= _mm512_cmp_ps_mask(v, theta, _CMP_GE_OQ);
   const __m512 c = _mm512_max_ps(y, low);
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -83,29 +88,35 @@ __attribute__((target("avx512f"))) inline void see16(Stats16& st, __m512 v, __mm
   st.min = _mm512_mask_min_ps(st.min, lanes, v, st.min);
 }
 
-__attribute__((target("avx512f"))) SpanStats seen_of(const Stats16& st) {
-  alignas(64) float hi[16], lo[16];
-  _mm512_store_ps(hi, st.max);
-  _mm512_store_ps(lo, st.min);
-  SpanStats out{-kInf, kInf, st.nan != 0};
-  for (int l = 0; l < 16; ++l) {
-    out.max = hi[l] > out.max ? hi[l] : out.max;
-    out.min = lo[l] < out.min ? lo[l] : out.min;
-  }
-  return out;
+// Halves of a vector folded onto each other (8 + 8, 4 + 4, 2 + 2, 1 + 1 lanes): a tree of four steps,
+// where a scalar walk of the lanes would chain 16 dependent ops, once per block and per reduction.
+enum class Fold { kSum, kMax, kMin };
+
+template <Fold kOp>
+__attribute__((target("avx512f"))) inline __m512 fold_step(__m512 a, __m512 b) {
+  if constexpr (kOp == Fold::kSum) return _mm512_add_ps(a, b);
+  if constexpr (kOp == Fold::kMax) return _mm512_max_ps(a, b);
+  return _mm512_min_ps(a, b);
 }
 
-__attribute__((target("avx512f"))) float lane_sum(__m512 v) {
-  alignas(64) float lanes[16];  // (GCC 12's _mm512_reduce_add_ps warns on its own header)
-  _mm512_store_ps(lanes, v);
-  float s = 0.0f;
-  for (float l : lanes) s += l;
-  return s;
+template <Fold kOp>
+__attribute__((target("avx512f"))) inline float fold16(__m512 v) {
+  v = fold_step<kOp>(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = fold_step<kOp>(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1)));
+  v = fold_step<kOp>(v, _mm512_permute_ps(v, _MM_SHUFFLE(1, 0, 3, 2)));
+  v = fold_step<kOp>(v, _mm512_permute_ps(v, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm512_cvtss_f32(v);
 }
+
+__attribute__((target("avx512f"))) SpanStats seen_of(const Stats16& st) {
+  return {fold16<Fold::kMax>(st.max), fold16<Fold::kMin>(st.min), st.nan != 0};
+}
+
+__attribute__((target("avx512f"))) float lane_sum(__m512 v) { return fold16<Fold::kSum>(v); }
 
 // exp_weights_generic for AVX-512; with kSee it also takes the span's stats into *seen in the same read
-// (logits only: probs have their own loop).
-template <bool kSee>
+// (logits only: probs have their own loop). kTheta as exp16_avx512.
+template <bool kSee, bool kTheta>
 __attribute__((target("avx512f"))) float exp_weights_avx512(const float* x, int64_t n, float ref, float inv_t,
                                                              float theta, float* w, SpanStats* seen) {
   const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), vtheta = _mm512_set1_ps(theta);
@@ -118,8 +129,8 @@ __attribute__((target("avx512f"))) float exp_weights_avx512(const float* x, int6
       see16(st, v0, 0xFFFF);
       see16(st, v1, 0xFFFF);
     }
-    const __m512 e0 = exp16_avx512(v0, 0xFFFF, vref, vinv, vtheta);
-    const __m512 e1 = exp16_avx512(v1, 0xFFFF, vref, vinv, vtheta);
+    const __m512 e0 = exp16_avx512<kTheta>(v0, 0xFFFF, vref, vinv, vtheta);
+    const __m512 e1 = exp16_avx512<kTheta>(v1, 0xFFFF, vref, vinv, vtheta);
     _mm512_storeu_ps(w + i, e0);
     _mm512_storeu_ps(w + i + 16, e1);
     acc0 = _mm512_add_ps(acc0, e0);
@@ -129,7 +140,7 @@ __attribute__((target("avx512f"))) float exp_weights_avx512(const float* x, int6
     const __mmask16 lanes = n - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (n - i)) - 1u);
     const __m512 v = _mm512_maskz_loadu_ps(lanes, x + i);
     if constexpr (kSee) see16(st, v, lanes);
-    const __m512 e = exp16_avx512(v, lanes, vref, vinv, vtheta);
+    const __m512 e = exp16_avx512<kTheta>(v, lanes, vref, vinv, vtheta);
     _mm512_mask_storeu_ps(w + i, lanes, e);
     acc0 = _mm512_add_ps(acc0, e);
   }
@@ -140,7 +151,10 @@ __attribute__((target("avx512f"))) float exp_weights_avx512(const float* x, int6
 
 inline float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (use_avx512()) return exp_weights_avx512<false>(x, n, ref, inv_t, theta, w, nullptr);
+  if (use_avx512()) {
+    return theta == -kInf ? exp_weights_avx512<false, false>(x, n, ref, inv_t, theta, w, nullptr)
+                          : exp_weights_avx512<false, true>(x, n, ref, inv_t, theta, w, nullptr);
+  }
 #endif
   return exp_weights_generic(x, n, ref, inv_t, theta, w);
 }
@@ -279,14 +293,14 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
     acc[j] = _mm512_setzero_ps();
     edge[j] = _mm512_set1_ps(br.edges[j]);
   }
-  const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), all = _mm512_set1_ps(-kInf);
+  const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), no_theta = _mm512_set1_ps(-kInf);
   __m512 total = _mm512_setzero_ps();
   int64_t count = g.count;
   for (int64_t i = 0; i < len; i += 16) {
     const __m512 v = _mm512_loadu_ps(xb + i);
     const int64_t rem = real - i;
     const __mmask16 valid = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1u);
-    const __m512 wv = is_exp ? exp16_avx512(v, 0xFFFF, vref, vinv, all) : v;
+    const __m512 wv = is_exp ? exp16_avx512<false>(v, 0xFFFF, vref, vinv, no_theta) : v;
     total = _mm512_add_ps(total, wv);
     __mmask16 ge[kBracketEdges];
     for (int j = 0; j < kBracketEdges; ++j) {
@@ -321,7 +335,7 @@ inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   if (!use_avx512() || !is_exp || !weighable(st, is_exp)) return false;
   SpanStats seen;
-  s = exp_weights_avx512<true>(xb, len, st.ref, inv_t, -kInf, w, &seen);
+  s = exp_weights_avx512<true, false>(xb, len, st.ref, inv_t, -kInf, w, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
   bmax = seen.max;
   return true;

@@ -146,50 +146,80 @@ int split_shift(uint32_t range, int64_t count) {
   return std::max(0, static_cast<int>(std::bit_width(range)) - bits);
 }
 
-// One split of m tokens (value x_of(i), weight w_of(i)): their key range into buckets (split_shift), and
-// the tokens of the bucket holding the boundary appended to `out` (equal values share a bucket, so ties
-// never split). False, with nothing done, when all keys are equal.
-template <class X, class W>
-bool split_at_boundary(int64_t m, X x_of, W w_of, bool& row_top, double target, double& cum, std::vector<Valued>& out) {
-  thread_local std::vector<uint32_t> keys;  // each token's key, then its bucket (loops that vectorise)
+// One split of m tokens (values x, weights w): their value range into buckets (split_shift), and the
+// tokens of the bucket holding the boundary copied to out_x/out_w (equal values share a bucket, so ties
+// never split). Returns how many; -1, with nothing done, when all keys are equal.
+// Keys are linear in the value where the range is finite: float bits are logarithmic in the magnitude, so
+// a region around 0 (the boundary of flat rows at p = 0.9) would crowd most tokens into a few buckets.
+// Rounding makes the linear keys non-decreasing in the value, never out of order, and tokens closer than
+// range / 2^24 that share a key are told apart by the walk over the survivors.
+FS_MULTIVERSION int64_t split_at_boundary(const float* x, const float* w, int64_t m, bool& row_top, double target,
+                                          double& cum, float* out_x, float* out_w) {
+  thread_local std::vector<int32_t> keys;  // each token's key, then its bucket (loops that vectorise)
   keys.resize(m);
-  for (int64_t i = 0; i < m; ++i) keys[i] = float_key(x_of(i));
-  uint32_t lo = UINT32_MAX, hi = 0;
+  int32_t* key = keys.data();
+  float mn = kInf, mx = -kInf;  // region values are never NaN: rows with NaN never get here
+#pragma omp simd reduction(min : mn) reduction(max : mx)
   for (int64_t i = 0; i < m; ++i) {
-    lo = std::min(lo, keys[i]);
-    hi = std::max(hi, keys[i]);
+    mn = x[i] < mn ? x[i] : mn;
+    mx = x[i] > mx ? x[i] : mx;
   }
-  if (lo == hi) return false;
-  const int shift = split_shift(hi - lo, m);
-  const int buckets = static_cast<int>((hi - lo) >> shift) + 1;
+  const float scale = 16777216.0f / (mx - mn);  // 2^24 over the range
+  if (std::isfinite(scale) && scale > 0.0f) {
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) key[i] = static_cast<int32_t>(std::min((x[i] - mn) * scale, 16777216.0f));
+  } else {  // an infinite range: the order of the float bits, shifted into int32 without changing it
+    for (int64_t i = 0; i < m; ++i) key[i] = static_cast<int32_t>(float_key(x[i]) ^ 0x80000000u);
+  }
+  int32_t lo = INT32_MAX, hi = INT32_MIN;
+#pragma omp simd reduction(min : lo) reduction(max : hi)
+  for (int64_t i = 0; i < m; ++i) {
+    lo = key[i] < lo ? key[i] : lo;
+    hi = key[i] > hi ? key[i] : hi;
+  }
+  if (lo == hi) return -1;
+  const uint32_t range = static_cast<uint32_t>(hi) - static_cast<uint32_t>(lo);
+  const int shift = split_shift(range, m);
+  const int buckets = static_cast<int>(range >> shift) + 1;
+#pragma omp simd
+  for (int64_t i = 0; i < m; ++i) key[i] = static_cast<int32_t>((static_cast<uint32_t>(key[i]) - static_cast<uint32_t>(lo)) >> shift);
   double hist[2048];
   std::fill(hist, hist + buckets, 0.0);
-  for (int64_t i = 0; i < m; ++i) keys[i] = (keys[i] - lo) >> shift;
-  for (int64_t i = 0; i < m; ++i) hist[keys[i]] += w_of(i);
-  const auto boundary = static_cast<uint32_t>(boundary_bucket(hist, buckets, row_top, target, cum));
-  for (int64_t i = 0; i < m; ++i) {
-    if (keys[i] == boundary) out.push_back({x_of(i), w_of(i)});
+  for (int64_t i = 0; i < m; ++i) hist[key[i]] += w[i];
+  const int32_t boundary = boundary_bucket(hist, buckets, row_top, target, cum);
+  // The boundary's bucket holds few of the tokens: groups of 16 are tested at once, and only groups that
+  // hold some are copied token by token.
+  int64_t k = 0;
+  for (int64_t g = 0; g < m; g += 16) {
+    const int64_t end = std::min(m, g + 16);
+    int hit = 0;
+#pragma omp simd reduction(| : hit)
+    for (int64_t i = g; i < end; ++i) hit |= key[i] == boundary;
+    for (int64_t i = g; hit && i < end; ++i) {
+      out_x[k] = x[i];
+      out_w[k] = w[i];
+      k += key[i] == boundary;
+    }
   }
-  return true;
+  return k;
 }
 
 // The walk of walk_top_p_groups over many tokens (values x, weights w): splits while more than a few
-// remain (the first split reads the arrays, later ones the few survivors), then walks groups exactly.
+// remain (each split keeps one bucket's tokens, in buffers that take turns), then walks groups exactly.
 float refine_top_p(const float* x, const float* w, int64_t count, bool row_top, double target, double& cum) {
-  thread_local std::vector<Valued> work, next;
-  work.clear();
-  auto x_at = [&](int64_t i) { return x[i]; };
-  auto w_at = [&](int64_t i) { return static_cast<double>(w[i]); };
-  if (count <= 64 || !split_at_boundary(count, x_at, w_at, row_top, target, cum, work)) {
-    for (int64_t i = 0; i < count; ++i) work.push_back({x[i], w[i]});
+  thread_local std::vector<float> buf[2][2];  // [turn][values, weights]
+  int64_t m = count;
+  for (int turn = 0; m > 64; turn ^= 1) {
+    for (auto& b : buf[turn]) b.resize(m);
+    const int64_t kept = split_at_boundary(x, w, m, row_top, target, cum, buf[turn][0].data(), buf[turn][1].data());
+    if (kept < 0) break;
+    x = buf[turn][0].data();
+    w = buf[turn][1].data();
+    m = kept;
   }
-  while (work.size() > 64) {
-    next.clear();
-    auto work_x = [&](int64_t i) { return work[i].x; };
-    auto work_w = [&](int64_t i) { return work[i].w; };
-    if (!split_at_boundary(static_cast<int64_t>(work.size()), work_x, work_w, row_top, target, cum, next)) break;
-    work.swap(next);
-  }
+  thread_local std::vector<Valued> work;
+  work.resize(m);
+  for (int64_t i = 0; i < m; ++i) work[i] = {x[i], w[i]};
   return walk_top_p_groups(work, [](const Valued& t) { return t.w; }, row_top, target, cum);
 }
 
@@ -375,9 +405,8 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
   const float theta = plan.theta;
 #pragma omp simd
   for (int64_t i = 0; i < count; ++i) kw[i] = v[i] >= theta ? kw[i] : 0.0f;
-  for (int64_t k = 0; k < nblocks; ++k) {
+  for (int64_t k = 0; k < nblocks; ++k) {  // runs of a few tokens: a vector loop's set-up would cost more
     float s = 0.0f;
-#pragma omp simd reduction(+ : s)
     for (int64_t i = starts[k]; i < starts[k + 1]; ++i) s += kw[i];
     plan.blocks[k] += s;
   }
