@@ -80,12 +80,14 @@ def test_top_p_renorm_long_rows(kind, top_p):
 def test_rows_the_fused_pass_hands_back(top_p):
     """The passes weigh a block and take its stats in one read, against the reference as it stood; a block
     whose max passes that reference (every block of a steeply rising row), or that holds NaN or +inf after
-    finite blocks, is weighed again the generic way. Those rows must still give the oracle's tokens."""
+    finite blocks (or both infinities, which the top-p pass cannot tell from NaN in one add), is weighed
+    again the generic way. Those rows must still give the oracle's tokens."""
     gen = torch.Generator().manual_seed(5)
     rising = torch.arange(VOCAB, dtype=torch.float32) * 0.05  # 12.8 per block: past the 8 T of slack
     nan_row, inf_row = torch.randn(2, VOCAB, generator=gen)
     nan_row[40000] = float("nan")
     inf_row[[30000, 50000]] = float("inf")
+    inf_row[[10, 30001]] = float("-inf")  # beside a +inf: the raw sum the top-p pass checks for NaN is NaN
     logits = torch.stack([rising, rising.flip(0), nan_row, inf_row])
     seed, offset = row_seeds(logits.shape[0], 9)
     got, got_lp = fastsample.sample(logits, temperature=0.9, top_p=top_p, seed=torch.from_numpy(seed),

@@ -285,19 +285,28 @@ inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t 
 // compressing each group of 16 into place without a branch: the region's tokens are spread at random, so
 // a branch per group would mispredict. Writes land at min(count, capacity), inside the buffers' 16 spare
 // entries. Returns the block's weight sum.
+// kSee: also the block's max and, for one add a group, whether it may hold NaN into *seen (min not taken):
+// the sum of its raw values turns NaN with any NaN, and also with both infinities or an overflow, which
+// the caller's redo sorts out.
+template <bool kSee>
 __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float* xb, int64_t len, int64_t real,
                                                                     bool is_exp, float ref, float inv_t,
-                                                                    const Bracket& br, float* sums, PassGather& g) {
+                                                                    const Bracket& br, float* sums, PassGather& g,
+                                                                    SpanStats* seen) {
   __m512 acc[kBracketEdges], edge[kBracketEdges];
   for (int j = 0; j < kBracketEdges; ++j) {
     acc[j] = _mm512_setzero_ps();
     edge[j] = _mm512_set1_ps(br.edges[j]);
   }
   const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), no_theta = _mm512_set1_ps(-kInf);
-  __m512 total = _mm512_setzero_ps();
+  __m512 total = _mm512_setzero_ps(), vmax = no_theta, raw = _mm512_setzero_ps();
   int64_t count = g.count;
   for (int64_t i = 0; i < len; i += 16) {
     const __m512 v = _mm512_loadu_ps(xb + i);
+    if constexpr (kSee) {
+      vmax = _mm512_max_ps(v, vmax);  // NaN lanes keep vmax (the second operand)
+      raw = _mm512_add_ps(raw, v);
+    }
     const int64_t rem = real - i;
     const __mmask16 valid = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1u);
     const __m512 wv = is_exp ? exp16_avx512<false>(v, 0xFFFF, vref, vinv, no_theta) : v;
@@ -314,6 +323,7 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
   }
   g.count = count;
   for (int j = 0; j < kBracketEdges; ++j) sums[j] = lane_sum(acc[j]);
+  if constexpr (kSee) *seen = {fold16<Fold::kMax>(vmax), kInf, _mm512_cmp_ps_mask(raw, raw, _CMP_UNORD_Q) != 0};
   return lane_sum(total);
 }
 #endif
@@ -345,19 +355,35 @@ inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, 
 }
 
 // One block of online_bracket_pass, after its stats (xb padded to kPassBlock past `real` tokens): adds to
-// st.sum, fills sums and gathers into g; w is scratch. AVX-512 keeps the weights in registers. (Taking
-// the stats in the same read, as online_pass does, measured no faster here: this loop is bound by its own
-// ops.)
+// st.sum, fills sums and gathers into g; w is scratch. AVX-512 keeps the weights in registers.
 inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
                                 OnlinePass& st, float* sums, PassGather& g, float* w) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   if (use_avx512() && weighable(st, is_exp)) {
-    st.sum += weigh_bracket_block_avx512(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g);
+    st.sum += weigh_bracket_block_avx512<false>(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
     return;
   }
 #endif
   st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
   bracket_block(xb, w, kPassBlock, real, br, sums, g);
+}
+
+// The same block in one AVX-512 read (logits with a reference), its max taken alongside: the separate
+// stats loop cost as much as an eighth of the pass. Sets bmax. False, with g.count possibly advanced and
+// nothing else changed, where it cannot run or its block must be weighed again (as fused_block).
+inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
+                                OnlinePass& st, float* sums, PassGather& g, float& bmax) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (!use_avx512() || !is_exp || !weighable(st, is_exp)) return false;
+  SpanStats seen;
+  const float s = weigh_bracket_block_avx512<true>(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
+  if (!fused_block_stands(seen, is_exp, st)) return false;
+  st.sum += s;
+  bmax = seen.max;
+  return true;
+#else
+  return false;
+#endif
 }
 
 }  // namespace
@@ -389,19 +415,22 @@ FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp,
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const int64_t k = b / kPassBlock;
     const float* xb = x + b;
-    const double scale = block_stats(xb, len, is_exp, inv_t, st, blocks.max[k]);
-    if (scale != 1.0) {
-      st.sum *= scale;
-      for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
-    }
-    blocks.refs[k] = st.ref;
     if (len < kPassBlock) {  // a short last block: padded with tokens of no weight
       std::fill(std::copy(xb, xb + len, xs), xs + kPassBlock, is_exp ? -kInf : 0.0f);
       xb = xs;
     }
     blocks.central[k] = g.count;
     float sums[kBracketEdges];
-    weigh_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, w);
+    if (!fused_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, blocks.max[k])) {
+      g.count = blocks.central[k];  // stats first, then the weights against the reference they set
+      const double scale = block_stats(x + b, len, is_exp, inv_t, st, blocks.max[k]);
+      if (scale != 1.0) {
+        st.sum *= scale;
+        for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
+      }
+      weigh_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, w);
+    }
+    blocks.refs[k] = st.ref;
     for (int j = 0; j < kBracketEdges; ++j) {
       mass_at[j] += sums[j];
       blocks.above[j * blocks.stride + k] = sums[j];

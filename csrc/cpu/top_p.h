@@ -47,7 +47,7 @@ float walk_top_p_groups(std::vector<Token>& tokens, Weight weight, bool row_top,
 // What the fused first pass learned about a row.
 struct TopPPass {
   bool has_nan = false;
-  float max = -__builtin_inff(), min = __builtin_inff();
+  float max = -__builtin_inff(), min = __builtin_inff();  // min: probs only (the logits' pass skips it)
   float ref = -__builtin_inff();  // logits: the reference every mass below is taken against
   double total = 0.0;             // the row's weight sum
   Bracket bracket{};
