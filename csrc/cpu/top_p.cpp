@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <numbers>
 
 namespace fastsample::cpu {
 namespace {
@@ -15,10 +16,13 @@ constexpr float kInf = std::numeric_limits<float>::infinity();
 // of the row, runs read one in sixteen.
 constexpr int64_t kSampleChunk = 64;
 constexpr int64_t kSampleChunks = 128;
-// The estimate buckets sample weights by their float bits below the sample's largest weight: 1/32 octave a
-// bucket, 32 octaves in all (lighter tokens share the last bucket).
+// The estimate buckets the sample's tokens 1/32 octave of weight apart below the heaviest one, 32 octaves
+// in all (lighter tokens share the last bucket): logits by their distance from the max, probs by their
+// float bits (a cheap log2). Each token then counts for its bucket's middle weight, within 1.1% of its own:
+// the estimate only places edges, the pass measures the exact masses.
 constexpr int kEstBuckets = 1024;
-constexpr int kEstShift = 18;
+constexpr int kEstPerOctave = 32;
+constexpr int kEstShift = 18;  // float bits per bucket: 2^23 mantissa steps an octave / 32
 // Bracket edge j sits kSpread[j] standard errors of the estimated mass fraction from p. The central
 // region holds at least the guessed bucket, and the outer edges lie at least kOuterGap buckets beyond it:
 // the sample's and the pass's float weights differ a little, and a row sampled whole has no error.
@@ -31,7 +35,7 @@ static_assert(kBracketEdges == 4 && kCentral == 1, "one outer edge on each side 
 // Tokens of the central region each segment's pass may gather (more: gathered again, by a second pass).
 constexpr int64_t kCentralCapacity = 16384;
 
-// The weight whose float bits are `edge` buckets below `top`'s (0 past the last).
+// The weight whose float bits are `edge` buckets below `top`'s (0 past the last): a probs bucket's edge.
 float bucket_edge_weight(float top, int64_t edge) {
   const int64_t bits = static_cast<int64_t>(std::bit_cast<uint32_t>(top)) - (edge << kEstShift);
   if (bits <= 0) return 0.0f;
@@ -39,6 +43,16 @@ float bucket_edge_weight(float top, int64_t edge) {
   float v;
   std::memcpy(&v, &u, sizeof v);
   return v;
+}
+
+// The middle weight of each logits bucket relative to the max: 2^(-(b + 1/2) / 32).
+const float* logit_bucket_weights() {
+  static const auto table = [] {
+    std::vector<float> t(kEstBuckets);
+    for (int b = 0; b < kEstBuckets; ++b) t[b] = static_cast<float>(std::exp2(-(b + 0.5) / kEstPerOctave));
+    return t;
+  }();
+  return table.data();
 }
 
 // The sample, into `sample` (m tokens). The runs are prefetched first: they lie far apart, so each would
@@ -66,60 +80,80 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
   std::fill(br.edges, br.edges + kBracketEdges, kInf);  // no estimate: the resolve step finds the boundary
   guess_ref = -kInf;
   const int64_t m = std::min(n, kSampleChunk * kSampleChunks);
-  thread_local std::vector<float> sample, w;  // scratch reused across rows
+  thread_local std::vector<float> sample;  // scratch reused across rows
   thread_local std::vector<int32_t> bucket;
   take_sample(x, n, m, sample);
   const double stride = static_cast<double>(n) / m;  // each sampled token stands for this many
   const SpanStats stats = span_stats(sample.data(), m);
   if (stats.has_nan || !(stats.max > -kInf) || stats.max == kInf || (!is_logits && !(stats.max > 0.0f))) return br;
-  const float inv_t = static_cast<float>(1.0 / temperature);
-  if (is_logits) guess_ref = stats.max + 8.0f / inv_t;
-  w.resize(m + 1);
-  weights_of(Weighting{is_logits, stats.max, inv_t}, sample.data(), m, w.data());
-  w[m] = 0.0f;  // a zero-weight pad for the pairwise loop below
+  if (is_logits) guess_ref = stats.max + 8.0f * static_cast<float>(temperature);
 
-  const float top = is_logits ? 1.0f : stats.max;  // the sample's largest weight
-  const auto top_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(top));
   bucket.resize(m + 1);
-  for (int64_t i = 0; i <= m; ++i) {  // vectorised: bits below the top, 1/32 octave a bucket
-    const int32_t below = (top_bits - static_cast<int32_t>(std::bit_cast<uint32_t>(w[i]))) >> kEstShift;
-    bucket[i] = w[i] > 0.0f ? std::min(std::max(below, 0), kEstBuckets - 1) : kEstBuckets - 1;
+  int32_t* bk = bucket.data();
+  const float* v = sample.data();
+  if (is_logits) {  // -inf lands past the last bucket and is clamped into it
+    const auto per_logit = static_cast<float>(kEstPerOctave * std::numbers::log2e / temperature);
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      bk[i] = static_cast<int32_t>(std::min((stats.max - v[i]) * per_logit, static_cast<float>(kEstBuckets - 1)));
+    }
+  } else {
+    const auto top_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(stats.max));
+#pragma omp simd
+    for (int64_t i = 0; i < m; ++i) {
+      const int32_t below = (top_bits - static_cast<int32_t>(std::bit_cast<uint32_t>(v[i]))) >> kEstShift;
+      bk[i] = v[i] > 0.0f ? std::min(std::max(below, 0), kEstBuckets - 1) : kEstBuckets - 1;
+    }
   }
-  // Two interleaved histograms: tokens in one bucket would otherwise chain every add on the last store.
-  // Float sums: the estimate only places edges, the pass measures the exact masses.
-  float mass[2][kEstBuckets] = {};
+  bk[m] = kEstBuckets - 1;  // a pad for the pairwise loop below (its count is never read as a token's)
+  // Two interleaved counts: tokens in one bucket would otherwise chain every increment on the last store.
+  int32_t count[2][kEstBuckets] = {};
   for (int64_t i = 0; i < m; i += 2) {
-    mass[0][bucket[i]] += w[i];
-    mass[1][bucket[i + 1]] += w[i + 1];
+    ++count[0][bk[i]];
+    ++count[1][bk[i + 1]];
   }
-  // bucket_at(f): the bucket in which the mass from the top reaches the fraction f of the sample's.
+  if (m % 2 == 1) --count[1][kEstBuckets - 1];  // the pad
+  // Bucket masses from the middle weights (relative to the sample's heaviest token), and their running sum.
+  float mid[kEstBuckets];
+  if (is_logits) {
+    std::copy(logit_bucket_weights(), logit_bucket_weights() + kEstBuckets, mid);
+  } else {
+    for (int b = 0; b < kEstBuckets; ++b) {
+      mid[b] = 0.5f * (bucket_edge_weight(stats.max, b) + bucket_edge_weight(stats.max, b + 1)) / stats.max;
+    }
+  }
   double cum[kEstBuckets + 1];
   cum[0] = 0.0;
-  for (int k = 0; k < kEstBuckets; ++k) cum[k + 1] = cum[k] + (static_cast<double>(mass[0][k]) + mass[1][k]);
+  for (int k = 0; k < kEstBuckets; ++k) cum[k + 1] = cum[k] + static_cast<double>(count[0][k] + count[1][k]) * mid[k];
   const double z = cum[kEstBuckets];
+  // bucket_at(f): the bucket in which the mass from the top reaches the fraction f of the sample's.
   auto bucket_at = [&](double f) {
     const double* it = std::lower_bound(cum + 1, cum + kEstBuckets + 1, std::clamp(f, 0.0, 1.0) * z);
     return std::min<int64_t>(it - cum - 1, kEstBuckets - 1);
   };
   const int64_t guess = bucket_at(top_p);
   // Standard error of the estimated fraction above the guess (each sampled token stands for `stride`).
-  float var = 0.0f;
-  const auto miss_above = static_cast<float>((1.0 - top_p) * (1.0 - top_p)), miss_below = static_cast<float>(top_p * top_p);
-  const auto guess32 = static_cast<int32_t>(guess);
-#pragma omp simd reduction(+ : var)
-  for (int64_t i = 0; i < m; ++i) var += w[i] * w[i] * (bucket[i] <= guess32 ? miss_above : miss_below);
+  double var = 0.0;
+  for (int k = 0; k < kEstBuckets; ++k) {
+    const double miss = k <= guess ? 1.0 - top_p : top_p;
+    var += static_cast<double>(count[0][k] + count[1][k]) * mid[k] * mid[k] * miss * miss;
+  }
   const double se = z > 0.0 ? std::sqrt((stride - 1.0) * var) / z : 0.0;
-  // Edge j keeps the tokens of weight >= bucket_edge_weight(top, e[j]), i.e. about the buckets < e[j].
+  // Edge j keeps the tokens of the buckets < e[j].
   int64_t e[kBracketEdges];
   e[kCentral] = std::min(bucket_at(top_p + kSpread[kCentral] * se), guess);
   e[kCentral + 1] = std::max(bucket_at(top_p + kSpread[kCentral + 1] * se), guess) + 1;
   e[0] = std::min(bucket_at(top_p + kSpread[0] * se), e[1] - kOuterGap);
   e[3] = std::max(bucket_at(top_p + kSpread[3] * se) + 1, e[2] + kOuterGap);
   for (int j = 0; j < kBracketEdges; ++j) {
-    const float wt = bucket_edge_weight(top, std::clamp<int64_t>(e[j], 0, kEstBuckets));
-    br.edges[j] = !is_logits ? wt
-                  : wt > 0.0f ? static_cast<float>(stats.max + temperature * std::log(static_cast<double>(wt)))
-                              : -kInf;
+    const int64_t edge = std::clamp<int64_t>(e[j], 0, kEstBuckets);
+    if (!is_logits) {
+      br.edges[j] = bucket_edge_weight(stats.max, edge);
+    } else if (edge < kEstBuckets) {
+      br.edges[j] = static_cast<float>(stats.max - edge * temperature * std::numbers::ln2 / kEstPerOctave);
+    } else {
+      br.edges[j] = -kInf;
+    }
   }
   return br;
 }
