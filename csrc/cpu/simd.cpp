@@ -53,15 +53,16 @@ inline float exp_weights_generic(const float* x, int64_t n, float ref, float inv
 // generic loop with masks and runs it at about half this speed, and exp throughput bounds every pass.
 // exp16_avx512: exp_nonpositive((v - ref) * inv_t) of 16 lanes, 0 where not `lanes`, below the range or
 // v < theta (the range clamp and the kept test become one mask that zeroes the result). kTheta = false: no
-// theta (-inf), and one compare less in loops that the exp bounds.
+// theta (-inf), and one compare less in loops that the exp bounds. Unlike exp_nonpositive, NaN gives NaN
+// (kTheta = false), so that a sum of weights tells whether its span held NaN.
 template <bool kTheta>
 __attribute__((target("avx512f"))) inline __m512 exp16_avx512(__m512 v, __mmask16 lanes, __m512 ref, __m512 inv_t,
                                                               __m512 theta) {
   const __m512 low = _mm512_set1_ps(-87.33654f);
   const __m512 y = _mm512_mul_ps(_mm512_sub_ps(v, ref), inv_t);
-  __mmask16 keep = lanes & _mm512_cmp_ps_mask(y, low, _CMP_GE_OQ);
+  __mmask16 keep = lanes & _mm512_cmp_ps_mask(y, low, _CMP_NLT_UQ);  // NaN kept
   if constexpr (kTheta) keep &= _mm512_cmp_ps_mask(v, theta, _CMP_GE_OQ);
-  const __m512 c = _mm512_max_ps(y, low);
+  const __m512 c = _mm512_max_ps(low, y);  // the second operand, NaN, where either is NaN
   const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 r = _mm512_fmadd_ps(k, _mm512_set1_ps(2.12194440e-4f), _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), c));
@@ -71,7 +72,7 @@ __attribute__((target("avx512f"))) inline __m512 exp16_avx512(__m512 v, __mmask1
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
   p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(_mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f)), r, _mm512_set1_ps(1.0f));
   return _mm512_maskz_scalef_ps(keep, p, k);
 }
 
@@ -285,9 +286,8 @@ inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t 
 // compressing each group of 16 into place without a branch: the region's tokens are spread at random, so
 // a branch per group would mispredict. Writes land at min(count, capacity), inside the buffers' 16 spare
 // entries. Returns the block's weight sum.
-// kSee: also the block's max and, for one add a group, whether it may hold NaN into *seen (min not taken):
-// the sum of its raw values turns NaN with any NaN, and also with both infinities or an overflow, which
-// the caller's redo sorts out.
+// kSee: also the block's max and whether it may hold NaN into *seen (min not taken): exp16_avx512 makes
+// NaN weights of NaN logits, and NaN ones of +inf too, which the caller's redo sorts out.
 template <bool kSee>
 __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float* xb, int64_t len, int64_t real,
                                                                     bool is_exp, float ref, float inv_t,
@@ -299,14 +299,13 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
     edge[j] = _mm512_set1_ps(br.edges[j]);
   }
   const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), no_theta = _mm512_set1_ps(-kInf);
-  __m512 total = _mm512_setzero_ps(), vmax = no_theta, raw = _mm512_setzero_ps();
+  __m512 total = _mm512_setzero_ps(), vmax = no_theta;
   int64_t count = g.count;
+  float* const values = g.values;  // locals: the stores below could alias g's fields for all GCC knows
+  const int64_t capacity = g.capacity;
   for (int64_t i = 0; i < len; i += 16) {
     const __m512 v = _mm512_loadu_ps(xb + i);
-    if constexpr (kSee) {
-      vmax = _mm512_max_ps(v, vmax);  // NaN lanes keep vmax (the second operand)
-      raw = _mm512_add_ps(raw, v);
-    }
+    if constexpr (kSee) vmax = _mm512_max_ps(v, vmax);  // NaN lanes keep vmax (the second operand)
     const int64_t rem = real - i;
     const __mmask16 valid = rem >= 16 ? 0xFFFF : rem <= 0 ? 0 : static_cast<__mmask16>((1u << rem) - 1u);
     const __m512 wv = is_exp ? exp16_avx512<false>(v, 0xFFFF, vref, vinv, no_theta) : v;
@@ -317,14 +316,15 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
       acc[j] = _mm512_mask_add_ps(acc[j], ge[j], acc[j], wv);
     }
     const __mmask16 central = ge[kCentral + 1] & ~ge[kCentral] & valid;
-    const int64_t at = count < g.capacity ? count : g.capacity;
-    _mm512_storeu_ps(g.values + at, _mm512_maskz_compress_ps(central, v));
+    const int64_t at = count < capacity ? count : capacity;
+    _mm512_storeu_ps(values + at, _mm512_maskz_compress_ps(central, v));
     count += __builtin_popcount(central);
   }
   g.count = count;
   for (int j = 0; j < kBracketEdges; ++j) sums[j] = lane_sum(acc[j]);
-  if constexpr (kSee) *seen = {fold16<Fold::kMax>(vmax), kInf, _mm512_cmp_ps_mask(raw, raw, _CMP_UNORD_Q) != 0};
-  return lane_sum(total);
+  const float s = lane_sum(total);
+  if constexpr (kSee) *seen = {fold16<Fold::kMax>(vmax), kInf, s != s};
+  return s;
 }
 #endif
 
