@@ -6,8 +6,8 @@ heaviest block maxima alone reach p, the row is settled from them instead. Whate
 kept set and token must be the oracle's. The rows here are built to hit each route: flat rows (central
 region), peaked rows (block maxima), a few heavy tokens the sample never sees (estimate far off: block
 maxima), many such tokens in too many blocks to bound (a wide gather), tokens between the sampled runs
-shifted up (the boundary outside the central region), a dense cluster at the boundary (the central region
-overflows), ties across the boundary (gathered groups of equal value), and p at its extremes (p = 0: the
+shifted up (the boundary above the central region, mostly above every threshold), the sampled runs shifted
+up (the boundary below every threshold), a dense cluster at the boundary (the central region overflows), ties across the boundary (gathered groups of equal value), and p at its extremes (p = 0: the
 max group; p = 0.999: a boundary far out in the tail). Single rows are split over threads.
 """
 import numpy as np
@@ -40,6 +40,10 @@ def _rows(kind: str, batch: int = 8) -> torch.Tensor:
         x = torch.randn(batch, VOCAB, generator=gen)
         sampled = (torch.arange(VOCAB) % 512) < 64
         return torch.where(sampled, x, x + 0.7)
+    if kind == "sampled_shift":  # the sample sees only raised tokens: its guess is too high, past the lower
+        x = torch.randn(batch, VOCAB, generator=gen)  # outer threshold (the region below all of them)
+        sampled = (torch.arange(VOCAB) % 512) < 64
+        return torch.where(sampled, x + 1.5, x)
     if kind == "cluster":  # 30000 tokens within 1e-3 of each other around the boundary: more than a pass keeps
         x = torch.randn(batch, VOCAB, generator=gen)
         cluster = torch.stack([torch.randperm(VOCAB, generator=gen)[:30000] for _ in range(batch)])
@@ -49,7 +53,7 @@ def _rows(kind: str, batch: int = 8) -> torch.Tensor:
     raise ValueError(kind)
 
 
-KINDS = ["flat", "peaked", "hidden_heavy", "many_hidden", "unsampled_shift", "cluster", "ties"]
+KINDS = ["flat", "peaked", "hidden_heavy", "many_hidden", "unsampled_shift", "sampled_shift", "cluster", "ties"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
