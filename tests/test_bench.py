@@ -57,6 +57,24 @@ def test_csv_rows_have_the_schema(smoke):
     assert {"torch", "hf", "torch.softmax"} <= providers
 
 
+def test_the_limit_is_pooled_from_before_and_after(smoke):
+    """The limit is timed before a shape's cases and again after them, and the two sets of calls pooled: its
+    row holds both sets, and every row's ratio is taken against that pooled median."""
+    rows = smoke[4]
+    limit = [r for r in rows if r["op"] == PASS_OP and r["provider"] == r["limit_kind"]]
+    assert len(limit) == 1
+    assert int(limit[0]["reps"]) >= 10  # at least min_reps (5) each time
+    assert all(r["limit_ms"] == limit[0]["median_ms"] for r in rows)
+
+
+def test_pooled_timing_takes_the_quantiles_of_all_calls():
+    from bench.common import pooled, timing_of
+
+    both = pooled(timing_of([3.0, 1.0, 2.0]), timing_of([20.0, 10.0]))
+    assert both.times_ms == [1.0, 2.0, 3.0, 10.0, 20.0] and both.reps == 5
+    assert both.median_ms == 3.0 and both.p20_ms == pytest.approx(1.8) and both.p80_ms == pytest.approx(12.0)
+
+
 def test_reference_is_the_speedup_baseline(smoke):
     rows = [r for r in smoke[4] if r["provider"] == "reference"]
     if not rows:
