@@ -334,7 +334,9 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
   if (!(all >= target * (1.0 + 1e-6))) return false;  // margin: sums in another order round differently
   const int64_t top = std::min<int64_t>(nblocks, 64);
   heaviest = pass.maxima;
-  std::partial_sort(heaviest.begin(), heaviest.begin() + top, heaviest.end(), std::greater<float>());
+  // The top ones by selection, then sorted: a heap-based partial sort cost ~5 us a row here.
+  std::nth_element(heaviest.begin(), heaviest.begin() + (top - 1), heaviest.end(), std::greater<float>());
+  std::sort(heaviest.begin(), heaviest.begin() + top, std::greater<float>());
   double cum = 0.0;
   float bound = kInf;
   for (int64_t i = 0; i < top && bound == kInf; ++i) {
