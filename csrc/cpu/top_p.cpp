@@ -115,18 +115,23 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
     ++count[1][bk[i + 1]];
   }
   if (m % 2 == 1) --count[1][kEstBuckets - 1];  // the pad
-  // Bucket masses from the middle weights (relative to the sample's heaviest token), and their running sum.
-  float mid[kEstBuckets];
-  if (is_logits) {
-    std::copy(logit_bucket_weights(), logit_bucket_weights() + kEstBuckets, mid);
-  } else {
+  // Bucket masses from the middle weights (relative to the sample's heaviest token): their running sum,
+  // and that of the weights squared for the standard error below.
+  float probs_mid[kEstBuckets];
+  const float* mid = logit_bucket_weights();
+  if (!is_logits) {
     for (int b = 0; b < kEstBuckets; ++b) {
-      mid[b] = 0.5f * (bucket_edge_weight(stats.max, b) + bucket_edge_weight(stats.max, b + 1)) / stats.max;
+      probs_mid[b] = 0.5f * (bucket_edge_weight(stats.max, b) + bucket_edge_weight(stats.max, b + 1)) / stats.max;
     }
+    mid = probs_mid;
   }
-  double cum[kEstBuckets + 1];
-  cum[0] = 0.0;
-  for (int k = 0; k < kEstBuckets; ++k) cum[k + 1] = cum[k] + static_cast<double>(count[0][k] + count[1][k]) * mid[k];
+  double cum[kEstBuckets + 1], cum2[kEstBuckets + 1];
+  cum[0] = cum2[0] = 0.0;
+  for (int k = 0; k < kEstBuckets; ++k) {
+    const double c = count[0][k] + count[1][k], w = mid[k];
+    cum[k + 1] = cum[k] + c * w;
+    cum2[k + 1] = cum2[k] + c * w * w;
+  }
   const double z = cum[kEstBuckets];
   // bucket_at(f): the bucket in which the mass from the top reaches the fraction f of the sample's.
   auto bucket_at = [&](double f) {
@@ -134,12 +139,10 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
     return std::min<int64_t>(it - cum - 1, kEstBuckets - 1);
   };
   const int64_t guess = bucket_at(top_p);
-  // Standard error of the estimated fraction above the guess (each sampled token stands for `stride`).
-  double var = 0.0;
-  for (int k = 0; k < kEstBuckets; ++k) {
-    const double miss = k <= guess ? 1.0 - top_p : top_p;
-    var += static_cast<double>(count[0][k] + count[1][k]) * mid[k] * mid[k] * miss * miss;
-  }
+  // Standard error of the estimated fraction above the guess (each sampled token stands for `stride`): a
+  // token above it misses the fraction by 1 - p of its weight, one below by p.
+  const double above2 = cum2[guess + 1], below2 = cum2[kEstBuckets] - above2;
+  const double var = above2 * (1.0 - top_p) * (1.0 - top_p) + below2 * top_p * top_p;
   const double se = z > 0.0 ? std::sqrt((stride - 1.0) * var) / z : 0.0;
   // Edge j keeps the tokens of the buckets < e[j].
   int64_t e[kBracketEdges];
