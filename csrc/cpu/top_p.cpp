@@ -268,6 +268,28 @@ float refine_top_p(const float* x, const float* w, int64_t count, bool row_top, 
   return walk_top_p_groups(work, [](const Valued& t) { return t.w; }, row_top, target, cum);
 }
 
+// Adds each block's kept region weight (values >= theta) to blocks[k]; the region's tokens lie in index
+// order, block k's at [starts[k], starts[k + 1]). A block holds a few of them: they are summed 16 lanes
+// at once, a select rather than a branch (kept or not is a coin toss), where scalar adds would chain.
+FS_MULTIVERSION void add_kept_runs(const float* v, const float* w, int64_t count, const int64_t* starts,
+                                   int64_t nblocks, float theta, double* blocks) {
+  for (int64_t k = 0; k < nblocks; ++k) {
+    float s = 0.0f;
+    for (int64_t i = starts[k]; i < starts[k + 1]; i += 16) {
+      const int64_t len = std::min<int64_t>(16, starts[k + 1] - i);
+      if (i + 16 > count) {  // the list's last few tokens: no 16 to read
+        for (int64_t l = 0; l < len; ++l) s += v[i + l] >= theta ? w[i + l] : 0.0f;
+        continue;
+      }
+      float part = 0.0f;
+#pragma omp simd reduction(+ : part)
+      for (int64_t l = 0; l < 16; ++l) part += (l < len) & (v[i + l] >= theta) ? w[i + l] : 0.0f;
+      s += part;
+    }
+    blocks[k] += s;
+  }
+}
+
 // The calling thread's list of a row's region tokens, emptied (kept allocated across rows).
 Gathered& region_scratch() {
   thread_local Gathered tokens;
@@ -450,19 +472,8 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
       plan.blocks[k] = pass.above[edge * nblocks + k] * scale;
     }
   }
-  // The region's kept weights (a select, not a branch: kept or not is a coin toss), then each block's run
-  // summed in registers: adding to memory token by token would chain every add on the last store.
-  const float* v = tokens.values.data();
-  float* kw = tokens.weights.data();
-  const auto count = static_cast<int64_t>(tokens.values.size());
-  const float theta = plan.theta;
-#pragma omp simd
-  for (int64_t i = 0; i < count; ++i) kw[i] = v[i] >= theta ? kw[i] : 0.0f;
-  for (int64_t k = 0; k < nblocks; ++k) {  // runs of a few tokens: a vector loop's set-up would cost more
-    float s = 0.0f;
-    for (int64_t i = starts[k]; i < starts[k + 1]; ++i) s += kw[i];
-    plan.blocks[k] += s;
-  }
+  add_kept_runs(tokens.values.data(), tokens.weights.data(), static_cast<int64_t>(tokens.values.size()),
+                starts.data(), nblocks, plan.theta, plan.blocks.data());
 }
 
 }  // namespace fastsample::cpu
