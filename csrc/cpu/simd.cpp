@@ -328,6 +328,12 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
 }
 #endif
 
+// Whether a block of logits can be weighed before its stats are known (the fused AVX-512 loops), against
+// the reference as it stands.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+inline bool fusable(const OnlinePass& st, bool is_exp) { return use_avx512() && is_exp && weighable(st, is_exp); }
+#endif
+
 // Whether a block weighed before its stats were known (the fused AVX-512 loops, against the reference as
 // it stood) stands: its max did not exceed the reference, and it held no NaN or +inf. Then folds its stats
 // into st; otherwise the caller weighs the block again the generic way (stats first).
@@ -343,7 +349,7 @@ inline bool fused_block_stands(const SpanStats& seen, bool is_exp, OnlinePass& s
 inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, OnlinePass& st, float* w, float& s,
                         float& bmax) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (!use_avx512() || !is_exp || !weighable(st, is_exp)) return false;
+  if (!fusable(st, is_exp)) return false;
   SpanStats seen;
   s = exp_weights_avx512<true, false>(xb, len, st.ref, inv_t, -kInf, w, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
@@ -374,7 +380,7 @@ inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, floa
 inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
                                 OnlinePass& st, float* sums, PassGather& g, float& bmax) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (!use_avx512() || !is_exp || !weighable(st, is_exp)) return false;
+  if (!fusable(st, is_exp)) return false;
   SpanStats seen;
   const float s = weigh_bracket_block_avx512<true>(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;

@@ -389,13 +389,13 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
   return true;
 }
 
-}  // namespace
-
 // Each thread's buffers for the central tokens its passes gather: valid until its next pass.
 PassGather central_scratch() {
   thread_local std::vector<float> values(kCentralCapacity + 16);
   return PassGather{values.data(), kCentralCapacity};
 }
+
+}  // namespace
 
 TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg) {
   TopPPass pass;
