@@ -1,7 +1,7 @@
 PYTHON ?= python
 NVCC ?= nvcc
 
-.PHONY: install test bench check-cuda clean
+.PHONY: install test bench check-cuda check-wheel clean
 
 # torch first: the CPU wheel on machines without a GPU. --no-build-isolation builds against that torch
 # instead of pulling another one (with its CUDA wheels) into an isolated build environment.
@@ -14,11 +14,16 @@ test: install
 	$(PYTHON) -m pytest tests
 
 bench: install
-	$(PYTHON) -m fastsample bench
+	$(PYTHON) -m bench
 
 # Compiles every CUDA source for sm_80 and sm_90; needs nvcc only (no GPU, no CUDA build of torch).
 check-cuda:
 	$(PYTHON) tools/check_cuda.py --nvcc $(NVCC)
+
+# A wheel installed in a fresh venv works from outside the clone (tools/check_wheel.py; after `make install`
+# it only relinks the extension, the objects come from build/temp).
+check-wheel:
+	$(PYTHON) tools/check_wheel.py
 
 clean:
 	rm -rf build fastsample/_C*.so *.egg-info

@@ -1,10 +1,12 @@
-"""Builds fastsample._C: the CPU kernels always; the CUDA kernels too when torch has CUDA and nvcc exists."""
+"""Builds fastsample._C: the CPU kernels always; the CUDA kernels too when torch has CUDA and nvcc exists.
+
+The package itself (name, dependencies, extras) is described in pyproject.toml."""
 import glob
 import os
 import shutil
 
 import torch
-from setuptools import find_packages, setup
+from setuptools import setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -28,12 +30,16 @@ else:
     ext = CppExtension("fastsample._C", CPU_SOURCES, include_dirs=include_dirs,
                        extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
 
-setup(
-    name="fastsample",
-    version="0.1.0",
-    description="Fused LLM-sampling kernels (CPU C++, Triton, CUDA C++) and decoders for PyTorch",
-    packages=find_packages(include=["fastsample", "fastsample.*"]),
-    python_requires=">=3.10",
-    ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+
+class KeptBuildExtension(BuildExtension.with_options(use_ninja=True)):
+    """build_ext with its objects and ninja file in one kept folder, build/temp, whatever temporary folder
+    pip's editable or wheel build asks for: ninja then recompiles only the sources that changed (none on a
+    second `make install`), instead of the whole extension each time."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.build_temp = os.path.join(ROOT, "build", "temp")
+
+
+# Name, version, dependencies and packages: pyproject.toml.
+setup(ext_modules=[ext], cmdclass={"build_ext": KeptBuildExtension})

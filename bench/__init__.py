@@ -1,1 +1,1 @@
-"""fastsample benchmarks: `python -m fastsample bench --help` (run from the repository root)."""
+"""fastsample benchmarks (repository only, not installed): `python -m bench --help` from the repository root."""

@@ -1,4 +1,4 @@
-"""`python -m fastsample bench [options]`: times every op of the suite for every available provider, next to
+"""`python -m bench [options]` (from the repository root): times every op of the suite for every available provider, next to
 the single-pass limit, then prints the markdown table and the issue targets, writes
 bench/results/<device>.md, appends rows to bench/results/<device>.csv and redraws bench/results/<device>.png."""
 from __future__ import annotations
@@ -33,14 +33,14 @@ DEFAULT_SHAPES = (((1, 128256), DISTS), ((32, 128256), DISTS),
                   *(((8, v), ("flat",)) for v in (32000, 128256, 151936, 262144)))
 EPILOG = """default suite: B=1 and B=32 at V=128256 (flat and peaked logits), B=8 at V=32000, 128256, 151936,
 262144 (flat); float32, plus bfloat16 on a GPU. Examples:
-  python -m fastsample bench --ops sample --shapes 32x128256 --dists flat
-  python -m fastsample bench --providers fastsample,reference --full
+  python -m bench --ops sample --shapes 32x128256 --dists flat
+  python -m bench --providers fastsample,reference --full
   python -m bench.plot bench/results/cpu.csv      # redraw the plot alone"""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m fastsample bench", description=__doc__, epilog=EPILOG,
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--full", action="store_true", help="the whole grid: B in 1,8,32,128 x V in 32000,128256,"
                    "151936,262144 x both distributions (long on a CPU)")

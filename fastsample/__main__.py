@@ -1,10 +1,16 @@
-"""CLI: `python -m fastsample bench [...]` (benchmarks, run from the repository root) or
-`python -m fastsample generate [...]` (text generation with a local Hugging Face checkpoint)."""
+"""CLI: `python -m fastsample generate [...]` (text generation with a local Hugging Face checkpoint).
+
+The benchmarks are not part of the installed package: they live in the repository's bench/ folder and run as
+`python -m bench` from the repository root (or `make bench`). The package never imports bench/, so
+`python -m fastsample bench` only says where to look.
+"""
 from __future__ import annotations
 
 import sys
 
-USAGE = "usage: python -m fastsample {bench,generate} [options]   (add --help after the command for its options)"
+USAGE = "usage: python -m fastsample generate [options]   (add --help after the command for its options)"
+BENCH_MOVED = ("fastsample bench: the benchmarks are not part of the installed package; from a clone of the "
+               "repository run `python -m bench [options]` at its root (or `make bench`)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,12 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "bench":
-        try:
-            from bench.run import main as bench_main
-        except ModuleNotFoundError as exc:
-            print(f"fastsample bench: {exc}; run it from the repository root (the bench/ folder)", file=sys.stderr)
-            return 2
-        return bench_main(rest)
+        print(BENCH_MOVED, file=sys.stderr)
+        return 2
     if command == "generate":
         from .decoding.cli import main as generate_main
 

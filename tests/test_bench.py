@@ -12,11 +12,11 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # bench/ sits at the repository root; `python -m fastsample bench` runs from there
+sys.path.insert(0, str(REPO))  # bench/ sits at the repository root (not in the package): `python -m bench` from there
 
 from bench.report import CSV_FIELDS, PASS_OP  # noqa: E402
 from bench.run import OPS  # noqa: E402
-from fastsample.__main__ import main as cli_main  # noqa: E402
+from bench.run import main as bench_main  # noqa: E402
 
 SHAPE = ["--shapes", "2x300", "--dists", "peaked"]
 
@@ -27,7 +27,7 @@ def smoke(tmp_path_factory):
     stdout, threads = io.StringIO(), torch.get_num_threads()
     # One thread: on a busy CI machine a multi-threaded op can wait whole scheduler slices per call.
     with contextlib.redirect_stdout(stdout):
-        rc = cli_main(["bench", *SHAPE, "--min-time", "0", "--threads", "1", "--out", str(out)])
+        rc = bench_main([*SHAPE, "--min-time", "0", "--threads", "1", "--out", str(out)])
     assert torch.get_num_threads() == threads  # the run gives the process its thread count back
     with (out / "cpu.csv").open(newline="") as f:
         reader = csv.DictReader(f)

@@ -8,11 +8,11 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+import fastsample
+from fastsample.__main__ import main as fastsample_cli
 from fastsample.decoding import greedy_decode
 from fastsample.decoding.cli import main
 from test_decoding_model import VOCAB, tiny_gpt2, truncated_draft
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def word_tokenizer(vocab=VOCAB, shift=0):
@@ -91,9 +91,19 @@ def test_errors(dirs, capsys, tmp_path):
     assert main(["--model", dirs["target"], "--prompt", "w1", "--strategy", "nonsense"]) == 2
 
 
-def test_module_entry_point(dirs):
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+def test_module_entry_point(dirs, tmp_path):
+    """`python -m fastsample generate` in a fresh process, run outside the repository so that it imports the
+    same fastsample as this test (the installed one), not whatever the working directory holds."""
+    package_parent = os.path.dirname(os.path.dirname(fastsample.__file__))
+    env = {**os.environ, "PYTHONPATH": package_parent + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run([sys.executable, "-m", "fastsample", "generate", "--model", dirs["target"], "--prompt",
-                          PROMPT, "--max-new-tokens", "3"], capture_output=True, text=True, env=env, timeout=300)
+                          PROMPT, "--max-new-tokens", "3"], capture_output=True, text=True, env=env, timeout=300,
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith(PROMPT)
+
+
+def test_bench_is_not_part_of_the_package(capsys):
+    """The package never imports the repository's bench/: `python -m fastsample bench` says where it went."""
+    assert fastsample_cli(["bench", "--full"]) == 2
+    assert "python -m bench" in capsys.readouterr().err

@@ -1,0 +1,71 @@
+"""The package is self-contained: build a wheel, install it in a fresh venv and call it from outside the clone.
+
+    python tools/check_wheel.py [--keep DIR]
+
+Steps: `pip wheel --no-build-isolation --no-deps` in the repository (objects reused from build/temp, so after
+`make install` this only links), `python -m venv --system-site-packages` (torch comes from the system),
+`pip install --no-index` of the wheel (its declared dependencies must already be satisfied, no download), then
+in an empty temporary directory: import fastsample from the venv, check the compiled extension loaded and call
+`fastsample.sample`. Exits non-zero with the failing step's output on any failure.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Runs in the venv, from a directory outside the clone: the repository's fastsample/ cannot shadow the wheel.
+SMOKE = """
+import os, sys, torch, fastsample
+from fastsample import _ops
+from fastsample.__main__ import main
+here = os.path.dirname(fastsample.__file__)
+assert here.startswith(sys.prefix), f"fastsample imported from {here}, not from the venv {sys.prefix}"
+assert _ops.AVAILABLE, f"the wheel's extension did not load: {getattr(_ops, 'IMPORT_ERROR', '')}"
+logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+tokens = fastsample.sample(logits, temperature=0.8, top_k=50, top_p=0.9, seed=1)
+assert tokens.dtype == torch.int64 and tokens.shape == (4,) and bool(((tokens >= 0) & (tokens < 1000)).all())
+assert torch.equal(tokens, fastsample.sample(logits, temperature=0.8, top_k=50, top_p=0.9, seed=1, backend="torch"))
+assert main(["bench"]) == 2  # the benchmarks stay in the repository
+print(f"wheel ok: fastsample {fastsample.__version__} from {here}, tokens {tokens.tolist()}")
+"""
+
+
+def run(step: str, cmd: list[str], cwd: str) -> None:
+    start = time.perf_counter()
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    print(f"check-wheel: {step}: {time.perf_counter() - start:.1f} s", flush=True)
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout[-4000:] + res.stderr[-4000:])
+        raise SystemExit(f"check-wheel: {step} failed (exit {res.returncode})")
+    if step == "smoke test":
+        print(res.stdout.strip())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", help="work in this directory and keep it (default: a temporary one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fastsample-wheel-") as tmp:
+        work = os.path.abspath(args.keep) if args.keep else tmp
+        os.makedirs(work, exist_ok=True)
+        dist, venv, outside = (os.path.join(work, d) for d in ("dist", "venv", "outside"))
+        os.makedirs(outside, exist_ok=True)
+        run("build wheel", [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q",
+                            "-w", dist, "."], cwd=ROOT)
+        wheels = glob.glob(os.path.join(dist, "fastsample-*.whl"))
+        if len(wheels) != 1:
+            raise SystemExit(f"check-wheel: expected one wheel in {dist}, found {wheels}")
+        run("fresh venv", [sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=work)
+        python = os.path.join(venv, "bin", "python")
+        run("install wheel", [python, "-m", "pip", "install", "-q", "--no-index", wheels[0]], cwd=outside)
+        run("smoke test", [python, "-c", SMOKE], cwd=outside)
+
+
+if __name__ == "__main__":
+    main()
