@@ -1,10 +1,9 @@
 """fastsample: fused LLM-sampling kernels (CPU C++, Triton, CUDA C++) and the decoders built on them."""
+from .backends import BACKENDS, resolve_backend
 from .sampling import (
-    BACKENDS,
     greedy,
     min_p_renorm_probs,
     min_p_sampling_from_probs,
-    resolve_backend,
     sample,
     sampling_from_logits,
     sampling_from_probs,

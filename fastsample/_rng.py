@@ -1,4 +1,4 @@
-"""generator / seed / offset -> the per-row (seed, offset) int64 tensors of DESIGN section 4.
+"""generator / seed / offset -> the per-row (seed, offset) int64 tensors of docs/design.md, section 4.
 
 Rules (each row b of a batch of B):
 
@@ -32,7 +32,7 @@ def _check_row_tensor(name: str, value: torch.Tensor, batch: int, device: torch.
     return value.to(device=device, dtype=torch.int64)
 
 
-def row_seeds(
+def per_row_seed_offset(
     batch: int,
     device: torch.device,
     generator: torch.Generator | None = None,

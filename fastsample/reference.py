@@ -79,7 +79,7 @@ def philox_uniform(seed: Tensor, offset: Tensor, draw: Tensor | int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------ shared helpers
-def _row_param(arr: OptTensor, val, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _per_row_tensor(arr: OptTensor, val, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A per-row parameter as a tensor [B]: the tensor when given, else the scalar broadcast."""
     if arr is not None:
         return arr.to(device=device, dtype=dtype)
@@ -143,10 +143,10 @@ def _kept(x: Tensor, w: Tensor, top_k_arr: OptTensor, top_k_val: int, top_p_arr:
     batch, vocab = x.shape
     device = x.device
     kept = torch.ones_like(x, dtype=torch.bool)
-    top_k = _row_param(top_k_arr, top_k_val, batch, torch.int64, device)
+    top_k = _per_row_tensor(top_k_arr, top_k_val, batch, torch.int64, device)
     # Scalars are rounded to float32 like the tensor form, so both forms (and every backend) agree.
-    top_p = _row_param(top_p_arr, top_p_val, batch, torch.float32, device).to(torch.float64)
-    min_p = _row_param(min_p_arr, min_p_val, batch, torch.float32, device)
+    top_p = _per_row_tensor(top_p_arr, top_p_val, batch, torch.float32, device).to(torch.float64)
+    min_p = _per_row_tensor(min_p_arr, min_p_val, batch, torch.float32, device)
     params_ok = (top_p >= 0) & (top_p <= 1) & (min_p >= 0) & (min_p <= 1)  # NaN compares False
 
     # Skipping the sort when neither filter can be active is a host decision on the arguments' types
@@ -200,7 +200,7 @@ def _inverse_cdf(w: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
 def softmax(logits: Tensor, temperature_arr: OptTensor, temperature_val: float) -> Tensor:
     """float32 ``w / sum(w)`` with the logits weights; T == 0: uniform over the maxima; invalid rows NaN."""
     x = logits.to(torch.float32)
-    temperature = _row_param(temperature_arr, temperature_val, x.shape[0], torch.float32, x.device)
+    temperature = _per_row_tensor(temperature_arr, temperature_val, x.shape[0], torch.float32, x.device)
     w, valid, _ = _weights(x, True, temperature)
     probs = w / w.sum(dim=1, keepdim=True)
     return probs.masked_fill(~valid.unsqueeze(1), float("nan"))
@@ -222,7 +222,7 @@ def top_k_mask_logits(logits: Tensor, top_k_arr: OptTensor, top_k_val: int) -> T
     if top_k_arr is None and not 0 < top_k_val < vocab:
         return logits.clone()
     x = logits.to(torch.float32)
-    top_k_t = _row_param(top_k_arr, top_k_val, batch, torch.int64, logits.device)
+    top_k_t = _per_row_tensor(top_k_arr, top_k_val, batch, torch.int64, logits.device)
     threshold, enabled = _kth_largest(torch.sort(x, dim=1, descending=True).values, top_k_t)
     drop = (x < threshold) & (enabled & ~x.isnan().any(dim=1)).unsqueeze(1)
     return logits.masked_fill(drop, -_INF)
@@ -255,7 +255,7 @@ def sample(x: Tensor, is_logits: bool, temperature_arr: OptTensor, temperature_v
     batch, _ = x.shape
     xf = x.to(torch.float32)
     if is_logits:
-        temperature = _row_param(temperature_arr, temperature_val, batch, torch.float32, x.device)
+        temperature = _per_row_tensor(temperature_arr, temperature_val, batch, torch.float32, x.device)
     else:
         temperature = torch.ones(batch, dtype=torch.float32, device=x.device)
     w, valid, greedy = _weights(xf, is_logits, temperature)

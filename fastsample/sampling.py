@@ -1,61 +1,21 @@
-"""Public sampling API (DESIGN section 3): argument checks, per-row parameters, RNG, backend dispatch.
+"""Public sampling API (docs/design.md, section 3): argument checks, per-row parameters, RNG.
 
 Every function here checks its arguments on the host (shapes, dtypes, scalar ranges) without reading tensor
-values, builds the per-row (seed, offset) tensors and calls one of the six op-level functions of a backend
-module: fastsample._ops (C++ CPU / CUDA), fastsample.triton.ops, or fastsample.reference (pure torch).
+values, builds the per-row (seed, offset) tensors and calls one of the six op-level functions of the backend
+that fastsample/backends.py picks: fastsample._ops (C++ CPU / CUDA), fastsample.triton.ops, or
+fastsample.reference (pure torch).
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
-from . import _ops, _rng
+from . import _rng
+from .backends import ops_for
 
 Tensor = torch.Tensor
-BACKENDS = ("cpu", "cuda", "triton", "torch")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-# ---------------------------------------------------------------------------------------------- dispatch
-def _backend_module(name: str):
-    if name == "torch":
-        from . import reference
-
-        return reference
-    if name == "triton":
-        from .triton import ops
-
-        return ops
-    if not _ops.AVAILABLE:
-        raise RuntimeError(f"backend {name!r} needs the compiled extension fastsample._C, which failed to "
-                           f"import ({_ops.IMPORT_ERROR}); reinstall with `pip install --no-build-isolation -e .`")
-    if name == "cuda" and not _ops.cuda_built():
-        raise RuntimeError("backend 'cuda' was requested but fastsample._C was built without CUDA kernels")
-    return _ops
-
-
-def resolve_backend(x: Tensor, backend: str | None = None) -> str:
-    """The backend name for tensor ``x``: the ``backend`` argument, else $FASTSAMPLE_BACKEND, else by device."""
-    name = backend or os.environ.get("FASTSAMPLE_BACKEND") or None
-    if name is None:
-        if x.device.type == "cpu":
-            return "cpu" if _ops.AVAILABLE else "torch"
-        return "cuda" if _ops.cuda_built() else "triton"
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
-    if name == "cpu" and x.device.type != "cpu":
-        raise ValueError(f"backend 'cpu' needs CPU tensors, got a tensor on {x.device}")
-    if name == "cuda" and x.device.type != "cuda":
-        raise ValueError(f"backend 'cuda' needs CUDA tensors, got a tensor on {x.device}")
-    if name == "triton" and x.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("backend 'triton' runs on CPU tensors only under TRITON_INTERPRET=1")
-    return name
-
-
-def _ops_for(x: Tensor, backend: str | None):
-    return _backend_module(resolve_backend(x, backend))
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -69,7 +29,7 @@ def _check_matrix(name: str, x, dtypes=_FLOAT_DTYPES) -> Tensor:
     return x.contiguous()
 
 
-def _row_param(name: str, value, batch: int, device: torch.device, lo: float, hi: float, integer: bool = False):
+def _check_param(name: str, value, batch: int, device: torch.device, lo: float, hi: float, integer: bool = False):
     """Scalar-or-tensor parameter -> (tensor [B] or None, scalar). Scalars are range-checked here; a tensor's
     out-of-range rows are left to the kernels, which return -1 for them (no host sync here)."""
     if isinstance(value, torch.Tensor):
@@ -95,19 +55,19 @@ def _row_param(name: str, value, batch: int, device: torch.device, lo: float, hi
 
 
 def _filters(batch, device, top_k=0, top_p=1.0, min_p=0.0):
-    k_arr, k_val = _row_param("top_k", top_k, batch, device, 0, 0, integer=True)
-    p_arr, p_val = _row_param("top_p", top_p, batch, device, 0.0, 1.0)
-    mp_arr, mp_val = _row_param("min_p", min_p, batch, device, 0.0, 1.0)
+    k_arr, k_val = _check_param("top_k", top_k, batch, device, 0, 0, integer=True)
+    p_arr, p_val = _check_param("top_p", top_p, batch, device, 0.0, 1.0)
+    mp_arr, mp_val = _check_param("min_p", min_p, batch, device, 0.0, 1.0)
     return k_arr, k_val, p_arr, p_val, mp_arr, mp_val
 
 
 def _sample(x: Tensor, is_logits: bool, temperature, top_k, top_p, min_p, return_logprobs: bool,
             generator, seed, offset, backend):
     batch, device = x.shape[0], x.device
-    t_arr, t_val = _row_param("temperature", temperature, batch, device, 0.0, math.inf)
+    t_arr, t_val = _check_param("temperature", temperature, batch, device, 0.0, math.inf)
     filters = _filters(batch, device, top_k, top_p, min_p)
-    seed_t, offset_t = _rng.row_seeds(batch, device, generator, seed, offset)
-    ops = _ops_for(x, backend)
+    seed_t, offset_t = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
+    ops = ops_for(x, backend)
     tokens, logprobs = ops.sample(x, is_logits, t_arr, t_val, *filters, seed_t, offset_t, return_logprobs)
     return (tokens, logprobs) if return_logprobs else tokens
 
@@ -127,9 +87,9 @@ def softmax(logits: Tensor, temperature: float | Tensor | None = None, *, backen
     Tensor [B, V] float32 probabilities; a row with a NaN or with every logit -inf is NaN.
     """
     logits = _check_matrix("logits", logits)
-    t_arr, t_val = _row_param("temperature", 1.0 if temperature is None else temperature, logits.shape[0],
+    t_arr, t_val = _check_param("temperature", 1.0 if temperature is None else temperature, logits.shape[0],
                               logits.device, 0.0, math.inf)
-    return _ops_for(logits, backend).softmax(logits, t_arr, t_val)
+    return ops_for(logits, backend).softmax(logits, t_arr, t_val)
 
 
 def top_k(x: Tensor, k: int, sorted: bool = True, *, backend: str | None = None) -> tuple[Tensor, Tensor]:
@@ -144,7 +104,7 @@ def top_k(x: Tensor, k: int, sorted: bool = True, *, backend: str | None = None)
         raise TypeError(f"k must be an int, got {type(k).__name__}")
     if not 0 <= k <= x.shape[1]:
         raise ValueError(f"k must be in [0, {x.shape[1]}] (the vocabulary size), got {k}")
-    return _ops_for(x, backend).top_k(x, k, bool(sorted))
+    return ops_for(x, backend).top_k(x, k, bool(sorted))
 
 
 def top_k_mask_logits(logits: Tensor, top_k: int | Tensor, *, backend: str | None = None) -> Tensor:
@@ -153,13 +113,13 @@ def top_k_mask_logits(logits: Tensor, top_k: int | Tensor, *, backend: str | Non
     k <= 0 or k >= V leaves the row unchanged.
     """
     logits = _check_matrix("logits", logits)
-    k_arr, k_val = _row_param("top_k", top_k, logits.shape[0], logits.device, 0, 0, integer=True)
-    return _ops_for(logits, backend).top_k_mask_logits(logits, k_arr, k_val)
+    k_arr, k_val = _check_param("top_k", top_k, logits.shape[0], logits.device, 0, 0, integer=True)
+    return ops_for(logits, backend).top_k_mask_logits(logits, k_arr, k_val)
 
 
 def _renorm(probs, backend, **filters):
     probs = _check_matrix("probs", probs, (torch.float32,))
-    return _ops_for(probs, backend).renorm_probs(probs, *_filters(probs.shape[0], probs.device, **filters))
+    return ops_for(probs, backend).renorm_probs(probs, *_filters(probs.shape[0], probs.device, **filters))
 
 
 def top_k_renorm_probs(probs: Tensor, top_k: int | Tensor, *, backend: str | None = None) -> Tensor:
@@ -171,7 +131,7 @@ def top_k_renorm_probs(probs: Tensor, top_k: int | Tensor, *, backend: str | Non
 
 
 def top_p_renorm_probs(probs: Tensor, top_p: float | Tensor, *, backend: str | None = None) -> Tensor:
-    """Probabilities renormalised over each row's top-p nucleus (DESIGN 5), 0 elsewhere."""
+    """Probabilities renormalised over each row's top-p nucleus (docs/ops.md "Filters"), 0 elsewhere."""
     return _renorm(probs, backend, top_p=top_p)
 
 
@@ -240,7 +200,7 @@ def sample(logits: Tensor, temperature: float | Tensor = 1.0, top_k: int | Tenso
     top_p : float or Tensor [B] in [0, 1]; 1 disables it, 0 keeps the most probable token(s).
     min_p : float or Tensor [B] in [0, 1]; 0 disables it.
     return_logprobs : also return the log-probability of each sampled token in the final distribution.
-    generator, seed, offset : random-number control, see fastsample/_rng.py and DESIGN section 4.
+    generator, seed, offset : random-number control, see fastsample/_rng.py and docs/design.md, section 4.
 
     Returns
     -------
@@ -256,6 +216,6 @@ def greedy(logits: Tensor, *, backend: str | None = None) -> Tensor:
     """argmax of each row, lowest index on ties; -1 for a row with a NaN or with every logit -inf."""
     logits = _check_matrix("logits", logits)
     zeros = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
-    tokens, _ = _ops_for(logits, backend).sample(logits, True, None, 0.0, None, 0, None, 1.0, None, 0.0, zeros,
+    tokens, _ = ops_for(logits, backend).sample(logits, True, None, 0.0, None, 0, None, 1.0, None, 0.0, zeros,
                                                  zeros, False)
     return tokens

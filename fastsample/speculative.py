@@ -1,10 +1,10 @@
-"""chain_speculative_sampling: rejection-sampling acceptance of a chain of draft tokens (DESIGN section 5)."""
+"""chain_speculative_sampling: rejection-sampling acceptance of a chain of draft tokens (docs/design.md, section 5)."""
 from __future__ import annotations
 
 import torch
 
 from . import _rng
-from .sampling import _ops_for
+from .backends import ops_for
 
 Tensor = torch.Tensor
 
@@ -51,7 +51,7 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
             raise TypeError(f"{name} must be float32, got {t.dtype}")
     if not draft_probs.device == draft_token_ids.device == target_probs.device:
         raise ValueError("draft_probs, draft_token_ids and target_probs must be on one device")
-    seed_t, offset_t = _rng.row_seeds(batch, draft_probs.device, generator, seed, offset)
-    return _ops_for(draft_probs, backend).chain_speculative_sampling(
+    seed_t, offset_t = _rng.per_row_seed_offset(batch, draft_probs.device, generator, seed, offset)
+    return ops_for(draft_probs, backend).chain_speculative_sampling(
         draft_probs.contiguous(), draft_token_ids.to(torch.int64).contiguous(), target_probs.contiguous(),
         seed_t, offset_t)

@@ -3,8 +3,12 @@
 Every kernel test runs once per backend through the public API (``fastsample.<fn>(..., backend=backend)``)
 and compares with tests/oracle.py.
 """
+import importlib.metadata
+import json
 import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -13,20 +17,73 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+
+def _import_the_installed_package():
+    """Import fastsample as installed, not the source folder next to the tests.
+
+    ``python -m pytest`` puts the working directory first on sys.path, so from the repository root the source
+    folder fastsample/ would shadow an installed wheel (and it has no compiled _C). An editable install
+    (``make install``) is this source tree, so then the source tree is right; any other install wins over it.
+    Imported here, once, so that no later sys.path change (test_bench.py adds the root for bench/) matters.
+    """
+    root = Path(__file__).resolve().parent.parent
+    elsewhere = [p for p in sys.path if Path(p or os.curdir).resolve() != root]
+    installed = next(iter(importlib.metadata.distributions(name="fastsample", path=elsewhere)), None)
+    direct_url = json.loads((installed and installed.read_text("direct_url.json")) or "{}")
+    if installed is not None and not direct_url.get("dir_info", {}).get("editable"):
+        sys.path[:] = elsewhere
+    import fastsample
+
+    return fastsample
+
+
+fastsample = _import_the_installed_package()
+
+
+def pytest_report_header(config):
+    return f"fastsample imported from {Path(fastsample.__file__).parent}"
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
 
-BACKENDS = ("cpu", "torch", "triton")
+BACKENDS = ("cpu", "torch", "triton", "cuda")
 # Every test shape/seed choice derives from these, so a failure names a reproducible case.
 ALL_VOCABS = (1, 2, 7, 1000, 32000, 128256, 262144)
 TRITON_VOCABS = (1, 7, 100, 1000)
+# Backends whose kernels run on the GPU: "cuda" always, "triton" unless the interpreter runs it on the CPU.
+GPU_BACKENDS = ("cuda",) if os.environ.get("TRITON_INTERPRET") == "1" else ("cuda", "triton")
+CUDA_KERNELS = torch.cuda.is_available() and fastsample._ops.AVAILABLE and fastsample._ops.cuda_built()
+# The public op functions the `backend` fixture routes to the GPU (everything sampling.py defines, and more).
+PUBLIC_OPS = [*(name for name, fn in vars(fastsample.sampling).items()
+                if callable(fn) and not name.startswith("_") and fn.__module__ == fastsample.sampling.__name__),
+              "chain_speculative_sampling"]
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request) -> str:
-    """The backend name passed as ``backend=`` to the public API. Every backend must be importable: a
-    missing extension fails its tests rather than skipping them."""
+def _on_gpu(fn):
+    """``fn`` with its tensor arguments moved to the GPU and its tensor results moved back: a test written for
+    CPU tensors then runs a GPU backend unchanged (inputs copied exactly, results compared on the host)."""
+    def call(*args, **kwargs):
+        args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
+        kwargs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        result = fn(*args, **kwargs)
+        if isinstance(result, tuple):
+            return tuple(r.cpu() for r in result)
+        return result.cpu()
+
+    return call
+
+
+@pytest.fixture(params=[*BACKENDS[:-1], pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and fastsample._C built with its CUDA "
+                                                                 "kernels")])])
+def backend(request, monkeypatch) -> str:
+    """The backend name passed as ``backend=`` to the public API. Every CPU backend must be importable: a
+    missing extension fails its tests rather than skipping them. For a GPU backend the public functions take
+    and return CPU tensors (`_on_gpu`), so every op test runs on every backend, as the design asks."""
+    if request.param in GPU_BACKENDS:
+        for name in PUBLIC_OPS:
+            monkeypatch.setattr(fastsample, name, _on_gpu(getattr(fastsample, name)))
     return request.param
 
 
@@ -52,7 +109,7 @@ class Sizes:
 
 def sizes(backend: str) -> Sizes:
     """The shapes every test uses on ``backend``."""
-    if backend == "triton":
+    if backend == "triton" and backend not in GPU_BACKENDS:  # the interpreter
         return Sizes(batch=3, vocabs=TRITON_VOCABS, draws=1000)
     return Sizes(batch=32, vocabs=ALL_VOCABS, draws=40000)
 
@@ -70,7 +127,7 @@ def f32(value: float) -> float:
     return float(np.float32(value))
 
 
-def row_seeds(batch: int, seed: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def oracle_seed_offset(batch: int, seed: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (seed, offset) for an int seed and int offset (fastsample/_rng.py: offsets o + b)."""
     return np.full(batch, seed, dtype=np.int64), np.arange(offset, offset + batch, dtype=np.int64)
 
@@ -174,7 +231,7 @@ def sweep_filter_sampling(backend: str, sampler, key: str, values, probs_seed: i
             probs = make_probs(rows, vocab, kind, seed=vocab + probs_seed)
             for v in values(rows, vocab):
                 got = sampler(probs, v, seed=seed_of(vocab), offset=offset, backend=backend)
-                seeds, offsets = row_seeds(rows, seed_of(vocab), offset)
+                seeds, offsets = oracle_seed_offset(rows, seed_of(vocab), offset)
                 want, _, cands = oracle.sample_with_candidates(np64(probs), False, **{key: oracle_value(v)},
                                                                seed=seeds, offset=offsets)
                 flips += check_tokens(got, want, cands, what=f"{backend} {kind} V={vocab} {key}={v}")

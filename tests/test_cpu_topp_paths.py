@@ -13,7 +13,7 @@ max group; p = 0.999: a boundary far out in the tail). Single rows are split ove
 import numpy as np
 import pytest
 import torch
-from conftest import assert_rare, check_renorm, check_tokens, np64, row_seeds
+from conftest import assert_rare, check_renorm, check_tokens, np64, oracle_seed_offset
 
 import fastsample
 import oracle
@@ -61,7 +61,7 @@ KINDS = ["flat", "peaked", "hidden_heavy", "many_hidden", "unsampled_shift", "sa
 @pytest.mark.parametrize("batch", [1, 8])
 def test_top_p_sample_long_rows(kind, top_p, batch):
     logits = _rows(kind, batch)
-    seed, offset = row_seeds(logits.shape[0], 5)
+    seed, offset = oracle_seed_offset(logits.shape[0], 5)
     got, got_lp = fastsample.sample(logits, temperature=0.9, top_p=top_p, seed=torch.from_numpy(seed),
                                     offset=torch.from_numpy(offset), return_logprobs=True, backend="cpu")
     want, want_lp, candidates = oracle.sample_with_candidates(np64(logits), True, 0.9, 0, top_p, 0.0, seed, offset)
@@ -93,7 +93,7 @@ def test_rows_the_fused_pass_hands_back(top_p):
     inf_row[[30000, 50000]] = float("inf")
     inf_row[[10, 30001]] = float("-inf")  # beside a +inf: the raw sum the top-p pass checks for NaN is NaN
     logits = torch.stack([rising, rising.flip(0), nan_row, inf_row])
-    seed, offset = row_seeds(logits.shape[0], 9)
+    seed, offset = oracle_seed_offset(logits.shape[0], 9)
     got, got_lp = fastsample.sample(logits, temperature=0.9, top_p=top_p, seed=torch.from_numpy(seed),
                                     offset=torch.from_numpy(offset), return_logprobs=True, backend="cpu")
     want, want_lp, candidates = oracle.sample_with_candidates(np64(logits), True, 0.9, 0, top_p, 0.0, seed, offset)

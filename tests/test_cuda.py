@@ -8,7 +8,7 @@ code on machines without one).
 import numpy as np
 import pytest
 import torch
-from conftest import assert_rare, check_close, check_renorm, check_tokens, make_logits, make_probs, np64, row_seeds
+from conftest import assert_rare, check_close, check_renorm, check_tokens, make_logits, make_probs, np64, oracle_seed_offset
 
 import fastsample
 import oracle
@@ -111,7 +111,7 @@ def test_sample_matches_oracle_and_cpu(vocab, dtype):
     temps, ks, ps, mps = _sample_params(rows, vocab, vocab)
     tokens, logprobs = fastsample.sample(x.cuda(), temps.cuda(), ks.cuda(), ps.cuda(), mps.cuda(), True, seed=11,
                                          backend="cuda")
-    seeds, offsets = row_seeds(rows, 11)
+    seeds, offsets = oracle_seed_offset(rows, 11)
     want, want_lp, cands = oracle.sample_with_candidates(np64(x), True, np64(temps), np64(ks), np64(ps), np64(mps),
                                                          seeds, offsets)
     flips = check_tokens(tokens, want, cands, "sample (cuda)")
@@ -129,7 +129,7 @@ def test_sampling_from_probs(vocab):
     rows = _rows(vocab)
     probs = make_probs(rows, vocab, "flat", seed=vocab)
     got = fastsample.top_k_top_p_sampling_from_probs(probs.cuda(), 40, 0.8, seed=5, backend="cuda")
-    seeds, offsets = row_seeds(rows, 5)
+    seeds, offsets = oracle_seed_offset(rows, 5)
     want, _, cands = oracle.sample_with_candidates(np64(probs), False, 1.0, 40, np.float32(0.8), 0.0, seeds, offsets)
     assert_rare(check_tokens(got, want, cands, "top_k_top_p_sampling_from_probs"), rows)
 
@@ -167,7 +167,7 @@ def test_chain_speculative_sampling(vocab):
     ids = torch.multinomial(q.reshape(-1, vocab), 1, generator=gen).reshape(batch, n)
     ids[0, 1] = vocab  # out of range: rejected at position 1
     got = fastsample.chain_speculative_sampling(q.cuda(), ids.cuda(), p.cuda(), seed=9, backend="cuda")
-    seeds, offsets = row_seeds(batch, 9)
+    seeds, offsets = oracle_seed_offset(batch, 9)
     want_out, want_acc, want_emit, ambiguous = oracle.chain_speculative_sampling(np64(q), np64(ids), np64(p), seeds,
                                                                                   offsets)
     ok = ~ambiguous

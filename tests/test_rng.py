@@ -86,39 +86,39 @@ def test_kernel_uniforms_are_uniform(backend):
 
 
 # --------------------------------------------------------------------------------------- _rng rules
-def test_row_seeds_int_seed():
-    seed, offset = _rng.row_seeds(5, torch.device("cpu"), seed=7, offset=10)
+def test_per_row_seed_offset_int_seed():
+    seed, offset = _rng.per_row_seed_offset(5, torch.device("cpu"), seed=7, offset=10)
     assert seed.dtype == offset.dtype == torch.int64
     assert seed.tolist() == [7] * 5 and offset.tolist() == [10, 11, 12, 13, 14]
-    seed, offset = _rng.row_seeds(3, torch.device("cpu"), seed=-3)
+    seed, offset = _rng.per_row_seed_offset(3, torch.device("cpu"), seed=-3)
     assert seed.tolist() == [-3] * 3 and offset.tolist() == [0, 1, 2]
 
 
-def test_row_seeds_tensor_seed_and_offset():
+def test_per_row_seed_offset_tensor_seed_and_offset():
     seeds = torch.tensor([5, -6, 2**62], dtype=torch.int64)
-    seed, offset = _rng.row_seeds(3, torch.device("cpu"), seed=seeds, offset=4)
+    seed, offset = _rng.per_row_seed_offset(3, torch.device("cpu"), seed=seeds, offset=4)
     assert seed.tolist() == seeds.tolist() and offset.tolist() == [4, 4, 4]  # per-row seeds: offset o, not o + b
     offs = torch.tensor([9, 8, 7], dtype=torch.int32)
-    seed, offset = _rng.row_seeds(3, torch.device("cpu"), seed=1, offset=offs)
+    seed, offset = _rng.per_row_seed_offset(3, torch.device("cpu"), seed=1, offset=offs)
     assert seed.tolist() == [1, 1, 1] and offset.dtype == torch.int64 and offset.tolist() == [9, 8, 7]
 
 
-def test_row_seeds_drawn_from_generator():
+def test_per_row_seed_offset_drawn_from_generator():
     torch.manual_seed(123)
-    s1, o1 = _rng.row_seeds(4, torch.device("cpu"))
+    s1, o1 = _rng.per_row_seed_offset(4, torch.device("cpu"))
     torch.manual_seed(123)
-    s2, o2 = _rng.row_seeds(4, torch.device("cpu"), offset=3)
+    s2, o2 = _rng.per_row_seed_offset(4, torch.device("cpu"), offset=3)
     assert s1.tolist() == s2.tolist() and len(set(s1.tolist())) == 1 and 0 <= int(s1[0]) < 2**63
     assert o1.tolist() == [0, 1, 2, 3] and o2.tolist() == [3, 4, 5, 6]
     # An explicit generator: reproducible, and it leaves torch's default generator alone.
     state = torch.get_rng_state()
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    a = _rng.row_seeds(2, torch.device("cpu"), generator=g1)[0]
-    b = _rng.row_seeds(2, torch.device("cpu"), generator=g2)[0]
+    a = _rng.per_row_seed_offset(2, torch.device("cpu"), generator=g1)[0]
+    b = _rng.per_row_seed_offset(2, torch.device("cpu"), generator=g2)[0]
     assert a.tolist() == b.tolist()
     assert torch.equal(torch.get_rng_state(), state)
     # Successive calls draw fresh seeds.
-    assert _rng.row_seeds(2, torch.device("cpu"), generator=g1)[0].tolist() != a.tolist()
+    assert _rng.per_row_seed_offset(2, torch.device("cpu"), generator=g1)[0].tolist() != a.tolist()
 
 
 @pytest.mark.parametrize("kwargs, error", [
@@ -131,9 +131,9 @@ def test_row_seeds_drawn_from_generator():
     ({"seed": torch.zeros(4)}, TypeError),
     ({"offset": torch.zeros(4, 1, dtype=torch.int64)}, ValueError),
 ])
-def test_row_seeds_rejects(kwargs, error):
+def test_per_row_seed_offset_rejects(kwargs, error):
     with pytest.raises(error):
-        _rng.row_seeds(4, torch.device("cpu"), **kwargs)
+        _rng.per_row_seed_offset(4, torch.device("cpu"), **kwargs)
 
 
 # --------------------------------------------------------------------------------- through the public API
@@ -146,7 +146,7 @@ def test_manual_seed_reproducible(backend):
     assert torch.equal(a, b)
     # The drawn seed acts exactly like seed=S, offset=0.
     torch.manual_seed(77)
-    s = int(_rng.row_seeds(8, torch.device("cpu"))[0][0])
+    s = int(_rng.per_row_seed_offset(8, torch.device("cpu"))[0][0])
     assert torch.equal(a, fastsample.sampling_from_logits(logits, seed=s, backend=backend))
 
 
@@ -155,7 +155,7 @@ def test_explicit_generator(backend):
     a = fastsample.sampling_from_logits(logits, generator=torch.Generator().manual_seed(3), backend=backend)
     b = fastsample.sampling_from_logits(logits, generator=torch.Generator().manual_seed(3), backend=backend)
     assert torch.equal(a, b)
-    s = int(_rng.row_seeds(8, torch.device("cpu"), generator=torch.Generator().manual_seed(3))[0][0])
+    s = int(_rng.per_row_seed_offset(8, torch.device("cpu"), generator=torch.Generator().manual_seed(3))[0][0])
     assert torch.equal(a, fastsample.sampling_from_logits(logits, seed=s, backend=backend))
 
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import (assert_rare, check_tokens, chi_square_pvalue, f32, make_logits, make_probs, np64, row_seeds,
+from conftest import (assert_rare, check_tokens, chi_square_pvalue, f32, make_logits, make_probs, np64, oracle_seed_offset,
                       sizes)
 
 import fastsample
@@ -27,7 +27,7 @@ def _check_sample(backend, x, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, se
     """Run `fastsample.sample` on logits ``x`` and compare tokens and logprobs with the oracle; return the number
     of rows on the other side of a near-tie (for `assert_rare`)."""
     rows = x.shape[0]
-    seeds, offsets = row_seeds(rows, seed, offset)
+    seeds, offsets = oracle_seed_offset(rows, seed, offset)
     want, want_lp, cands = oracle.sample_with_candidates(np64(x), True, _param(temperature), _param(top_k),
                                                          _param(top_p), _param(min_p), seeds, offsets)
     got, lp = fastsample.sample(x, temperature, top_k, top_p, min_p, return_logprobs=True, seed=seed, offset=offset,
@@ -50,7 +50,7 @@ def test_sampling_from_probs_exact(backend, kind):
         probs = make_probs(rows, vocab, kind, seed=vocab + 30)
         for seed in (0, 2**40 + 7):
             got = fastsample.sampling_from_probs(probs, seed=seed, offset=vocab, backend=backend)
-            seeds, offsets = row_seeds(rows, seed, vocab)
+            seeds, offsets = oracle_seed_offset(rows, seed, vocab)
             want, _, cands = oracle.sample_with_candidates(np64(probs), False, seed=seeds, offset=offsets)
             flips += check_tokens(got, want, cands, what=f"{backend} {kind} V={vocab} seed={seed}")
             rows_total += rows
@@ -65,7 +65,7 @@ def test_sampling_from_logits_exact(backend, dtype, kind):
         rows = sizes(backend).rows(vocab)
         logits = make_logits(rows, vocab, kind, seed=vocab + 31).to(dtype)
         got = fastsample.sampling_from_logits(logits, seed=vocab, offset=5, backend=backend)
-        seeds, offsets = row_seeds(rows, vocab, 5)
+        seeds, offsets = oracle_seed_offset(rows, vocab, 5)
         want, _, cands = oracle.sample_with_candidates(np64(logits), True, seed=seeds, offset=offsets)
         flips += check_tokens(got, want, cands, what=f"{backend} {kind} {dtype} V={vocab}")
         rows_total += rows
@@ -82,7 +82,7 @@ def test_top_k_top_p_sampling_exact(backend, is_logits):
         k_rows = torch.randint(-1, min(vocab, 300) + 1, (rows,), generator=gen)
         p_rows = torch.rand(rows, generator=gen)
         for k, p in ((10, 0.9), (vocab, 0.5), (1, 1.0), (k_rows, 0.8), (50, p_rows), (k_rows, p_rows)):
-            seeds, offsets = row_seeds(rows, 77, 0)
+            seeds, offsets = oracle_seed_offset(rows, 77, 0)
             want, _, cands = oracle.sample_with_candidates(np64(x), is_logits, 1.0, _param(k), _param(p), 0.0,
                                                            seeds, offsets)
             fn = fastsample.top_k_top_p_sampling_from_logits if is_logits else fastsample.top_k_top_p_sampling_from_probs
@@ -153,7 +153,7 @@ def test_sampling_from_probs_invalid_rows(backend):
     probs[4, 1:] = 0.0              # a single token left
     got = fastsample.sampling_from_probs(probs, seed=2, backend=backend)
     assert got.tolist()[:5] == [-1, -1, -1, -1, 0]
-    seeds, offsets = row_seeds(6, 2)
+    seeds, offsets = oracle_seed_offset(6, 2)
     want, _, cands = oracle.sample_with_candidates(np64(probs), False, seed=seeds, offset=offsets)
     check_tokens(got, want, cands, what=f"{backend} invalid probs rows")
 

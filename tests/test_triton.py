@@ -8,7 +8,7 @@ and the oracle, and the same kernels on CUDA tensors where a GPU exists (``-m gp
 import numpy as np
 import pytest
 import torch
-from conftest import assert_rare, check_tokens, make_logits, make_probs, np64, row_seeds
+from conftest import assert_rare, check_tokens, make_logits, make_probs, np64, oracle_seed_offset
 
 import fastsample
 import oracle
@@ -84,7 +84,7 @@ def test_sample_v131072_matches_cpu_backend_and_oracle(kind):
     x = make_logits(rows, vocab, kind, seed=5)
     got = fastsample.sample(x, **FILTERS, seed=seed, backend="triton")
     cpu = fastsample.sample(x, **FILTERS, seed=seed, backend="cpu")
-    seeds, offsets = row_seeds(rows, seed)
+    seeds, offsets = oracle_seed_offset(rows, seed)
     want, _, cands = oracle.sample_with_candidates(np64(x), True, float(np.float32(0.8)), 50,
                                                    float(np.float32(0.9)), 0.0, seeds, offsets)
     assert_rare(check_tokens(got, want, cands, what=f"triton V={vocab}"), rows)

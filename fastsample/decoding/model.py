@@ -171,7 +171,7 @@ def decode_loop(models: Sequence, input_ids: Tensor, attention_mask: Tensor | No
     return seqs[:, :prompt_len + n_out]
 
 
-def row_seeds(batch: int, seed: int | Tensor | None, generator: torch.Generator | None, device) -> Tensor:
+def decode_seeds(batch: int, seed: int | Tensor | None, generator: torch.Generator | None, device) -> Tensor:
     """Per-row Philox seeds [B] for a whole decode: a tensor is used as is; an int s gives s + row; None draws
     s from ``generator`` (or torch's default one). Each step then passes its step index as the offset, so a
     row's random stream depends only on its own seed: rows are reproducible whatever the batch around them."""

@@ -8,7 +8,7 @@ import torch
 
 from ..processors import filter_logits
 from ..sampling import sample
-from .model import decode_loop, row_seeds
+from .model import decode_loop, decode_seeds
 
 Tensor = torch.Tensor
 
@@ -35,7 +35,7 @@ def sample_decode(model, input_ids: Tensor, attention_mask: Tensor | None = None
     adaptive : an ``EntropyAdaptiveSampler`` (or any callable ``logits -> dict`` of per-row temperature,
         top_k, top_p, min_p); when given it replaces the four parameters at every step, from the processed
         logits of that step.
-    seed : int or int64 tensor [B] of per-row seeds (see ``model.row_seeds``); step t of row b draws with
+    seed : int or int64 tensor [B] of per-row seeds (see ``model.decode_seeds``); step t of row b draws with
         Philox (seed_b, offset t), so a row's tokens depend only on its seed, prompt and parameters.
     generator : draws the seed when ``seed`` is None.
 
@@ -43,7 +43,7 @@ def sample_decode(model, input_ids: Tensor, attention_mask: Tensor | None = None
     -------
     int64 [B, P + n] sequences, as in ``greedy_decode``.
     """
-    seeds = row_seeds(input_ids.shape[0], seed, generator, input_ids.device)
+    seeds = decode_seeds(input_ids.shape[0], seed, generator, input_ids.device)
     params = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p}
 
     def next_token(step, seqs, logits):

@@ -15,7 +15,7 @@ import torch
 
 from ..sampling import greedy, sampling_from_probs, softmax, top_k_renorm_probs, top_p_renorm_probs
 from ..speculative import chain_speculative_sampling
-from .model import Session, prepare, row_seeds
+from .model import Session, prepare, decode_seeds
 
 Tensor = torch.Tensor
 
@@ -58,7 +58,7 @@ def speculative_decode(target, draft, input_ids: Tensor, attention_mask: Tensor 
         raise ValueError(f"gamma must be a positive int, got {gamma!r}")
     batch, prompt_len = input_ids.shape
     dev = input_ids.device
-    seeds = row_seeds(batch, seed, generator, dev)
+    seeds = decode_seeds(batch, seed, generator, dev)
 
     def probs(logits: Tensor) -> Tensor:
         flat = logits.reshape(-1, logits.shape[-1])
