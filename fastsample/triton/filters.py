@@ -14,8 +14,10 @@ from torch.library import wrap_triton
 
 from . import launch
 from .jit import helper
+from .launch import program_chunk, program_rows
 from .radix import chain_theta, run_chain
-from .rowstats import float_key, row_info, weights
+from .rowstats import (INFO_FIELDS, INFO_K_ON, INFO_MAX, INFO_MINP, INFO_P_ON, INFO_STATUS, INFO_T, INFO_WMAX,
+                       float_key, row_info, weights)
 
 
 @helper
@@ -24,10 +26,10 @@ def resolve_theta(info, rows, live, B, C, k_hist, k_state, p_hist, p_state, K_CH
     """Each row's threshold key [R]: top-p's if it filters the row, else top-k's, else 0 (keep all)."""
     theta = tl.zeros(rows.shape, tl.int64)
     if K_CHAIN:
-        k_on = live & (tl.load(info + 4, mask=live, other=0.0) != 0)
+        k_on = live & (tl.load(info + INFO_K_ON, mask=live, other=0.0) != 0)
         theta = tl.where(k_on, chain_theta(k_hist, k_state, rows, k_on, B, C, C_PAD), theta)
     if P_CHAIN:
-        p_on = live & (tl.load(info + 6, mask=live, other=0.0) != 0)
+        p_on = live & (tl.load(info + INFO_P_ON, mask=live, other=0.0) != 0)
         theta = tl.where(p_on, chain_theta(p_hist, p_state, rows, p_on, B, C, C_PAD), theta)
     return theta
 
@@ -35,9 +37,9 @@ def resolve_theta(info, rows, live, B, C, k_hist, k_state, p_hist, p_state, K_CH
 @helper
 def row_fields(info, live):
     """(row max, temperature, min-p * max weight) of R rows, shaped [R, 1] for a [R, BLOCK] tile."""
-    row_max = tl.load(info + 1, mask=live, other=0.0).to(tl.float32)[:, None]
-    temperature = tl.load(info + 2, mask=live, other=1.0).to(tl.float32)[:, None]
-    floor = (tl.load(info + 7, mask=live, other=0.0) * tl.load(info + 8, mask=live, other=0.0))[:, None]
+    row_max = tl.load(info + INFO_MAX, mask=live, other=0.0).to(tl.float32)[:, None]
+    temperature = tl.load(info + INFO_T, mask=live, other=1.0).to(tl.float32)[:, None]
+    floor = (tl.load(info + INFO_MINP, mask=live, other=0.0) * tl.load(info + INFO_WMAX, mask=live, other=0.0))[:, None]
     return row_max, temperature, floor
 
 
@@ -54,15 +56,12 @@ def mass_kernel(x_ptr, info_ptr, mass_ptr, k_hist, k_state, p_hist, p_state, B, 
                 IS_LOGITS: tl.constexpr, K_CHAIN: tl.constexpr, P_CHAIN: tl.constexpr, R: tl.constexpr,
                 C_PAD: tl.constexpr, BLOCK: tl.constexpr):
     """mass[b, c] = float64 sum of the kept weights in chunk c of row b (rows not sampled: skipped)."""
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
-    info = info_ptr + rows * 12
-    live = rmask & (tl.load(info, mask=rmask, other=1.0) == 0)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
+    info = info_ptr + rows * INFO_FIELDS
+    live = rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0)
     theta = resolve_theta(info, rows, live, B, C, k_hist, k_state, p_hist, p_state, K_CHAIN, P_CHAIN, C_PAD)
     row_max, temperature, floor = row_fields(info, live)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     total = tl.zeros((R,), tl.float64)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 import triton
+import triton.language as tl
+
+from .jit import helper
 
 BLOCK = 1024
 HIST_BLOCK = 512
@@ -78,3 +81,20 @@ def split(batch: int, vocab: int, device: torch.device) -> Grid:
     chunk_len = triton.cdiv(triton.cdiv(vocab, chunks), block) * block
     chunks = triton.cdiv(vocab, chunk_len)
     return Grid(rows, chunks, chunk_len, block, hist_block, (max(tiles, 1), chunks))
+
+
+@helper
+def program_rows(B, R: tl.constexpr):
+    """Inside a kernel: the R rows of this program's row tile (int64, so row * V never overflows int32) and
+    which of them exist (< B)."""
+    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
+    return rows, rows < B
+
+
+@helper
+def program_chunk(chunk_len, V):
+    """Inside a kernel: this program's chunk of each of its rows, as (chunk index c, start, end): the entries
+    [start, end) of the row."""
+    c = tl.program_id(1)
+    start = c * chunk_len
+    return c, start, tl.minimum(start + chunk_len, V)

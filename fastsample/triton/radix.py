@@ -23,7 +23,9 @@ from torch.library import wrap_triton
 
 from . import launch
 from .jit import helper
-from .rowstats import float_key, weights
+from .launch import program_chunk, program_rows
+from .rowstats import (INFO_FIELDS, INFO_K, INFO_K_ON, INFO_MAX, INFO_P, INFO_P_ON, INFO_STATUS, INFO_T, float_key,
+                       weights)
 
 LEVELS = 8
 DIGITS = 16
@@ -61,19 +63,18 @@ def chain_theta(hist_ptr, state_ptr, rows, rmask, B, C, C_PAD: tl.constexpr):
 def level_kernel(x_ptr, info_ptr, hist_ptr, state_ptr, lo_hist, lo_state, B, V, chunk_len, C, k_val,
                  LEVEL: tl.constexpr, MASS: tl.constexpr, IS_LOGITS: tl.constexpr, USE_INFO: tl.constexpr,
                  LO_CHAIN: tl.constexpr, R: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
-    info = info_ptr + rows * 12
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
+    info = info_ptr + rows * INFO_FIELDS
     live = rmask
     if USE_INFO:
-        # Only rows that are sampled and filtered by this chain (top-k: field 4, top-p: field 6) take part.
-        on = tl.load(info + (6 if MASS else 4), mask=rmask, other=0.0)
-        live = rmask & (tl.load(info, mask=rmask, other=1.0) == 0) & (on != 0)
+        # Only rows that are sampled and filtered by this chain take part.
+        on = tl.load(info + (INFO_P_ON if MASS else INFO_K_ON), mask=rmask, other=0.0)
+        live = rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0) & (on != 0)
     # Candidates are the keys >= lo: everything for top-k, the top-k survivors for top-p.
     lo = tl.zeros((R,), tl.int64)
     if LO_CHAIN:
-        k_on = tl.load(info + 4, mask=live, other=0.0) != 0
+        k_on = tl.load(info + INFO_K_ON, mask=live, other=0.0) != 0
         lo = tl.where(k_on, chain_theta(lo_hist, lo_state, rows, live & k_on, B, C, C_PAD), 0)
     prefix = tl.zeros((R,), tl.int64)
     if LEVEL > 0:
@@ -86,9 +87,9 @@ def level_kernel(x_ptr, info_ptr, hist_ptr, state_ptr, lo_hist, lo_state, B, V, 
                 ptrs = prev_hist[:, None, None] + cs[None, :, None] * 16 + ds[None, None, :]
                 mask = live[:, None, None] & (cs < C)[None, :, None] & (ds < 16)[None, None, :]
                 total = tl.sum(tl.sum(tl.load(ptrs, mask=mask, other=0.0), 2), 1)
-                target = tl.load(info + 5, mask=live, other=0.0) * total
+                target = tl.load(info + INFO_P, mask=live, other=0.0) * total
             elif USE_INFO:
-                target = tl.load(info + 3, mask=live, other=0.0)
+                target = tl.load(info + INFO_K, mask=live, other=0.0)
             else:
                 target = tl.zeros((R,), tl.float64) + k_val
         else:
@@ -104,10 +105,8 @@ def level_kernel(x_ptr, info_ptr, hist_ptr, state_ptr, lo_hist, lo_state, B, V, 
         tl.store(st_out + 2, target, mask=live)
 
     if MASS:
-        row_max = tl.load(info + 1, mask=live, other=0.0).to(tl.float32)[:, None]
-        temperature = tl.load(info + 2, mask=live, other=1.0).to(tl.float32)[:, None]
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
+        row_max = tl.load(info + INFO_MAX, mask=live, other=0.0).to(tl.float32)[:, None]
+        temperature = tl.load(info + INFO_T, mask=live, other=1.0).to(tl.float32)[:, None]
     ds = tl.arange(0, 16)
     h = tl.zeros((R, 16), tl.float64)
     for base in range(start, end, BLOCK):

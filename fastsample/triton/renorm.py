@@ -11,25 +11,24 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from .filters import KeptSet, kept_weights, resolve_theta, row_fields
+from .launch import program_chunk, program_rows
+from .rowstats import INFO_FIELDS, INFO_STATUS
 
 
 @triton.jit
 def write_kernel(x_ptr, info_ptr, mass_ptr, k_hist, k_state, p_hist, p_state, out_ptr, B, V, chunk_len, C,
                  IS_LOGITS: tl.constexpr, K_CHAIN: tl.constexpr, P_CHAIN: tl.constexpr, R: tl.constexpr,
                  C_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
-    info = info_ptr + rows * 12
-    live = rmask & (tl.load(info, mask=rmask, other=1.0) == 0)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
+    info = info_ptr + rows * INFO_FIELDS
+    live = rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0)
     cs = tl.arange(0, C_PAD)
     total = tl.sum(tl.load(mass_ptr + rows[:, None] * C + cs[None, :], mask=live[:, None] & (cs < C)[None, :],
                            other=0.0), 1)
     total = tl.where(total > 0, total, 1.0)
     theta = resolve_theta(info, rows, live, B, C, k_hist, k_state, p_hist, p_state, K_CHAIN, P_CHAIN, C_PAD)
     row_max, temperature, floor = row_fields(info, live)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
         inside = rmask[:, None] & (offs < end)[None, :]

@@ -16,22 +16,30 @@ from torch.library import wrap_triton
 
 from . import launch
 from .jit import helper
+from .launch import program_chunk, program_rows
 
-# Fields of the float64 row record [B, INFO_FIELDS] (the kernels use the literal offsets).
-INFO_STATUS = 0  # 0: sample / filter the row, 1: greedy (T == 0), 2: invalid row
-INFO_MAX = 1  # row max of x (NaN ignored)
-INFO_T = 2  # temperature
-INFO_K = 3  # top-k
-INFO_K_ON = 4  # 1 when 0 < k < V
-INFO_P = 5  # top-p (float64)
-INFO_P_ON = 6  # 1 when p < 1
-INFO_MINP = 7  # min-p (float64)
-INFO_WMAX = 8  # the largest weight: 1 for logits, the row max for probs
-INFO_ARGMAX = 9  # lowest index of the row max
-INFO_NMAX = 10  # how many entries equal the row max
-INFO_NAN = 11  # how many NaN entries
-INFO_FIELDS = 12
-STATS_FIELDS = 5  # per chunk: max, first argmax, count of max, bad entries, NaN entries
+# Fields of the float64 row record [B, INFO_FIELDS] that every later launch reads. tl.constexpr, because a
+# Triton kernel may only read module-level constants of that type (they still index and size torch tensors).
+INFO_STATUS = tl.constexpr(0)  # 0: sample / filter the row, 1: greedy (T == 0), 2: invalid row
+INFO_MAX = tl.constexpr(1)  # row max of x (NaN ignored)
+INFO_T = tl.constexpr(2)  # temperature
+INFO_K = tl.constexpr(3)  # top-k
+INFO_K_ON = tl.constexpr(4)  # 1 when 0 < k < V
+INFO_P = tl.constexpr(5)  # top-p (float64)
+INFO_P_ON = tl.constexpr(6)  # 1 when p < 1
+INFO_MINP = tl.constexpr(7)  # min-p (float64)
+INFO_WMAX = tl.constexpr(8)  # the largest weight: 1 for logits, the row max for probs
+INFO_ARGMAX = tl.constexpr(9)  # lowest index of the row max
+INFO_NMAX = tl.constexpr(10)  # how many entries equal the row max
+INFO_NAN = tl.constexpr(11)  # how many NaN entries
+INFO_FIELDS = tl.constexpr(12)
+# Fields of the float64 per-chunk statistics [B, C, STATS_FIELDS] of stats_kernel, combined by info_kernel.
+STATS_MAX = tl.constexpr(0)  # chunk max (NaN ignored)
+STATS_FIRST = tl.constexpr(1)  # first index of the chunk max
+STATS_COUNT = tl.constexpr(2)  # how many entries equal the chunk max
+STATS_BAD = tl.constexpr(3)  # entries that make the row invalid (NaN; for probs also < 0 or +inf)
+STATS_NAN = tl.constexpr(4)  # NaN entries
+STATS_FIELDS = tl.constexpr(5)
 
 
 @helper
@@ -71,11 +79,8 @@ def row_param(arr_ptr, val, rows, rmask, DTYPE: tl.constexpr, HAS_ARR: tl.conste
 @triton.jit
 def stats_kernel(x_ptr, stats_ptr, B, V, chunk_len, C, IS_LOGITS: tl.constexpr, R: tl.constexpr,
                  BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
     run_max = tl.full((R,), float("-inf"), tl.float32)
     run_first = tl.zeros((R,), tl.int64) + end
     run_count = tl.zeros((R,), tl.int64)
@@ -100,30 +105,29 @@ def stats_kernel(x_ptr, stats_ptr, B, V, chunk_len, C, IS_LOGITS: tl.constexpr, 
         run_count = tl.where(blk_max > run_max, blk_count,
                              tl.where(blk_max == run_max, run_count + blk_count, run_count))
         run_max = tl.maximum(run_max, blk_max)
-    out = stats_ptr + (rows * C + c) * 5
-    tl.store(out + 0, run_max.to(tl.float64), mask=rmask)
-    tl.store(out + 1, run_first.to(tl.float64), mask=rmask)
-    tl.store(out + 2, run_count.to(tl.float64), mask=rmask)
-    tl.store(out + 3, bad.to(tl.float64), mask=rmask)
-    tl.store(out + 4, nans.to(tl.float64), mask=rmask)
+    out = stats_ptr + (rows * C + c) * STATS_FIELDS
+    tl.store(out + STATS_MAX, run_max.to(tl.float64), mask=rmask)
+    tl.store(out + STATS_FIRST, run_first.to(tl.float64), mask=rmask)
+    tl.store(out + STATS_COUNT, run_count.to(tl.float64), mask=rmask)
+    tl.store(out + STATS_BAD, bad.to(tl.float64), mask=rmask)
+    tl.store(out + STATS_NAN, nans.to(tl.float64), mask=rmask)
 
 
 @triton.jit
 def info_kernel(stats_ptr, info_ptr, B, V, C, t_arr, t_val, k_arr, k_val, p_arr, p_hi, p_lo, mp_arr, mp_hi, mp_lo,
                 IS_LOGITS: tl.constexpr, HAS_T: tl.constexpr, HAS_K: tl.constexpr, HAS_P: tl.constexpr,
                 HAS_MP: tl.constexpr, R: tl.constexpr, C_PAD: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
+    rows, rmask = program_rows(B, R)
     cs = tl.arange(0, C_PAD)
     cm = rmask[:, None] & (cs < C)[None, :]
-    st = stats_ptr + (rows[:, None] * C + cs[None, :]) * 5
-    cmax = tl.load(st + 0, mask=cm, other=float("-inf"))
+    st = stats_ptr + (rows[:, None] * C + cs[None, :]) * STATS_FIELDS
+    cmax = tl.load(st + STATS_MAX, mask=cm, other=float("-inf"))
     row_max = tl.max(cmax, 1)
     top = cm & (cmax == row_max[:, None])
-    argmax = tl.min(tl.where(top, tl.load(st + 1, mask=cm, other=0.0), V * 1.0), 1)
-    nmax = tl.sum(tl.where(top, tl.load(st + 2, mask=cm, other=0.0), 0.0), 1)
-    bad = tl.sum(tl.load(st + 3, mask=cm, other=0.0), 1)
-    nans = tl.sum(tl.load(st + 4, mask=cm, other=0.0), 1)
+    argmax = tl.min(tl.where(top, tl.load(st + STATS_FIRST, mask=cm, other=0.0), V * 1.0), 1)
+    nmax = tl.sum(tl.where(top, tl.load(st + STATS_COUNT, mask=cm, other=0.0), 0.0), 1)
+    bad = tl.sum(tl.load(st + STATS_BAD, mask=cm, other=0.0), 1)
+    nans = tl.sum(tl.load(st + STATS_NAN, mask=cm, other=0.0), 1)
 
     t = row_param(t_arr, t_val, rows, rmask, tl.float32, HAS_T)
     if not IS_LOGITS:
@@ -146,19 +150,19 @@ def info_kernel(stats_ptr, info_ptr, B, V, C, t_arr, t_val, k_arr, k_val, p_arr,
     valid = (bad == 0) & has_mass & (t >= 0) & (t < float("inf")) & (p >= 0) & (p <= 1) & (mp >= 0) & (mp <= 1)
     status = tl.where(valid, tl.where(t == 0, 1, 0), 2)
 
-    out = info_ptr + rows * 12
-    tl.store(out + 0, status.to(tl.float64), mask=rmask)
-    tl.store(out + 1, row_max, mask=rmask)
-    tl.store(out + 2, t.to(tl.float64), mask=rmask)
-    tl.store(out + 3, k.to(tl.float64), mask=rmask)
-    tl.store(out + 4, ((k > 0) & (k < V)).to(tl.float64), mask=rmask)
-    tl.store(out + 5, p, mask=rmask)
-    tl.store(out + 6, (p < 1).to(tl.float64), mask=rmask)
-    tl.store(out + 7, mp, mask=rmask)
-    tl.store(out + 8, wmax, mask=rmask)
-    tl.store(out + 9, argmax, mask=rmask)
-    tl.store(out + 10, nmax, mask=rmask)
-    tl.store(out + 11, nans, mask=rmask)
+    out = info_ptr + rows * INFO_FIELDS
+    tl.store(out + INFO_STATUS, status.to(tl.float64), mask=rmask)
+    tl.store(out + INFO_MAX, row_max, mask=rmask)
+    tl.store(out + INFO_T, t.to(tl.float64), mask=rmask)
+    tl.store(out + INFO_K, k.to(tl.float64), mask=rmask)
+    tl.store(out + INFO_K_ON, ((k > 0) & (k < V)).to(tl.float64), mask=rmask)
+    tl.store(out + INFO_P, p, mask=rmask)
+    tl.store(out + INFO_P_ON, (p < 1).to(tl.float64), mask=rmask)
+    tl.store(out + INFO_MINP, mp, mask=rmask)
+    tl.store(out + INFO_WMAX, wmax, mask=rmask)
+    tl.store(out + INFO_ARGMAX, argmax, mask=rmask)
+    tl.store(out + INFO_NMAX, nmax, mask=rmask)
+    tl.store(out + INFO_NAN, nans, mask=rmask)
 
 
 def _f32(value: float) -> float:

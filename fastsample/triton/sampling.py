@@ -3,8 +3,7 @@
 Launches: row stats and record (2), a top-k chain and a top-p chain when some row filters (8 each, see
 radix.py), the kept mass per chunk (1), and ``pick_kernel`` (1). The draw: u = Philox uniform of
 (seed_b, offset_b, draw 0); the token is the smallest kept i with cumsum_{kept k <= i} w_k > u * W
-(ascending ids). Every program of ``pick_kernel`` rebuilds the same inclusive float64 prefix of the chunk
-masses, so exactly one chunk's program owns u * W and scans its chunk with block prefix sums.
+(ascending ids): the chunk that owns u * W and the walk over it come from cdf.py.
 """
 from __future__ import annotations
 
@@ -13,16 +12,19 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .cdf import chunk_owner, walk_block
 from .filters import KeptSet, kept_weights, resolve_theta, row_fields
 from .jit import helper
+from .launch import program_chunk, program_rows
 from .philox import philox_uniform
+from .rowstats import INFO_ARGMAX, INFO_FIELDS, INFO_NMAX, INFO_STATUS
 
 
 @helper
 def inverse_cdf(x_ptr, rows, live, V, start, end, below, target, row_max, temperature, floor, theta,
                 IS_LOGITS: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
     """Per row, the smallest kept id i in [start, end) with below + sum_{kept k in [start, i]} w_k > target
-    (the last kept id with w > 0 when rounding leaves the chunk's sum just short), and its weight."""
+    (the last kept id with w > 0 when rounding leaves the chunk's sum just short)."""
     running = below
     token = tl.full((R,), -1, tl.int64)
     last = tl.full((R,), -1, tl.int64)
@@ -31,11 +33,7 @@ def inverse_cdf(x_ptr, rows, live, V, start, end, below, target, row_max, temper
         m = live[:, None] & (offs < end)[None, :]
         x = tl.load(x_ptr + rows[:, None] * V + offs[None, :], mask=m, other=0.0).to(tl.float32)
         w = kept_weights(x, m, row_max, temperature, floor, theta, IS_LOGITS)
-        cum = running[:, None] + tl.cumsum(w, 1)
-        first = tl.min(tl.where((cum > target[:, None]) & (w > 0), offs[None, :], end), 1).to(tl.int64)
-        token = tl.where((token < 0) & (first < end), first, token)
-        last = tl.maximum(last, tl.max(tl.where(w > 0, offs[None, :], -1), 1).to(tl.int64))
-        running = tl.max(cum, 1)
+        running, token, last = walk_block(w, offs, end, target, running, token, last)
     return tl.where(token < 0, last, token)
 
 
@@ -44,27 +42,24 @@ def pick_kernel(x_ptr, info_ptr, mass_ptr, k_hist, k_state, p_hist, p_state, see
                 logprob_ptr, B, V, chunk_len, C, IS_LOGITS: tl.constexpr, K_CHAIN: tl.constexpr,
                 P_CHAIN: tl.constexpr, LOGPROBS: tl.constexpr, R: tl.constexpr, C_PAD: tl.constexpr,
                 BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
-    info = info_ptr + rows * 12
-    status = tl.load(info, mask=rmask, other=0.0)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
+    info = info_ptr + rows * INFO_FIELDS
+    status = tl.load(info + INFO_STATUS, mask=rmask, other=0.0)
     # Greedy rows take the lowest argmax (logprob: the T -> 0 limit, uniform over the maxima); invalid: -1.
     # The chunk-0 program writes them.
     done = rmask & (status != 0) & (rows * 0 + c == 0)
     greedy = status == 1
-    tl.store(token_ptr + rows, tl.where(greedy, tl.load(info + 9, mask=done, other=0.0).to(tl.int64), -1), mask=done)
+    argmax = tl.load(info + INFO_ARGMAX, mask=done, other=0.0).to(tl.int64)
+    tl.store(token_ptr + rows, tl.where(greedy, argmax, -1), mask=done)
     if LOGPROBS:
-        nmax = tl.load(info + 10, mask=done, other=1.0).to(tl.float32)
+        nmax = tl.load(info + INFO_NMAX, mask=done, other=1.0).to(tl.float32)
         tl.store(logprob_ptr + rows, tl.where(greedy, -tl.log(nmax), float("nan")), mask=done)
 
     live = rmask & (status == 0)
     cs = tl.arange(0, C_PAD)
     sums = tl.load(mass_ptr + rows[:, None] * C + cs[None, :], mask=live[:, None] & (cs < C)[None, :], other=0.0)
-    incl = tl.cumsum(sums, 1)
-    total = tl.sum(tl.where(cs[None, :] == C - 1, incl, 0.0), 1)
-    below = tl.sum(tl.where(cs[None, :] == c - 1, incl, 0.0), 1)
-    upto = tl.sum(tl.where(cs[None, :] == c, incl, 0.0), 1)
+    total, below, upto = chunk_owner(sums, c, C, C_PAD)
     seed = tl.load(seed_ptr + rows, mask=live, other=0)
     offset = tl.load(offset_ptr + rows, mask=live, other=0)
     u = philox_uniform(seed, offset, 0)
@@ -72,8 +67,6 @@ def pick_kernel(x_ptr, info_ptr, mass_ptr, k_hist, k_state, p_hist, p_state, see
     mine = live & (below <= target) & (target < upto)
     theta = resolve_theta(info, rows, mine, B, C, k_hist, k_state, p_hist, p_state, K_CHAIN, P_CHAIN, C_PAD)
     row_max, temperature, floor = row_fields(info, mine)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     token = inverse_cdf(x_ptr, rows, mine, V, start, end, below, target, row_max, temperature, floor, theta,
                         IS_LOGITS, R, BLOCK)
     tl.store(token_ptr + rows, token, mask=mine)

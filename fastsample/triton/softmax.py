@@ -13,19 +13,17 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import launch
+from .launch import program_chunk, program_rows
 from .rowstats import opt, row_param
 
 
 @triton.jit
 def partial_kernel(x_ptr, part_ptr, t_arr, t_val, B, V, chunk_len, C, HAS_T: tl.constexpr, R: tl.constexpr,
                    BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
     t = row_param(t_arr, t_val, rows, rmask, tl.float32, HAS_T)
     t = tl.where(t > 0, t, 1.0)  # T == 0 and invalid rows only use the max and its count
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     run_max = tl.full((R,), float("-inf"), tl.float32)
     run_sum = tl.zeros((R,), tl.float32)
     run_count = tl.zeros((R,), tl.float32)
@@ -55,9 +53,8 @@ def partial_kernel(x_ptr, part_ptr, t_arr, t_val, B, V, chunk_len, C, HAS_T: tl.
 @triton.jit
 def write_kernel(x_ptr, part_ptr, out_ptr, t_arr, t_val, B, V, chunk_len, C, HAS_T: tl.constexpr, R: tl.constexpr,
                  C_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
     t = row_param(t_arr, t_val, rows, rmask, tl.float32, HAS_T)
     cs = tl.arange(0, C_PAD)
     cm = rmask[:, None] & (cs < C)[None, :]
@@ -73,8 +70,6 @@ def write_kernel(x_ptr, part_ptr, out_ptr, t_arr, t_val, B, V, chunk_len, C, HAS
     nans = tl.sum(tl.load(part + 3, mask=cm, other=0.0), 1)
     invalid = (nans > 0) | (row_max == float("-inf")) | ~(t >= 0) | (t == float("inf"))
     at_max_only = (t == 0) | (row_max == float("inf"))
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
         m = rmask[:, None] & (offs < end)[None, :]

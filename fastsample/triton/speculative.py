@@ -5,8 +5,8 @@ id x is in [0, V) and u_i * q_i(x) < p_i(x) in float64 (u_i = Philox draw i; the
 exact in float64, so this is the oracle's comparison bit for bit). It writes the accepted prefix e, the
 pass count and the output row (draft ids before e, -1 from e on). The final token at position e uses draw n,
 from r = max(0, p_e - q_e) (or p_e when r sums to 0, or when e == n): ``mass_kernel`` sums r and p per chunk
-(float64) and flags bad entries, ``pick_kernel`` chooses the weights, finds the chunk holding u * W with the
-same inclusive-prefix rule as sampling.py and scans it in ascending id order.
+(float64) and flags bad entries, ``pick_kernel`` chooses the weights, finds the chunk holding u * W and walks
+it in ascending id order with the helpers of cdf.py, as sampling.py does.
 """
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import launch
+from .cdf import chunk_owner, walk_block
 from .jit import helper
+from .launch import program_chunk, program_rows
 from .philox import philox_uniform
 
 
 @triton.jit
 def accept_kernel(draft_ptr, ids_ptr, target_ptr, seed_ptr, offset_ptr, out_ptr, accepted_ptr, emitted_ptr, B, V,
                   N, R: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
+    rows, rmask = program_rows(B, R)
     seed = tl.load(seed_ptr + rows, mask=rmask, other=0)
     offset = tl.load(offset_ptr + rows, mask=rmask, other=0)
     emitted = tl.zeros((R,), tl.int64) + N
@@ -65,12 +66,9 @@ def final_weights(draft_ptr, target_ptr, rows, e, m, offs, V, N):
 def mass_kernel(draft_ptr, target_ptr, emitted_ptr, mass_ptr, B, V, N, chunk_len, C, R: tl.constexpr,
                 BLOCK: tl.constexpr):
     """mass[b, c] = (sum r, sum p, bad r entries, bad p entries) over chunk c of row b's final position."""
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
     e = tl.load(emitted_ptr + rows, mask=rmask, other=0)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     sum_r = tl.zeros((R,), tl.float64)
     sum_p = tl.zeros((R,), tl.float64)
     bad_r = tl.zeros((R,), tl.float64)
@@ -93,9 +91,8 @@ def mass_kernel(draft_ptr, target_ptr, emitted_ptr, mass_ptr, B, V, N, chunk_len
 @triton.jit
 def pick_kernel(draft_ptr, target_ptr, emitted_ptr, mass_ptr, seed_ptr, offset_ptr, out_ptr, B, V, N, chunk_len, C,
                 R: tl.constexpr, C_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
     e = tl.load(emitted_ptr + rows, mask=rmask, other=0)
     cs = tl.arange(0, C_PAD)
     cm = rmask[:, None] & (cs < C)[None, :]
@@ -108,16 +105,11 @@ def pick_kernel(draft_ptr, target_ptr, emitted_ptr, mass_ptr, seed_ptr, offset_p
     bad = tl.where(use_r, tl.sum(tl.load(part + 2, mask=cm, other=0.0), 1),
                    tl.sum(tl.load(part + 3, mask=cm, other=0.0), 1))
     valid = rmask & (bad == 0) & (tl.where(use_r, total_r, total_p) > 0)
-    incl = tl.cumsum(tl.where(use_r[:, None], chunk_r, chunk_p), 1)
-    total = tl.sum(tl.where(cs[None, :] == C - 1, incl, 0.0), 1)
-    below = tl.sum(tl.where(cs[None, :] == c - 1, incl, 0.0), 1)
-    upto = tl.sum(tl.where(cs[None, :] == c, incl, 0.0), 1)
+    total, below, upto = chunk_owner(tl.where(use_r[:, None], chunk_r, chunk_p), c, C, C_PAD)
     seed = tl.load(seed_ptr + rows, mask=valid, other=0)
     offset = tl.load(offset_ptr + rows, mask=valid, other=0)
     target = philox_uniform(seed, offset, N).to(tl.float64) * total
     mine = valid & (below <= target) & (target < upto)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     running = below
     token = tl.full((R,), -1, tl.int64)
     last = tl.full((R,), -1, tl.int64)
@@ -125,12 +117,7 @@ def pick_kernel(draft_ptr, target_ptr, emitted_ptr, mass_ptr, seed_ptr, offset_p
         offs = base + tl.arange(0, BLOCK)
         m = mine[:, None] & (offs < end)[None, :]
         r, p = final_weights(draft_ptr, target_ptr, rows, e, m, offs, V, N)
-        w = tl.where(use_r[:, None], r, p)
-        cum = running[:, None] + tl.cumsum(w, 1)
-        first = tl.min(tl.where((cum > target[:, None]) & (w > 0), offs[None, :], end), 1).to(tl.int64)
-        token = tl.where((token < 0) & (first < end), first, token)
-        last = tl.maximum(last, tl.max(tl.where(w > 0, offs[None, :], -1), 1).to(tl.int64))
-        running = tl.max(cum, 1)
+        running, token, last = walk_block(tl.where(use_r[:, None], r, p), offs, end, target, running, token, last)
     token = tl.where(token < 0, last, token)
     tl.store(out_ptr + rows * (N + 1) + e, token, mask=mine)
 

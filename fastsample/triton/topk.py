@@ -16,8 +16,9 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import launch
+from .launch import program_chunk, program_rows
 from .radix import chain_theta, run_chain
-from .rowstats import float_key, row_info
+from .rowstats import INFO_FIELDS, INFO_K_ON, INFO_STATUS, float_key, row_info
 
 SORT_MAX = 4096
 _LOW = (1 << 31) - 1
@@ -26,15 +27,13 @@ _LOW = (1 << 31) - 1
 @triton.jit
 def mask_kernel(x_ptr, info_ptr, k_hist, k_state, out_ptr, B, V, chunk_len, C, R: tl.constexpr,
                 C_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
-    info = info_ptr + rows * 12
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
+    info = info_ptr + rows * INFO_FIELDS
     # Rows with a NaN or with the filter off stay unchanged; so do all -inf rows (theta is -inf's key then).
-    live = rmask & (tl.load(info, mask=rmask, other=1.0) == 0) & (tl.load(info + 4, mask=rmask, other=0.0) != 0)
+    k_on = tl.load(info + INFO_K_ON, mask=rmask, other=0.0) != 0
+    live = rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0) & k_on
     theta = tl.where(live, chain_theta(k_hist, k_state, rows, live, B, C, C_PAD), 0)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
         m = rmask[:, None] & (offs < end)[None, :]
@@ -62,12 +61,9 @@ def top_k_mask_logits(logits: torch.Tensor, top_k_arr, top_k_val: int) -> torch.
 def count_kernel(x_ptr, k_hist, k_state, count_ptr, B, V, chunk_len, C, R: tl.constexpr, C_PAD: tl.constexpr,
                  BLOCK: tl.constexpr):
     """count[b, c] = (entries with key > theta, entries with key == theta) in chunk c of row b."""
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
     theta = chain_theta(k_hist, k_state, rows, rmask, B, C, C_PAD)[:, None]
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     greater = tl.zeros((R,), tl.int64)
     equal = tl.zeros((R,), tl.int64)
     for base in range(start, end, BLOCK):
@@ -83,9 +79,8 @@ def count_kernel(x_ptr, k_hist, k_state, count_ptr, B, V, chunk_len, C, R: tl.co
 @triton.jit
 def compact_kernel(x_ptr, k_hist, k_state, count_ptr, sel_ptr, B, V, K, chunk_len, C, R: tl.constexpr,
                    C_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
-    c = tl.program_id(1)
+    rows, rmask = program_rows(B, R)
+    c, start, end = program_chunk(chunk_len, V)
     theta = chain_theta(k_hist, k_state, rows, rmask, B, C, C_PAD)[:, None]
     cs = tl.arange(0, C_PAD)
     cm = rmask[:, None] & (cs < C)[None, :]
@@ -96,8 +91,6 @@ def compact_kernel(x_ptr, k_hist, k_state, count_ptr, sel_ptr, B, V, K, chunk_le
     need = K - n_greater  # how many entries equal to theta are selected, lowest indices first
     g_rank = tl.sum(tl.where(cs[None, :] < c, greater, 0), 1)
     e_rank = tl.sum(tl.where(cs[None, :] < c, equal, 0), 1)
-    start = c * chunk_len
-    end = tl.minimum(start + chunk_len, V)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
         m = rmask[:, None] & (offs < end)[None, :]
@@ -116,8 +109,7 @@ def compact_kernel(x_ptr, k_hist, k_state, count_ptr, sel_ptr, B, V, K, chunk_le
 
 @triton.jit
 def sort_kernel(x_ptr, sel_ptr, val_ptr, idx_ptr, B, V, K, R: tl.constexpr, K_PAD: tl.constexpr):
-    rows = tl.program_id(0) * R + tl.arange(0, R).to(tl.int64)
-    rmask = rows < B
+    rows, rmask = program_rows(B, R)
     ks = tl.arange(0, K_PAD)
     m = rmask[:, None] & (ks < K)[None, :]
     keys = tl.sort(tl.load(sel_ptr + rows[:, None] * K + ks[None, :], mask=m, other=-1), dim=1, descending=True)
