@@ -1,4 +1,4 @@
-"""Results: the row record, speed-ups, the markdown table and the CSV rows (DESIGN section 7's schema)."""
+"""Results: the row record, speed-ups, the markdown table and the CSV rows (docs/design.md section 7's schema)."""
 from __future__ import annotations
 
 import csv

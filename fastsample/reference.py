@@ -57,7 +57,7 @@ def philox4x32_10(c0: Tensor, c1: Tensor, c2: Tensor, c3: Tensor, k0: Tensor,
 
 
 def philox_uniform(seed: Tensor, offset: Tensor, draw: Tensor | int) -> Tensor:
-    """The uniform of DESIGN section 4: ``(word0 >> 8) * 2^-24`` for key = seed, counter = (offset, draw, 0).
+    """The uniform of docs/design.md section 4: ``(word0 >> 8) * 2^-24`` for key = seed, counter = (offset, draw, 0).
 
     Parameters
     ----------

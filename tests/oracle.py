@@ -1,4 +1,4 @@
-"""Float64 numpy oracle of every fastsample semantic: DESIGN.md sections 4 and 5, docs/ops.md.
+"""Float64 numpy oracle of every fastsample semantic: docs/design.md sections 4 and 5, docs/ops.md.
 
 This module imports nothing from fastsample (and not torch), so a bug shared by the kernels and the
 oracle can only come from a shared misreading of the spec, never from shared code.
@@ -51,7 +51,7 @@ def philox4x32_10(c0, c1, c2, c3, k0, k1):
 
 
 def uniform(seed, offset, draw):
-    """The uniform of DESIGN section 4 for each row.
+    """The uniform of docs/design.md section 4 for each row.
 
     Parameters
     ----------

@@ -1,5 +1,5 @@
-"""Cross-cutting checks of the public API on every backend: argument validation (DESIGN 5), empty batches,
-V = 1, non-contiguous inputs, random-number control (seeds, offsets, generators, batch invariance), and the
+"""Cross-cutting checks of the public API on every backend: argument validation (docs/design.md section 5),
+empty batches, V = 1, non-contiguous inputs, random-number control (seeds, offsets, generators, batch invariance), and the
 op registration (torch.library.opcheck, torch.compile)."""
 import math
 

@@ -1,5 +1,5 @@
 """Smoke run of the benchmark harness (bench/) on one tiny shape: the CLI runs, every CSV row has the
-DESIGN section 7 schema, the markdown table prints and the plot redraws. No timing is asserted."""
+docs/design.md section 7 schema, the markdown table prints and the plot redraws. No timing is asserted."""
 import contextlib
 import csv
 import io

@@ -1,4 +1,4 @@
-"""Random numbers (DESIGN section 4): the oracle's Philox, the kernels' uniforms, and the _rng seed rules."""
+"""Random numbers (docs/design.md section 4): the oracle's Philox, the kernels' uniforms, and the _rng seed rules."""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +12,7 @@ from fastsample import _rng
 
 # ------------------------------------------------------------------------------------------ oracle Philox
 @pytest.mark.parametrize("counter, key, want", [
-    # The two known answers of DESIGN section 4 and Random123's all-ones vector (kat_vectors).
+    # The two known answers of docs/design.md section 4 and Random123's all-ones vector (kat_vectors).
     ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
      (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),

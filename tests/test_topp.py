@@ -1,4 +1,4 @@
-"""top_p_renorm_probs and top_p_sampling_from_probs vs the oracle (DESIGN 5, docs/ops.md "Filters")."""
+"""top_p_renorm_probs and top_p_sampling_from_probs vs the oracle (docs/design.md section 5, docs/ops.md "Filters")."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Decoders over any Hugging Face causal LM, built on the fastsample kernels (DESIGN section 6)."""
+"""Decoders over any Hugging Face causal LM, built on the fastsample kernels (docs/design.md section 6)."""
 from .beam import BeamOutput, beam_search
 from .contrastive import contrastive_decode
 from .greedy import greedy_decode

@@ -1,4 +1,4 @@
-"""The uniform of DESIGN section 4 inside Triton kernels.
+"""The uniform of docs/design.md section 4 inside Triton kernels.
 
 ``tl.philox(seed, c0, c1, c2, c3)`` is Philox4x32-10 with key (lo32(seed), hi32(seed)) and counter (c0..c3),
 bit-exact with Random123 and csrc/include/fastsample/philox.h (tests/test_triton.py checks the known answers).
