@@ -3,7 +3,8 @@
 A row's token is the smallest id i with w_i > 0 and sum_{k <= i} w_k > u * W (ascending ids), W the row's total
 weight. The row is cut into chunks (launch.py); one program per chunk. ``chunk_owner`` gives each program the
 float64 mass before and up to its chunk from the per-chunk masses; every program rebuilds the same inclusive
-prefix, so exactly one chunk's program sees below <= u * W < upto and walks its chunk with ``walk_block``.
+prefix, so exactly one chunk's program sees below <= u * W < upto and walks its chunk: ``walk_start``, then
+``walk_block`` per block, then ``walk_token``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def chunk_owner(chunk_mass, c, C, C_PAD: tl.constexpr):
 
 
 @helper
+def walk_start(below, R: tl.constexpr):
+    """The walk's state before a chunk's first block: (running mass = ``below``, token = -1, last = -1)."""
+    return below, tl.full((R,), -1, tl.int64), tl.full((R,), -1, tl.int64)
+
+
+@helper
 def walk_block(w, offs, end, target, running, token, last):
     """One [R, BLOCK] step of the walk over a chunk ending at ``end``: ``running`` is the mass before the block,
     ``token`` the first id found so far (-1: none yet), ``last`` the last id with w > 0 (the answer when
@@ -34,3 +41,9 @@ def walk_block(w, offs, end, target, running, token, last):
     token = tl.where((token < 0) & (first < end), first, token)
     last = tl.maximum(last, tl.max(tl.where(w > 0, offs[None, :], -1), 1).to(tl.int64))
     return tl.max(cum, 1), token, last
+
+
+@helper
+def walk_token(token, last):
+    """The walk's answer after the chunk's last block: the first id found, else the last id with w > 0."""
+    return tl.where(token < 0, last, token)

@@ -16,8 +16,8 @@ from . import launch
 from .jit import helper
 from .launch import program_chunk, program_rows
 from .radix import chain_theta, run_chain
-from .rowstats import (INFO_FIELDS, INFO_K_ON, INFO_MAX, INFO_MINP, INFO_P_ON, INFO_STATUS, INFO_T, INFO_WMAX,
-                       float_key, row_info, weights)
+from .rowstats import (INFO_K_ON, INFO_MAX, INFO_MINP, INFO_P_ON, INFO_T, INFO_WMAX, float_key, row_info, sampled_rows,
+                       weights)
 
 
 @helper
@@ -58,8 +58,7 @@ def mass_kernel(x_ptr, info_ptr, mass_ptr, k_hist, k_state, p_hist, p_state, B, 
     """mass[b, c] = float64 sum of the kept weights in chunk c of row b (rows not sampled: skipped)."""
     rows, rmask = program_rows(B, R)
     c, start, end = program_chunk(chunk_len, V)
-    info = info_ptr + rows * INFO_FIELDS
-    live = rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0)
+    info, live = sampled_rows(info_ptr, rows, rmask)
     theta = resolve_theta(info, rows, live, B, C, k_hist, k_state, p_hist, p_state, K_CHAIN, P_CHAIN, C_PAD)
     row_max, temperature, floor = row_fields(info, live)
     total = tl.zeros((R,), tl.float64)

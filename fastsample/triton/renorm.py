@@ -12,7 +12,7 @@ from torch.library import wrap_triton
 
 from .filters import KeptSet, kept_weights, resolve_theta, row_fields
 from .launch import program_chunk, program_rows
-from .rowstats import INFO_FIELDS, INFO_STATUS
+from .rowstats import sampled_rows
 
 
 @triton.jit
@@ -21,8 +21,7 @@ def write_kernel(x_ptr, info_ptr, mass_ptr, k_hist, k_state, p_hist, p_state, ou
                  C_PAD: tl.constexpr, BLOCK: tl.constexpr):
     rows, rmask = program_rows(B, R)
     c, start, end = program_chunk(chunk_len, V)
-    info = info_ptr + rows * INFO_FIELDS
-    live = rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0)
+    info, live = sampled_rows(info_ptr, rows, rmask)
     cs = tl.arange(0, C_PAD)
     total = tl.sum(tl.load(mass_ptr + rows[:, None] * C + cs[None, :], mask=live[:, None] & (cs < C)[None, :],
                            other=0.0), 1)

@@ -76,6 +76,13 @@ def row_param(arr_ptr, val, rows, rmask, DTYPE: tl.constexpr, HAS_ARR: tl.conste
     return v
 
 
+@helper
+def sampled_rows(info_ptr, rows, rmask):
+    """(pointers to the row records of R rows, which of them are sampled or filtered: status 0)."""
+    info = info_ptr + rows * INFO_FIELDS
+    return info, rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0)
+
+
 @triton.jit
 def stats_kernel(x_ptr, stats_ptr, B, V, chunk_len, C, IS_LOGITS: tl.constexpr, R: tl.constexpr,
                  BLOCK: tl.constexpr):

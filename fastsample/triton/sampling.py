@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from .cdf import chunk_owner, walk_block
+from .cdf import chunk_owner, walk_block, walk_start, walk_token
 from .filters import KeptSet, kept_weights, resolve_theta, row_fields
 from .jit import helper
 from .launch import program_chunk, program_rows
@@ -25,16 +25,14 @@ def inverse_cdf(x_ptr, rows, live, V, start, end, below, target, row_max, temper
                 IS_LOGITS: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
     """Per row, the smallest kept id i in [start, end) with below + sum_{kept k in [start, i]} w_k > target
     (the last kept id with w > 0 when rounding leaves the chunk's sum just short)."""
-    running = below
-    token = tl.full((R,), -1, tl.int64)
-    last = tl.full((R,), -1, tl.int64)
+    running, token, last = walk_start(below, R)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
         m = live[:, None] & (offs < end)[None, :]
         x = tl.load(x_ptr + rows[:, None] * V + offs[None, :], mask=m, other=0.0).to(tl.float32)
         w = kept_weights(x, m, row_max, temperature, floor, theta, IS_LOGITS)
         running, token, last = walk_block(w, offs, end, target, running, token, last)
-    return tl.where(token < 0, last, token)
+    return walk_token(token, last)
 
 
 @triton.jit

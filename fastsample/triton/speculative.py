@@ -16,7 +16,7 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from . import launch
-from .cdf import chunk_owner, walk_block
+from .cdf import chunk_owner, walk_block, walk_start, walk_token
 from .jit import helper
 from .launch import program_chunk, program_rows
 from .philox import philox_uniform
@@ -110,15 +110,13 @@ def pick_kernel(draft_ptr, target_ptr, emitted_ptr, mass_ptr, seed_ptr, offset_p
     offset = tl.load(offset_ptr + rows, mask=valid, other=0)
     target = philox_uniform(seed, offset, N).to(tl.float64) * total
     mine = valid & (below <= target) & (target < upto)
-    running = below
-    token = tl.full((R,), -1, tl.int64)
-    last = tl.full((R,), -1, tl.int64)
+    running, token, last = walk_start(below, R)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
         m = mine[:, None] & (offs < end)[None, :]
         r, p = final_weights(draft_ptr, target_ptr, rows, e, m, offs, V, N)
         running, token, last = walk_block(tl.where(use_r[:, None], r, p), offs, end, target, running, token, last)
-    token = tl.where(token < 0, last, token)
+    token = walk_token(token, last)
     tl.store(out_ptr + rows * (N + 1) + e, token, mask=mine)
 
 

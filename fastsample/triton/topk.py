@@ -18,7 +18,7 @@ from torch.library import wrap_triton
 from . import launch
 from .launch import program_chunk, program_rows
 from .radix import chain_theta, run_chain
-from .rowstats import INFO_FIELDS, INFO_K_ON, INFO_STATUS, float_key, row_info
+from .rowstats import INFO_K_ON, float_key, row_info, sampled_rows
 
 SORT_MAX = 4096
 _LOW = (1 << 31) - 1
@@ -29,10 +29,9 @@ def mask_kernel(x_ptr, info_ptr, k_hist, k_state, out_ptr, B, V, chunk_len, C, R
                 C_PAD: tl.constexpr, BLOCK: tl.constexpr):
     rows, rmask = program_rows(B, R)
     c, start, end = program_chunk(chunk_len, V)
-    info = info_ptr + rows * INFO_FIELDS
     # Rows with a NaN or with the filter off stay unchanged; so do all -inf rows (theta is -inf's key then).
-    k_on = tl.load(info + INFO_K_ON, mask=rmask, other=0.0) != 0
-    live = rmask & (tl.load(info + INFO_STATUS, mask=rmask, other=1.0) == 0) & k_on
+    info, sampled = sampled_rows(info_ptr, rows, rmask)
+    live = sampled & (tl.load(info + INFO_K_ON, mask=rmask, other=0.0) != 0)
     theta = tl.where(live, chain_theta(k_hist, k_state, rows, live, B, C, C_PAD), 0)
     for base in range(start, end, BLOCK):
         offs = base + tl.arange(0, BLOCK)
