@@ -3,7 +3,7 @@
     python tools/check_wheel.py [--keep DIR]
 
 Steps: `pip wheel --no-build-isolation --no-deps` in the repository (objects reused from build/temp, so after
-`make install` this only links), `python -m venv --system-site-packages` (torch comes from the system),
+`make install` this only links), `python -m venv --system-site-packages --without-pip` (torch and pip come from the system),
 `pip install --no-index` of the wheel (its declared dependencies must already be satisfied, no download), then
 in an empty temporary directory: import fastsample from the venv, check the compiled extension loaded and call
 `fastsample.sample`. Exits non-zero with the failing step's output on any failure.
@@ -61,7 +61,9 @@ def main() -> None:
         wheels = glob.glob(os.path.join(dist, "fastsample-*.whl"))
         if len(wheels) != 1:
             raise SystemExit(f"check-wheel: expected one wheel in {dist}, found {wheels}")
-        run("fresh venv", [sys.executable, "-m", "venv", "--system-site-packages", venv], cwd=work)
+        # Without its own pip: ensurepip would also put an old setuptools into the venv, shadowing the system's
+        # one that torch requires; the system's pip (seen through --system-site-packages) installs into the venv.
+        run("fresh venv", [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], cwd=work)
         python = os.path.join(venv, "bin", "python")
         run("install wheel", [python, "-m", "pip", "install", "-q", "--no-index", wheels[0]], cwd=outside)
         run("smoke test", [python, "-c", SMOKE], cwd=outside)
