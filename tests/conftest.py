@@ -60,12 +60,21 @@ PUBLIC_OPS = [*(name for name, fn in vars(fastsample.sampling).items()
               "chain_speculative_sampling"]
 
 
+def _to_gpu(value):
+    """A CPU tensor copied to the GPU with the same sizes, strides and storage offset (an expanded or strided
+    view stays one, so the kernels' handling of views is still tested); anything else as it is."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    storage = torch.as_strided(value, (value.untyped_storage().nbytes() // value.element_size(),), (1,), 0)
+    return torch.as_strided(storage.cuda(), value.shape, value.stride(), value.storage_offset())
+
+
 def _on_gpu(fn):
     """``fn`` with its tensor arguments moved to the GPU and its tensor results moved back: a test written for
     CPU tensors then runs a GPU backend unchanged (inputs copied exactly, results compared on the host)."""
     def call(*args, **kwargs):
-        args = [a.cuda() if isinstance(a, torch.Tensor) else a for a in args]
-        kwargs = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        args = [_to_gpu(a) for a in args]
+        kwargs = {k: _to_gpu(v) for k, v in kwargs.items()}
         result = fn(*args, **kwargs)
         if isinstance(result, tuple):
             return tuple(r.cpu() for r in result)
