@@ -17,6 +17,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
+
 
 def _import_the_installed_package():
     """Import fastsample as installed, not the source folder next to the tests.
@@ -43,9 +47,6 @@ fastsample = _import_the_installed_package()
 def pytest_report_header(config):
     return f"fastsample imported from {Path(fastsample.__file__).parent}"
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from scipy import stats  # noqa: E402
 
 BACKENDS = ("cpu", "torch", "triton", "cuda")
 # Every test shape/seed choice derives from these, so a failure names a reproducible case.
