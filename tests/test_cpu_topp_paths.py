@@ -9,6 +9,8 @@ maxima), many such tokens in too many blocks to bound (a wide gather), tokens be
 shifted up (the boundary above the central region, mostly above every threshold), the sampled runs shifted
 up (the boundary below every threshold), a dense cluster at the boundary (the central region overflows), ties across the boundary (gathered groups of equal value), and p at its extremes (p = 0: the
 max group; p = 0.999: a boundary far out in the tail). Single rows are split over threads.
+test_each_route_is_taken checks, through the extension's test-only route counters, that these rows do take
+the route they are built for (a row masked wherever the sample looks gives no estimate at all).
 """
 import numpy as np
 import pytest
@@ -50,10 +52,17 @@ def _rows(kind: str, batch: int = 8) -> torch.Tensor:
         return x.scatter(1, cluster, 2.0 + 1e-3 * torch.rand(batch, 30000, generator=gen))
     if kind == "ties":  # a few distinct values, many tokens each
         return torch.randint(0, 6, (batch, VOCAB), generator=gen).float()
+    if kind == "masked_sample":  # -inf wherever the sample looks: no estimate, the whole row is the region
+        x = torch.randn(batch, VOCAB, generator=gen)
+        sampled = (torch.arange(VOCAB) % 512) < 64
+        return x.masked_fill(sampled, float("-inf"))
     raise ValueError(kind)
 
 
-KINDS = ["flat", "peaked", "hidden_heavy", "many_hidden", "unsampled_shift", "sampled_shift", "cluster", "ties"]
+KINDS = ["flat", "peaked", "hidden_heavy", "many_hidden", "unsampled_shift", "sampled_shift", "cluster", "ties",
+         "masked_sample"]
+# The order of the counters torch.ops.fastsample_testing.top_p_routes returns (csrc/cpu/top_p.h, TopPRoute).
+ROUTES = ["central hit", "outer regather", "central overflow", "block maxima", "no estimate"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -102,3 +111,35 @@ def test_rows_the_fused_pass_hands_back(top_p):
     assert_rare(check_tokens(got, want, candidates, f"p={top_p}"), logits.shape[0])
     same = (np64(got) == want) & (want >= 0)
     np.testing.assert_allclose(np64(got_lp)[same], want_lp[same], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind, top_p, route", [
+    ("flat", 0.9, "central hit"),  # the estimate is good: the boundary lies between the central edges
+    ("unsampled_shift", 0.9, "outer regather"),  # guess too low: the boundary lies above the central region
+    ("sampled_shift", 0.9, "outer regather"),  # guess too high: below the central region
+    ("many_hidden", 0.9, "outer regather"),  # 200 unsampled heavy tokens: too many blocks for the maxima
+    ("cluster", 0.3, "central overflow"),  # 30000 tokens at the boundary: more than one pass keeps
+    ("hidden_heavy", 0.9, "block maxima"),  # 5 unsampled heavy tokens hold more than p
+    ("flat", 0.0, "block maxima"),  # p = 0: the heaviest maximum alone reaches it
+    ("masked_sample", 0.9, "no estimate"),
+])
+def test_each_route_is_taken(kind, top_p, route):
+    """Every row of a batch built for a route takes it, and still gives the oracle's token. One thread:
+    rows are then never split into segments, whose central buffers would add up (the cluster would fit)."""
+    import fastsample._C  # noqa: F401  (registers the test-only op)
+
+    logits = _rows(kind, batch=8)
+    seed, offset = row_seeds(logits.shape[0], 3)
+    routes = torch.ops.fastsample_testing.top_p_routes
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        routes(True)
+        got = fastsample.sample(logits, temperature=0.9, top_p=top_p, seed=torch.from_numpy(seed),
+                                offset=torch.from_numpy(offset), backend="cpu")
+        counts = dict(zip(ROUTES, routes(True)))
+    finally:
+        torch.set_num_threads(threads)
+    assert counts[route] == logits.shape[0], counts
+    want, _, candidates = oracle.sample_with_candidates(np64(logits), True, 0.9, 0, top_p, 0.0, seed, offset)
+    assert_rare(check_tokens(got, want, candidates, f"{kind} p={top_p}"), logits.shape[0])

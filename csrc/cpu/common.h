@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "segments.h"
+
 namespace fastsample::cpu {
 
 // [B, V] rows as contiguous float32: float16/bfloat16 logits are widened once (the math is float32).
@@ -16,6 +18,26 @@ inline at::Tensor float_rows(const at::Tensor& x, const char* name, bool allow_h
   TORCH_CHECK(ok, name, allow_half ? " must be float32, float16 or bfloat16" : " must be float32", ", got ",
               dtype);
   return x.to(at::kFloat).contiguous();
+}
+
+// A kernel's input rows: [B, V] contiguous float32, and how many segments each row is split into
+// (segments.h) for this batch.
+struct InputRows {
+  at::Tensor x;
+  int64_t batch, vocab;
+  const float* data;
+  int nseg;
+  const float* row(int64_t b) const { return data + b * vocab; }
+};
+
+inline InputRows input_rows(const at::Tensor& x_in, const char* name, bool allow_half) {
+  InputRows in;
+  in.x = float_rows(x_in, name, allow_half);
+  in.batch = in.x.size(0);
+  in.vocab = in.x.size(1);
+  in.data = in.x.data_ptr<float>();
+  in.nseg = segments_for(in.batch, in.vocab);
+  return in;
 }
 
 // A per-row parameter: the [B] tensor when given (it wins), else the scalar. Holds its converted tensor.

@@ -1,7 +1,5 @@
 #include "row_plan.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -11,8 +9,6 @@
 
 namespace fastsample::cpu {
 namespace {
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 bool params_valid(const RowParams& p) {
   const bool t_ok = !p.is_logits || (p.temperature >= 0.0f && p.temperature < kInf);  // false for NaN
@@ -77,8 +73,7 @@ int64_t first_equal(const float* x, int64_t n, float value) {
 
 int64_t count_equal(const float* x, int64_t n, float value, int nseg) {
   std::vector<int64_t> counts(nseg, 0);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+  for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
     int64_t c = 0;
 #pragma omp simd reduction(+ : c)
     for (int64_t i = lo; i < hi; ++i) c += x[i] == value;
@@ -136,8 +131,7 @@ void apply_min_p(const float* x, int64_t n, float theta_min_p, int nseg, RowPlan
   }
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<float> sums(nblocks);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+  for_segments(n, nseg, [&](int, int64_t lo, int64_t hi) {
     kept_block_sums(x + lo, hi - lo, plan.wt, plan.theta, &sums[lo / kPassBlock]);
   });
   plan.blocks.assign(sums.begin(), sums.end());
@@ -146,16 +140,7 @@ void apply_min_p(const float* x, int64_t n, float theta_min_p, int nseg, RowPlan
 
 }  // namespace
 
-int segments_for(int64_t batch, int64_t n) {
-  const int threads = omp_get_max_threads();
-  if (threads <= 1 || batch >= threads || n < 32768) return 1;
-  return static_cast<int>(std::min<int64_t>(threads, n / 16384));
-}
-
-double token_weight(const RowPlan& plan, float x) {
-  if (!plan.wt.is_exp) return x;
-  return std::exp((static_cast<double>(x) - plan.wt.max) / plan.temperature);
-}
+double token_weight(const RowPlan& plan, float x) { return exact_weight(plan.wt, plan.temperature, x); }
 
 RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool count_maxima) {
   RowPlan plan;
@@ -169,8 +154,7 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
     std::vector<SpanStats> stats(nseg);
     std::vector<std::vector<Candidate>> parts(greedy ? 0 : nseg);
     std::vector<float> block_max(greedy ? 0 : n / kBlock + nseg + 1);
-    for_segments(nseg, [&](int s) {
-      const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+    for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
       stats[s] = greedy ? span_stats(x + lo, hi - lo)
                         : collect_candidates(x + lo, hi - lo, lo, p.top_k, block_max.data() + lo / kBlock + s,
                                              parts[s]);
@@ -191,7 +175,12 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
     if (plan_from_stats(plan, x, n, p, pass.max, pass.min, nseg, count_maxima)) return plan;
     plan.kind = RowPlan::kThreshold;
     plan.wt = {p.is_logits, p.is_logits ? pass.ref : pass.max, inv_t};
-    resolve_top_p(x, n, pass, p.top_p, nseg, plan);
+    TopPResult kept = resolve_top_p(x, n, pass, p.top_p, nseg, plan.wt, plan.temperature);
+    plan.theta = kept.theta;
+    plan.mass = kept.mass;
+    plan.listed = kept.listed;
+    plan.blocks = std::move(kept.blocks);
+    plan.kept = std::move(kept.kept);
     apply_min_p(x, n, min_p_threshold(pass.max, p), nseg, plan);
     return plan;
   }
@@ -202,42 +191,26 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<OnlinePass> passes(nseg);
   std::vector<float> block_sums(record ? nblocks : 0), block_refs(record ? nblocks : 0);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+  for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
     const PassBlocks blocks = record ? PassBlocks{&block_sums[lo / kPassBlock], &block_refs[lo / kPassBlock]}
                                      : PassBlocks{};
     online_pass(x + lo, hi - lo, p.is_logits, inv_t, passes[s], blocks);
   });
-  if (!merge_stats(nseg, [&](int s) { return passes[s]; }, mx, mn)) return plan;
-  if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
-  // Segments summed weights against their own references: bring them to the largest one.
-  float ref = mx;
-  if (p.is_logits) {
-    for (const OnlinePass& pass : passes) ref = std::max(ref, pass.ref);
-  }
-  auto rescale = [&](float from) {
-    return p.is_logits ? std::exp((static_cast<double>(from) - ref) * inv_t) : 1.0;
-  };
-  double total = 0.0;
-  for (const OnlinePass& pass : passes) total += pass.sum * rescale(pass.ref);
+  // Segments summed weights against their own references: brought to the largest one.
+  const OnlinePass row = merge_segments(passes, p.is_logits, inv_t);
+  if (row.has_nan) return plan;
+  if (plan_from_stats(plan, x, n, p, row.max, row.min, nseg, count_maxima)) return plan;
   plan.kind = RowPlan::kThreshold;
-  plan.wt = {p.is_logits, ref, inv_t};
-  plan.mass = total;
+  plan.wt = {p.is_logits, p.is_logits ? row.ref : row.max, inv_t};
+  plan.mass = row.sum;
   plan.theta = -kInf;
   if (record) {
+    BlockRescale to_ref([&](float from) { return rescale_factor(p.is_logits, from, row.ref, inv_t); });
     plan.blocks.resize(nblocks);
-    float last_ref = std::numeric_limits<float>::quiet_NaN();
-    double scale = 1.0;
-    for (int64_t j = 0; j < nblocks; ++j) {
-      if (!(block_refs[j] == last_ref)) {  // references change rarely: one exp per change
-        last_ref = block_refs[j];
-        scale = rescale(last_ref);
-      }
-      plan.blocks[j] = block_sums[j] * scale;
-    }
+    for (int64_t j = 0; j < nblocks; ++j) plan.blocks[j] = block_sums[j] * to_ref(block_refs[j]);
     return plan;
   }
-  apply_min_p(x, n, min_p_threshold(mx, p), nseg, plan);
+  apply_min_p(x, n, min_p_threshold(row.max, p), nseg, plan);
   return plan;
 }
 

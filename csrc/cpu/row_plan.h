@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "segments.h"
 #include "select.h"
 #include "simd.h"
 
@@ -36,38 +37,6 @@ struct RowPlan {
   // kThreshold, when known: kept weight of each block of kPassBlock tokens (a draw then scans one block).
   std::vector<double> blocks;
 };
-
-// Splits [0, n) into nseg ranges aligned to kPassBlock (so per-block records of the segments line up);
-// segment s is [segment_begin(s), segment_begin(s + 1)).
-inline int64_t segment_begin(int64_t n, int nseg, int s) {
-  return s == nseg ? n : (n * s / nseg) / kPassBlock * kPassBlock;
-}
-
-// Runs f(s) for s in [0, nseg): on nseg threads, or inline when nseg == 1.
-template <class F>
-void for_segments(int nseg, F&& f) {
-  if (nseg == 1) {
-    f(0);
-    return;
-  }
-#pragma omp parallel for num_threads(nseg) schedule(static, 1)
-  for (int s = 0; s < nseg; ++s) f(s);
-}
-
-// How many segments to split rows of length n into, given the batch size.
-int segments_for(int64_t batch, int64_t n);
-
-// Runs f(b) for every row: rows spread over threads when rows are not split, else one row at a time
-// (each row then uses all threads through its segments).
-template <class F>
-void for_rows(int64_t batch, int nseg, F&& f) {
-  if (nseg == 1) {
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t b = 0; b < batch; ++b) f(b);
-  } else {
-    for (int64_t b = 0; b < batch; ++b) f(b);
-  }
-}
 
 // count_maxima: also count the maxima of greedy rows (their logprob needs it).
 RowPlan plan_row(const float* x, int64_t n, const RowParams& params, int nseg, bool count_maxima);

@@ -1,23 +1,36 @@
-// Vectorised leaf loops of the CPU kernels: one pass over a float32 span each.
+// Vectorised leaf loops of the CPU kernels: one pass over a float32 span each, free of any one kernel's
+// rules (the top-p bracket pass built on them lives with top-p, csrc/cpu/top_p_bracket.h).
 //
 // They are compiled once per instruction set (AVX-512, AVX2+FMA, baseline x86-64) by GCC function
 // multiversioning and the best clone is picked when the library loads, so one build runs on any x86-64
 // and still uses the wide units where they exist. Loops are written for the auto-vectoriser: fixed-size
-// blocks, no early exits inside a block, `omp simd` reductions. The hottest ones (exp, row stats, the top-p
-// bracket block, gathers) also have AVX-512 intrinsics versions in simd.cpp, picked at run time
+// blocks, no early exits inside a block, `omp simd` reductions. The hottest ones (exp, row stats, gathers)
+// also have AVX-512 intrinsics versions (primitives in simd_avx512.h), picked at run time
 // (FASTSAMPLE_NO_AVX512=1 keeps the generic ones).
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
-// Compiles a function once per instruction set, the best clone picked when the library loads.
+// x86-64 with GCC: the function multiversioning and the intrinsics code paths exist.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FS_X86_GCC 1
+#else
+#define FS_X86_GCC 0
+#endif
+
+// Compiles a function once per instruction set, the best clone picked when the library loads.
+#if FS_X86_GCC
 #define FS_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FS_MULTIVERSION
 #endif
 
 namespace fastsample::cpu {
+
+constexpr float kInf = __builtin_inff();
+// The vector loops work in groups of this many floats (one AVX-512 register).
+constexpr int64_t kLanes = 16;
 
 // Weights of a row (docs/ops.md): probs are their own weights; logits weigh exp((x - max) * inv_t).
 struct Weighting {
@@ -26,32 +39,42 @@ struct Weighting {
   float inv_t;  // 1 / temperature (logits)
 };
 
-// exp(y) for y <= 0 (y = -inf included), vectorisable: Cody-Waite reduction by ln 2 and a degree-7
-// polynomial, in Horner form down to its last two coefficients, 1 and 1 (relative error < 1.3 ulp).
-// Below -87.33 the float result would be denormal: return exactly 0 so masked (-inf) tokens weigh nothing.
+// exp(y) for y <= 0 (y = -inf included), vectorisable: Cody-Waite reduction by ln 2 (kLn2Hi - kLn2Lo) and
+// a degree-7 polynomial, in Horner form: kExpPoly, then its last two coefficients, 1 and 1 (relative error
+// < 1.3 ulp). Below kExpLow the float result would be denormal: return exactly 0 so masked (-inf) tokens
+// weigh nothing. simd_avx512.h computes the same, step for step.
+constexpr float kExpLow = -87.33654f;
+constexpr float kLog2e = 1.44269504088896341f;
+constexpr float kLn2Hi = 0.693359375f;
+constexpr float kLn2Lo = 2.12194440e-4f;  // ln 2 = kLn2Hi - kLn2Lo
+constexpr int kExpPolyTerms = 6;
+constexpr float kExpPoly[kExpPolyTerms] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
+                                           4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f};
+
 inline float exp_nonpositive(float y) {
-  constexpr float kLow = -87.33654f;
-  const float c = y > kLow ? y : kLow;  // max(y, kLow): -inf and NaN-free inputs map into range
-  const float n = (c * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest integer
-  float r = c - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  const float c = y > kExpLow ? y : kExpLow;  // max(y, kExpLow): -inf and NaN-free inputs map into range
+  const float n = (c * kLog2e + 12582912.0f) - 12582912.0f;  // round to nearest integer (1.5 * 2^23)
+  float r = c - n * kLn2Hi;
+  r = r + n * kLn2Lo;
+  float p = kExpPoly[0];
+  for (int j = 1; j < kExpPolyTerms; ++j) p = p * r + kExpPoly[j];
   p = (p * r + 1.0f) * r + 1.0f;
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   __builtin_memcpy(&scale, &bits, sizeof scale);
-  return p * scale * static_cast<float>(y >= kLow);  // a multiply, not a select: vectorises on AVX2 too
+  return p * scale * static_cast<float>(y >= kExpLow);  // a multiply, not a select: vectorises on AVX2 too
 }
 
 // A token's weight exactly as the vectorised loops compute it (so a token's share of a sum they made is
 // consistent with it).
 inline float weight_of(const Weighting& wt, float x) {
   return wt.is_exp ? exp_nonpositive((x - wt.max) * wt.inv_t) : x;
+}
+
+// The same weight in double, exactly: exp((x - max) / temperature) for logits. Where a few tokens are
+// weighed one by one (listed plans, the top-p walks), they use this.
+inline double exact_weight(const Weighting& wt, double temperature, float x) {
+  return wt.is_exp ? std::exp((static_cast<double>(x) - wt.max) / temperature) : x;
 }
 
 struct SpanStats {
@@ -68,11 +91,46 @@ SpanStats span_stats(const float* x, int64_t n);
 // rescales are rare even for ascending inputs. Start from OnlinePass{} (or with `ref` preset to a good
 // guess) and merge spans by bringing their sums to the largest reference.
 struct OnlinePass {
-  float max = -__builtin_inff();
-  float min = __builtin_inff();
+  float max = -kInf;
+  float min = kInf;
   bool has_nan = false;
-  float ref = -__builtin_inff();  // logits: the weights are exp((x - ref) * inv_t); probs: unused
-  double sum = 0.0;               // sum of the weights
+  float ref = -kInf;  // logits: the weights are exp((x - ref) * inv_t); probs: unused
+  double sum = 0.0;   // sum of the weights
+};
+
+// A new reference sits this many temperatures above the value that raised it: rescales stay rare even
+// for ascending rows. The top-p estimate's guessed reference uses the same slack.
+constexpr float kRefSlack = 8.0f;
+
+// The factor that brings a weight sum taken against reference `from` to reference `to` (logits; 0 from
+// -inf). Probs have no reference: 1.
+inline double rescale_factor(bool is_exp, float from, float to, double inv_t) {
+  return is_exp ? std::exp((static_cast<double>(from) - to) * inv_t) : 1.0;
+}
+
+// The passes of a row's segments as one: stats merged and the sums brought to the largest reference.
+// scales[s] (when given) gets segment s's factor, for other sums taken against its reference.
+OnlinePass merge_segments(const std::vector<OnlinePass>& segs, bool is_exp, float inv_t,
+                          std::vector<double>* scales = nullptr);
+
+// Per-block sums recorded against their blocks' references, brought to one: references change rarely
+// along a row, so the factor is computed once per change. factor(ref) is the caller's rescale.
+template <class Factor>
+class BlockRescale {
+ public:
+  explicit BlockRescale(Factor factor) : factor_(factor) {}
+  double operator()(float ref) {
+    if (!(ref == last_)) {
+      last_ = ref;
+      scale_ = factor_(ref);
+    }
+    return scale_;
+  }
+
+ private:
+  Factor factor_;
+  float last_ = __builtin_nanf("");
+  double scale_ = 1.0;
 };
 
 // The first pass reads x in blocks of this many tokens and can record per-block facts (weight sums,
@@ -97,41 +155,6 @@ struct Gathered {
   std::vector<int64_t> indices;
 };
 
-// A top-p bracket (csrc/cpu/top_p.h): thresholds, descending, at which the first pass finds exact masses.
-// The boundary most likely lies in the central region [edges[kCentral + 1], edges[kCentral]), whose tokens
-// the pass gathers as it goes; the outer edges narrow the search when it does not.
-constexpr int kBracketEdges = 4;
-constexpr int kCentral = 1;
-struct Bracket {
-  float edges[kBracketEdges];
-};
-
-// Per-block record of online_bracket_pass (ceil(n / kPassBlock) entries per array): above[j * stride + k]
-// is the weight of block k's tokens with x >= edges[j], against reference refs[k]; max[k] the block max;
-// central[k] how many central tokens the span's earlier blocks held (block k's follow them).
-struct BracketBlocks {
-  float* above;
-  int64_t stride;
-  float* refs;
-  float* max;
-  int64_t* central;
-};
-
-// The central region's values as online_bracket_pass gathers them, in index order (which block each
-// came from is in BracketBlocks::central). The buffer holds capacity + 16 entries; `count` goes on past
-// `capacity` when the region holds more tokens, and then only the first `capacity` were kept.
-struct PassGather {
-  float* values;
-  int64_t capacity;
-  int64_t count = 0;
-  bool overflowed() const { return count > capacity; }
-};
-
-// online_pass fused with a bracket: also adds the weight of the tokens with x >= edges[j] to mass_at[j]
-// (against the span's final reference), records the blocks and gathers the central region.
-void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& bracket,
-                         OnlinePass& state, double* mass_at, BracketBlocks blocks, PassGather& gather);
-
 // Gathers the tokens of a span with lo <= x < hi (index = base + position), without weights.
 void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out);
 
@@ -144,10 +167,10 @@ void kept_block_sums(const float* x, int64_t n, Weighting wt, float theta, float
 // sum of the weights of the tokens with x >= theta.
 double kept_weight_sum(const float* x, int64_t n, Weighting wt, float theta);
 
-// Inverse-CDF step over a span: adds the kept weights (x >= theta) to `cum` in index order and returns
-// the first index at which cum > target, or -1 (cum then holds the span's total added). `last_kept` gets
-// the last kept index of positive weight seen (or stays as passed in), the fallback where float rounding
-// never crosses.
+// Inverse-CDF step over a span (inverse_cdf.h), on the kept weights (x >= theta) from `cum`: the first
+// index at which the running mass exceeds target, or -1 (cum then holds the span's total added).
+// `last_kept` gets the last kept index of positive weight seen (or stays as passed in), the fallback where
+// float rounding never crosses.
 int64_t find_crossing(const float* x, int64_t n, Weighting wt, float theta, double target, double& cum,
                       int64_t& last_kept);
 

@@ -9,8 +9,6 @@
 namespace fastsample::cpu {
 namespace {
 
-constexpr float kInf = std::numeric_limits<float>::infinity();
-
 // Writes 1/count on the tokens equal to `value` (the maxima, or the +inf tokens), 0 elsewhere.
 void uniform_over(const float* x, int64_t n, float value, float* out) {
   int64_t count = 0;
@@ -20,29 +18,12 @@ void uniform_over(const float* x, int64_t n, float value, float* out) {
 }
 
 // The first pass of a row run on nseg segments, merged: stats, and the weight sum brought to the largest
-// segment reference.
-struct RowPass {
-  float max = -kInf, ref = -kInf;
-  bool has_nan = false;
-  double total = 0.0;
-};
-
+// segment reference. segment_pass(lo, hi, pass) runs one segment.
 template <class Segment>
-RowPass first_pass(int64_t n, int nseg, float inv_t, Segment segment_pass) {
+OnlinePass first_pass(int64_t n, int nseg, float inv_t, Segment segment_pass) {
   std::vector<OnlinePass> passes(nseg);
-  for_segments(nseg, [&](int s) {
-    segment_pass(segment_begin(n, nseg, s), segment_begin(n, nseg, s + 1), passes[s]);
-  });
-  RowPass row;
-  for (const OnlinePass& pass : passes) {
-    row.has_nan |= pass.has_nan;
-    row.max = std::max(row.max, pass.max);
-    row.ref = std::max(row.ref, pass.ref);
-  }
-  for (const OnlinePass& pass : passes) {
-    row.total += pass.sum * std::exp((static_cast<double>(pass.ref) - row.ref) * inv_t);
-  }
-  return row;
+  for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) { segment_pass(lo, hi, passes[s]); });
+  return merge_segments(passes, true, inv_t);
 }
 
 // One exp per token: the fused online pass stores each weight against its block's reference, then a
@@ -55,11 +36,11 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
   const float inv_t = temperature > 0.0 ? static_cast<float>(1.0 / temperature) : 1.0f;
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<float> refs(nblocks);
-  const RowPass row = first_pass(n, nseg, inv_t, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
+  const OnlinePass row = first_pass(n, nseg, inv_t, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
     online_pass(x + lo, hi - lo, true, inv_t, pass, PassBlocks{nullptr, &refs[lo / kPassBlock], out + lo});
   });
   const float mx = row.max, ref = row.ref;
-  const double total = row.total;
+  const double total = row.sum;
   if (row.has_nan || mx == -kInf) {
     std::fill(out, out + n, std::numeric_limits<float>::quiet_NaN());
     return;
@@ -68,14 +49,10 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
     uniform_over(x, n, mx, out);
     return;
   }
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
-    float block_ref = std::numeric_limits<float>::quiet_NaN(), scale = 0.0f;
+  for_segments(n, nseg, [&](int, int64_t lo, int64_t hi) {
+    BlockRescale to_probs([&](float from) { return rescale_factor(true, from, ref, inv_t) / total; });
     for (int64_t b = lo; b < hi; b += kPassBlock) {
-      if (!(refs[b / kPassBlock] == block_ref)) {  // references change rarely: one exp per change
-        block_ref = refs[b / kPassBlock];
-        scale = static_cast<float>(std::exp((static_cast<double>(block_ref) - ref) * inv_t) / total);
-      }
+      const auto scale = static_cast<float>(to_probs(refs[b / kPassBlock]));
       const int64_t end = std::min(b + kPassBlock, hi);
 #pragma omp simd
       for (int64_t i = b; i < end; ++i) out[i] *= scale;
@@ -85,34 +62,30 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
 
 at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>& temperature_arr,
                    double temperature_val) {
-  const at::Tensor x = float_rows(logits_in, "logits", true);
-  const int64_t batch = x.size(0), vocab = x.size(1);
-  const auto temperature = row_arg<float>(temperature_arr, temperature_val, batch, "temperature");
-  at::Tensor out = at::empty_like(x);
-  const float* xp = x.data_ptr<float>();
+  const InputRows in = input_rows(logits_in, "logits", true);
+  const auto temperature = row_arg<float>(temperature_arr, temperature_val, in.batch, "temperature");
+  at::Tensor out = at::empty_like(in.x);
   float* op = out.data_ptr<float>();
-  const int nseg = segments_for(batch, vocab);
-  for_rows(batch, nseg, [&](int64_t b) { softmax_row(xp + b * vocab, vocab, temperature[b], nseg, op + b * vocab); });
+  for_rows(in.batch, in.nseg, [&](int64_t b) {
+    softmax_row(in.row(b), in.vocab, temperature[b], in.nseg, op + b * in.vocab);
+  });
   return out;
 }
 
 // log(sum(exp(x))) per row in one read of the logits. NaN rows give NaN, rows with +inf give +inf,
 // rows of -inf give -inf.
 at::Tensor logsumexp(const at::Tensor& logits_in) {
-  const at::Tensor x = float_rows(logits_in, "logits", true);
-  const int64_t batch = x.size(0), vocab = x.size(1);
-  at::Tensor out = at::empty({batch}, x.options());
-  const float* xp = x.data_ptr<float>();
+  const InputRows in = input_rows(logits_in, "logits", true);
+  at::Tensor out = at::empty({in.batch}, in.x.options());
   float* op = out.data_ptr<float>();
-  const int nseg = segments_for(batch, vocab);
-  for_rows(batch, nseg, [&](int64_t b) {
-    const RowPass row = first_pass(vocab, nseg, 1.0f, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
-      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, pass, PassBlocks{});
+  for_rows(in.batch, in.nseg, [&](int64_t b) {
+    const OnlinePass row = first_pass(in.vocab, in.nseg, 1.0f, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
+      online_pass(in.row(b) + lo, hi - lo, true, 1.0f, pass, PassBlocks{});
     });
     if (row.has_nan) {
       op[b] = std::numeric_limits<float>::quiet_NaN();
     } else {
-      op[b] = (row.max == kInf || row.max == -kInf) ? row.max : static_cast<float>(row.ref + std::log(row.total));
+      op[b] = (row.max == kInf || row.max == -kInf) ? row.max : static_cast<float>(row.ref + std::log(row.sum));
     }
   });
   return out;

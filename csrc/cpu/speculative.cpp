@@ -6,6 +6,7 @@
 
 #include "common.h"
 #include "fastsample/philox.h"
+#include "inverse_cdf.h"
 
 namespace fastsample::cpu {
 namespace {
@@ -34,29 +35,24 @@ int64_t sample_final(const float* p, const float* q, int64_t vocab, double u) {
   const double total = residual ? sum_r : sum_p;
   if (bad || !(total > 0.0)) return -1;
   const double target = u * total;
-  double cum = 0.0;
-  int64_t block = -1;
-  for (int64_t b = 0; b < vocab; b += kWalkBlock) {
-    const int64_t end = std::min(b + kWalkBlock, vocab);
+  // The block holding the step (or the last with weight), then its tokens; rounding may leave the block
+  // short of the target: its last positive weight then.
+  auto block_end = [&](int64_t j) { return std::min((j + 1) * kWalkBlock, vocab); };
+  auto block_sum = [&](int64_t j) {
+    const int64_t end = block_end(j);
     double s = 0.0;
 #pragma omp simd reduction(+ : s)
-    for (int64_t v = b; v < end; ++v) s += final_weight(p, q, residual, v);
-    if (s <= 0.0) continue;
-    block = b;
-    if (cum + s > target) break;
-    cum += s;
-  }
+    for (int64_t v = j * kWalkBlock; v < end; ++v) s += final_weight(p, q, residual, v);
+    return s;
+  };
+  double cum = 0.0;
+  int64_t last_block = -1, last = -1;
+  int64_t block = cdf_step(0, (vocab + kWalkBlock - 1) / kWalkBlock, block_sum, target, cum, last_block);
+  if (block < 0) block = last_block;
   if (block < 0) return -1;  // unreachable with total > 0; never read before the row
-  // Walk the block in order; rounding may leave it short of the target: its last positive weight then.
-  int64_t last = -1;
-  for (int64_t v = block; v < std::min(block + kWalkBlock, vocab); ++v) {
-    const double w = final_weight(p, q, residual, v);
-    if (w <= 0.0) continue;
-    last = v;
-    cum += w;
-    if (cum > target) break;
-  }
-  return last;
+  const int64_t v = cdf_step(block * kWalkBlock, block_end(block),
+                             [&](int64_t i) { return final_weight(p, q, residual, i); }, target, cum, last);
+  return v >= 0 ? v : last;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling(

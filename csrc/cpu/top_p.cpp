@@ -1,21 +1,23 @@
 #include "top_p.h"
 
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <numbers>
 
+#include "segments.h"
+
 namespace fastsample::cpu {
 namespace {
-
-constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // The sample: kSampleChunks runs of kSampleChunk consecutive tokens spread evenly over the row (all
 // tokens of short rows). Runs rather than a stride: a stride short of a cache line would read every line
 // of the row, runs read one in sixteen.
 constexpr int64_t kSampleChunk = 64;
 constexpr int64_t kSampleChunks = 128;
+constexpr int64_t kLineFloats = 16;  // floats per 64-byte cache line
 // The estimate buckets the sample's tokens 1/32 octave of weight apart below the heaviest one, 32 octaves
 // in all (lighter tokens share the last bucket): logits by their distance from the max, probs by their
 // float bits (a cheap log2). Each token then counts for its bucket's middle weight, within 1.1% of its own:
@@ -33,9 +35,18 @@ constexpr int kEstShift = 18;  // float bits per bucket: 2^23 mantissa steps an 
 constexpr double kSpread[kBracketEdges] = {-6.0, -0.5, 0.5, 6.0};
 constexpr int64_t kOuterGap = 4;
 constexpr int32_t kOuterSample = 1024;
-static_assert(kBracketEdges == 4 && kCentral == 1, "one outer edge on each side of the central region");
+static_assert(kOuterHigh + 1 == kCentralHigh && kCentralHigh + 1 == kCentralLow && kCentralLow + 1 == kOuterLow,
+              "one outer edge on each side of the central region");
 // Tokens of the central region each segment's pass may gather (more: gathered again, by a second pass).
 constexpr int64_t kCentralCapacity = 16384;
+// Sums of the same weights in another order round differently: the block-maxima bound must reach the
+// target by this relative margin to be trusted.
+constexpr double kOrderMargin = 1e-6;
+// The block-maxima bound looks at this many of the heaviest maxima at most (more: the row is not peaked).
+constexpr int64_t kMaxBoundBlocks = 64;
+
+// Rows per route since the last reset (top_p_route_counts): relaxed counters, one add per row.
+std::atomic<int64_t> route_count[kTopPRoutes];
 
 // The weight whose float bits are `edge` buckets below `top`'s (0 past the last): a probs bucket's edge.
 float bucket_edge_weight(float top, int64_t edge) {
@@ -67,7 +78,7 @@ void take_sample(const float* x, int64_t n, int64_t m, std::vector<float>& sampl
   }
   auto run_at = [&](int64_t c) { return std::min(c * n / kSampleChunks, n - kSampleChunk); };
   for (int64_t c = 0; c < kSampleChunks; ++c) {
-    for (int64_t l = 0; l < kSampleChunk; l += 16) __builtin_prefetch(x + run_at(c) + l);
+    for (int64_t l = 0; l < kSampleChunk; l += kLineFloats) __builtin_prefetch(x + run_at(c) + l);
   }
   for (int64_t c = 0; c < kSampleChunks; ++c) {
     std::copy(x + run_at(c), x + run_at(c) + kSampleChunk, &sample[c * kSampleChunk]);
@@ -88,7 +99,7 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
   const double stride = static_cast<double>(n) / m;  // each sampled token stands for this many
   const SpanStats stats = span_stats(sample.data(), m);
   if (stats.has_nan || !(stats.max > -kInf) || stats.max == kInf || (!is_logits && !(stats.max > 0.0f))) return br;
-  if (is_logits) guess_ref = stats.max + 8.0f * static_cast<float>(temperature);
+  if (is_logits) guess_ref = stats.max + kRefSlack * static_cast<float>(temperature);
 
   bucket.resize(m + 1);
   int32_t* bk = bucket.data();
@@ -146,16 +157,20 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
   const double se = z > 0.0 ? std::sqrt((stride - 1.0) * var) / z : 0.0;
   // Edge j keeps the tokens of the buckets < e[j].
   int64_t e[kBracketEdges];
-  e[kCentral] = std::min(bucket_at(top_p + kSpread[kCentral] * se), guess);
-  e[kCentral + 1] = std::max(bucket_at(top_p + kSpread[kCentral + 1] * se), guess) + 1;
-  e[0] = std::max<int64_t>(std::min(bucket_at(top_p + kSpread[0] * se), e[1] - kOuterGap), 0);
-  e[3] = std::min<int64_t>(std::max(bucket_at(top_p + kSpread[3] * se) + 1, e[2] + kOuterGap), kEstBuckets);
+  auto edge_at = [&](BracketEdge j) { return bucket_at(top_p + kSpread[j] * se); };
+  e[kCentralHigh] = std::min(edge_at(kCentralHigh), guess);
+  e[kCentralLow] = std::max(edge_at(kCentralLow), guess) + 1;
+  e[kOuterHigh] = std::max<int64_t>(std::min(edge_at(kOuterHigh), e[kCentralHigh] - kOuterGap), 0);
+  e[kOuterLow] = std::min<int64_t>(std::max(edge_at(kOuterLow) + 1, e[kCentralLow] + kOuterGap), kEstBuckets);
+  auto sampled_in = [&](int64_t b) { return count[0][b] + count[1][b]; };
   int32_t held = 0;  // sampled tokens in an outer region, which then moves in while it holds too many
-  for (int64_t b = e[0]; b < e[1]; ++b) held += count[0][b] + count[1][b];
-  for (; e[0] < e[1] - kOuterGap && held > kOuterSample; ++e[0]) held -= count[0][e[0]] + count[1][e[0]];
+  int64_t& high = e[kOuterHigh];
+  for (int64_t b = high; b < e[kCentralHigh]; ++b) held += sampled_in(b);
+  for (; high < e[kCentralHigh] - kOuterGap && held > kOuterSample; ++high) held -= sampled_in(high);
   held = 0;
-  for (int64_t b = e[2]; b < e[3]; ++b) held += count[0][b] + count[1][b];
-  for (; e[3] > e[2] + kOuterGap && held > kOuterSample; --e[3]) held -= count[0][e[3] - 1] + count[1][e[3] - 1];
+  int64_t& low = e[kOuterLow];
+  for (int64_t b = e[kCentralLow]; b < low; ++b) held += sampled_in(b);
+  for (; low > e[kCentralLow] + kOuterGap && held > kOuterSample; --low) held -= sampled_in(low - 1);
   for (int j = 0; j < kBracketEdges; ++j) {
     const int64_t edge = std::clamp<int64_t>(e[j], 0, kEstBuckets);
     if (!is_logits) {
@@ -235,8 +250,8 @@ FS_MULTIVERSION int64_t split_at_boundary(const float* x, const float* w, int64_
   // The boundary's bucket holds few of the tokens: groups of 16 are tested at once, and only groups that
   // hold some are copied token by token.
   int64_t k = 0;
-  for (int64_t g = 0; g < m; g += 16) {
-    const int64_t end = std::min(m, g + 16);
+  for (int64_t g = 0; g < m; g += kLanes) {
+    const int64_t end = std::min(m, g + kLanes);
     int hit = 0;
 #pragma omp simd reduction(| : hit)
     for (int64_t i = g; i < end; ++i) hit |= key[i] == boundary;
@@ -275,15 +290,15 @@ FS_MULTIVERSION void add_kept_runs(const float* v, const float* w, int64_t count
                                    int64_t nblocks, float theta, double* blocks) {
   for (int64_t k = 0; k < nblocks; ++k) {
     float s = 0.0f;
-    for (int64_t i = starts[k]; i < starts[k + 1]; i += 16) {
-      const int64_t len = std::min<int64_t>(16, starts[k + 1] - i);
-      if (i + 16 > count) {  // the list's last few tokens: no 16 to read
+    for (int64_t i = starts[k]; i < starts[k + 1]; i += kLanes) {
+      const int64_t len = std::min<int64_t>(kLanes, starts[k + 1] - i);
+      if (i + kLanes > count) {  // the list's last few tokens: no 16 to read
         for (int64_t l = 0; l < len; ++l) s += v[i + l] >= theta ? w[i + l] : 0.0f;
         continue;
       }
       float part = 0.0f;
 #pragma omp simd reduction(+ : part)
-      for (int64_t l = 0; l < 16; ++l) part += (l < len) & (v[i + l] >= theta) ? w[i + l] : 0.0f;
+      for (int64_t l = 0; l < kLanes; ++l) part += (l < len) & (v[i + l] >= theta) ? w[i + l] : 0.0f;
       s += part;
     }
     blocks[k] += s;
@@ -310,11 +325,10 @@ void weigh(Gathered& tokens, const Weighting& wt) {
 void gather(const float* x, int64_t n, float lo, float hi, int nseg, Gathered& out) {
   if (nseg == 1) return gather_range(x, n, 0, lo, hi, out);
   std::vector<const Gathered*> parts(nseg);
-  for_segments(nseg, [&](int s) {
+  for_segments(n, nseg, [&](int s, int64_t begin, int64_t end) {
     thread_local Gathered part;
     part.values.clear();
     part.indices.clear();
-    const int64_t begin = segment_begin(n, nseg, s), end = segment_begin(n, nseg, s + 1);
     gather_range(x + begin, end - begin, begin, lo, hi, part);
     parts[s] = &part;
   });
@@ -348,16 +362,18 @@ void block_starts(const Gathered& tokens, int64_t nblocks, std::vector<int64_t>&
 }
 
 // If the heaviest block maxima alone reach the target (a peaked row), every kept token is >= the last of
-// them: those few tokens are gathered and walked, and the plan lists them. Returns false (plan untouched)
-// when the maxima fall short or more than a few blocks would be needed.
-bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double target, RowPlan& plan) {
+// them: those few tokens are gathered and walked, and the result lists them. Returns false (result
+// untouched) when the maxima fall short or more than a few blocks would be needed.
+bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double target, const Weighting& wt,
+                     double temperature, TopPResult& result) {
   const auto nblocks = static_cast<int64_t>(pass.maxima.size());
+  const double reach = target * (1.0 + kOrderMargin);
   std::vector<float> heaviest(nblocks);
-  weights_of(plan.wt, pass.maxima.data(), nblocks, heaviest.data());
+  weights_of(wt, pass.maxima.data(), nblocks, heaviest.data());
   double all = 0.0;
   for (float w : heaviest) all += w;
-  if (!(all >= target * (1.0 + 1e-6))) return false;  // margin: sums in another order round differently
-  const int64_t top = std::min<int64_t>(nblocks, 64);
+  if (!(all >= reach)) return false;
+  const int64_t top = std::min<int64_t>(nblocks, kMaxBoundBlocks);
   heaviest = pass.maxima;
   // The top ones by selection, then sorted: a heap-based partial sort cost ~5 us a row here.
   std::nth_element(heaviest.begin(), heaviest.begin() + (top - 1), heaviest.end(), std::greater<float>());
@@ -365,8 +381,8 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
   double cum = 0.0;
   float bound = kInf;
   for (int64_t i = 0; i < top && bound == kInf; ++i) {
-    cum += weight_of(plan.wt, heaviest[i]);
-    if (cum >= target * (1.0 + 1e-6)) bound = heaviest[i];
+    cum += weight_of(wt, heaviest[i]);
+    if (cum >= reach) bound = heaviest[i];
   }
   if (bound == kInf) return false;
   Gathered& g = region_scratch();
@@ -375,23 +391,23 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
     const int64_t lo = k * kPassBlock;
     gather_range(x + lo, std::min(kPassBlock, n - lo), lo, bound, kInf, g);
   }
-  weigh(g, plan.wt);
+  weigh(g, wt);
   double kept = 0.0;
-  plan.theta = refine_top_p(g.values.data(), g.weights.data(), static_cast<int64_t>(g.values.size()), true, target, kept);
-  plan.kept.clear();
-  plan.mass = 0.0;
+  result.theta = refine_top_p(g.values.data(), g.weights.data(), static_cast<int64_t>(g.values.size()), true, target, kept);
+  result.kept.clear();
+  result.mass = 0.0;
   for (size_t i = 0; i < g.values.size(); ++i) {
-    if (g.values[i] < plan.theta) continue;
-    plan.kept.push_back({g.values[i], g.indices[i]});
-    plan.mass += token_weight(plan, g.values[i]);
+    if (g.values[i] < result.theta) continue;
+    result.kept.push_back({g.values[i], g.indices[i]});
+    result.mass += exact_weight(wt, temperature, g.values[i]);
   }
-  plan.listed = true;
+  result.listed = true;
   return true;
 }
 
 // Each thread's buffers for the central tokens its passes gather: valid until its next pass.
 PassGather central_scratch() {
-  thread_local std::vector<float> values(kCentralCapacity + 16);
+  thread_local std::vector<float> values(kCentralCapacity + kLanes);
   return PassGather{values.data(), kCentralCapacity};
 }
 
@@ -410,8 +426,7 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
   pass.central_start.resize(nblocks);
   std::vector<OnlinePass> segs(nseg);
   std::vector<double> mass(static_cast<size_t>(nseg) * kBracketEdges, 0.0);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+  for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
     const int64_t k = lo / kPassBlock;
     segs[s].ref = guess_ref;
     pass.central[s] = central_scratch();
@@ -419,32 +434,43 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
                         BracketBlocks{&pass.above[k], nblocks, &pass.refs[k], &pass.maxima[k], &pass.central_start[k]},
                         pass.central[s]);
   });
-  for (const OnlinePass& seg : segs) {  // segments summed against their own references: bring them to one
-    pass.has_nan |= seg.has_nan;
-    pass.max = std::max(pass.max, seg.max);
-    pass.min = std::min(pass.min, seg.min);
-    pass.ref = std::max(pass.ref, seg.ref);
-  }
+  std::vector<double> scales;  // segments summed against their own references: bring them to one
+  const OnlinePass row = merge_segments(segs, is_logits, inv_t, &scales);
+  pass.has_nan = row.has_nan;
+  pass.max = row.max;
+  pass.min = row.min;
+  pass.ref = row.ref;
+  pass.total = row.sum;
   for (int s = 0; s < nseg; ++s) {
-    const double scale = is_logits ? std::exp((static_cast<double>(segs[s].ref) - pass.ref) * inv_t) : 1.0;
-    pass.total += segs[s].sum * scale;
-    for (int j = 0; j < kBracketEdges; ++j) pass.mass_at[j] += mass[s * kBracketEdges + j] * scale;
+    for (int j = 0; j < kBracketEdges; ++j) pass.mass_at[j] += mass[s * kBracketEdges + j] * scales[s];
   }
   return pass;
 }
 
-void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p, int nseg, RowPlan& plan) {
+TopPResult resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p, int nseg,
+                         const Weighting& wt, double temperature) {
+  TopPResult result;
   const double target = top_p * pass.total;
   const float* t = pass.bracket.edges;
   const double* m = pass.mass_at;
-  if (bound_by_maxima(x, n, pass, target, plan)) return;
+  if (bound_by_maxima(x, n, pass, target, wt, temperature, result)) {
+    result.route = TopPRoute::kBlockMaxima;
+    route_count[static_cast<int>(result.route)].fetch_add(1, std::memory_order_relaxed);
+    return result;
+  }
   // The region holding the boundary: the mass above it is < target, and with it >= target. `edge` is the
   // edge just above it (-1: none), whose per-block masses the kept tokens are added to. The pass gathered
   // the central region already, unless it held too many tokens.
   int edge = kBracketEdges - 1;
   while (edge >= 0 && !(m[edge] < target)) --edge;
-  const bool in_pass = edge == kCentral && std::none_of(pass.central.begin(), pass.central.end(),
-                                                        [](const PassGather& g) { return g.overflowed(); });
+  const bool overflowed = std::any_of(pass.central.begin(), pass.central.end(),
+                                      [](const PassGather& g) { return g.overflowed(); });
+  const bool in_pass = edge == kCentralHigh && !overflowed;
+  result.route = !pass.bracket.estimated()  ? TopPRoute::kNoEstimate
+                 : in_pass                  ? TopPRoute::kCentralHit
+                 : edge == kCentralHigh     ? TopPRoute::kCentralOverflow
+                                            : TopPRoute::kOuterRegather;
+  route_count[static_cast<int>(result.route)].fetch_add(1, std::memory_order_relaxed);
   const int64_t nblocks = static_cast<int64_t>(pass.refs.size());
   Gathered& tokens = region_scratch();
   thread_local std::vector<int64_t> starts;
@@ -454,26 +480,30 @@ void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p
     gather(x, n, edge + 1 < kBracketEdges ? t[edge + 1] : -kInf, edge >= 0 ? t[edge] : kInf, nseg, tokens);
     block_starts(tokens, nblocks, starts);
   }
-  weigh(tokens, plan.wt);
+  weigh(tokens, wt);
   double cum = edge >= 0 ? m[edge] : 0.0;
-  plan.theta = refine_top_p(tokens.values.data(), tokens.weights.data(), static_cast<int64_t>(tokens.values.size()),
-                            cum == 0.0, target, cum);
-  plan.mass = cum;
+  result.theta = refine_top_p(tokens.values.data(), tokens.weights.data(),
+                              static_cast<int64_t>(tokens.values.size()), cum == 0.0, target, cum);
+  result.mass = cum;
   // Block masses above the region, plus its kept tokens: a draw then scans one block.
-  plan.blocks.assign(nblocks, 0.0);
+  result.blocks.assign(nblocks, 0.0);
   if (edge >= 0) {
-    float last_ref = std::numeric_limits<float>::quiet_NaN();
-    double scale = 1.0;
-    for (int64_t k = 0; k < nblocks; ++k) {
-      if (plan.wt.is_exp && !(pass.refs[k] == last_ref)) {  // references change rarely: one exp per change
-        last_ref = pass.refs[k];
-        scale = std::exp((static_cast<double>(last_ref) - plan.wt.max) / plan.temperature);
-      }
-      plan.blocks[k] = pass.above[edge * nblocks + k] * scale;
-    }
+    BlockRescale to_row_max([&](float ref) {
+      return wt.is_exp ? std::exp((static_cast<double>(ref) - wt.max) / temperature) : 1.0;
+    });
+    for (int64_t k = 0; k < nblocks; ++k) result.blocks[k] = pass.above[edge * nblocks + k] * to_row_max(pass.refs[k]);
   }
   add_kept_runs(tokens.values.data(), tokens.weights.data(), static_cast<int64_t>(tokens.values.size()),
-                starts.data(), nblocks, plan.theta, plan.blocks.data());
+                starts.data(), nblocks, result.theta, result.blocks.data());
+  return result;
+}
+
+std::array<int64_t, kTopPRoutes> top_p_route_counts(bool reset) {
+  std::array<int64_t, kTopPRoutes> counts;
+  for (int r = 0; r < kTopPRoutes; ++r) {
+    counts[r] = reset ? route_count[r].exchange(0, std::memory_order_relaxed) : route_count[r].load(std::memory_order_relaxed);
+  }
+  return counts;
 }
 
 }  // namespace fastsample::cpu

@@ -1,9 +1,20 @@
 // Top-p without top-k over a whole row (docs/ops.md): the exact threshold without sorting the vocabulary
 // and without a histogram scattered per token.
 //
-// 1. An estimate from a sample of the row (128 runs of 64 tokens) places a bracket: four thresholds, the
-//    two central ones half a standard error of the estimate either side of the guessed boundary, the
-//    outer ones six.
+// Exactness (whatever the estimate did): the estimate only places the bracket's edges. The pass then
+// measures the exact weight above each edge, summed from the same float weights a draw uses, and the
+// region that holds the boundary is chosen from those masses alone: the edge just above it has mass
+// < p * W and the one below >= p * W (no edge above: from the row's top; none below: down to -inf). Every
+// token of that region is at hand (gathered by the pass, or by a second pass when it is not the central
+// region or the central region overflowed), and they are walked from the exact mass above the region,
+// groups of equal value whole. So a bad estimate costs time (a second pass, more tokens to sort), never a
+// different kept set. The block-maxima route decides nothing from the estimate either: it runs only when
+// the weights of the heaviest block maxima alone reach p * W (with a margin for summation order), so every
+// kept token is >= the last of them, and all those tokens are gathered and walked from the top.
+//
+// 1. An estimate from a sample of the row (128 runs of 64 tokens) places a bracket (top_p_bracket.h): four
+//    thresholds, the two central ones half a standard error of the estimate either side of the guessed
+//    boundary, the outer ones six.
 // 2. One fused pass (online_bracket_pass) computes the row's stats and weight sum, the exact mass above
 //    each threshold (also per block of kPassBlock tokens), each block's max, and gathers the tokens of the
 //    central region as it goes (a compress per 16 tokens, no branch).
@@ -16,10 +27,13 @@
 // A draw then walks the per-block masses and scans one block.
 #pragma once
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <vector>
 
-#include "row_plan.h"
+#include "select.h"
+#include "simd.h"
+#include "top_p_bracket.h"
 
 namespace fastsample::cpu {
 
@@ -34,7 +48,7 @@ struct Valued {
 template <class Token, class Weight>
 float walk_top_p_groups(std::vector<Token>& tokens, Weight weight, bool row_top, double target, double& cum) {
   std::sort(tokens.begin(), tokens.end(), [](const Token& a, const Token& b) { return a.x > b.x; });
-  float theta = __builtin_inff();
+  float theta = kInf;
   for (size_t i = 0; i < tokens.size();) {
     if (!row_top && !(cum < target)) break;
     row_top = false;
@@ -47,8 +61,8 @@ float walk_top_p_groups(std::vector<Token>& tokens, Weight weight, bool row_top,
 // What the fused first pass learned about a row.
 struct TopPPass {
   bool has_nan = false;
-  float max = -__builtin_inff(), min = __builtin_inff();  // min: probs only (the logits' pass skips it)
-  float ref = -__builtin_inff();  // logits: the reference every mass below is taken against
+  float max = -kInf, min = kInf;  // min: probs only (the logits' pass skips it)
+  float ref = -kInf;              // logits: the reference every mass below is taken against
   double total = 0.0;             // the row's weight sum
   Bracket bracket{};
   double mass_at[kBracketEdges] = {};  // exact weight of the tokens >= each edge
@@ -62,8 +76,34 @@ struct TopPPass {
 // scratch: resolve the row before those threads start another.
 TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg);
 
-// Step 3 for a row whose stats did not decide it: sets plan.theta and plan.mass, and plan.blocks (or the
-// kept tokens, listed, when the maxima bound the boundary).
-void resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p, int nseg, RowPlan& plan);
+// How step 3 found the boundary.
+enum class TopPRoute : int {
+  kCentralHit = 0,       // in the central region, whose tokens the pass gathered
+  kOuterRegather = 1,    // in another region: gathered by a second pass
+  kCentralOverflow = 2,  // in the central region, which held more tokens than the pass keeps: gathered again
+  kBlockMaxima = 3,      // above every edge, bounded by the heaviest block maxima
+  kNoEstimate = 4,       // the sample placed no bracket (NaN, +inf or nothing positive in it): the whole row
+};
+constexpr int kTopPRoutes = 5;
+
+// The kept set: tokens with x >= theta, of total weight `mass`; with the kept weight of each block of
+// kPassBlock tokens, or (listed) the kept tokens themselves in index order.
+struct TopPResult {
+  float theta = kInf;
+  double mass = 0.0;
+  bool listed = false;
+  std::vector<double> blocks;
+  std::vector<Candidate> kept;
+  TopPRoute route = TopPRoute::kNoEstimate;
+};
+
+// Step 3 for a row whose stats did not decide it, weighed by wt (temperature: the exact divisor for
+// weights in double).
+TopPResult resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p, int nseg,
+                         const Weighting& wt, double temperature);
+
+// For tests: how many rows took each route since the last reset (indexed by TopPRoute); reset: start
+// counting again from 0.
+std::array<int64_t, kTopPRoutes> top_p_route_counts(bool reset);
 
 }  // namespace fastsample::cpu

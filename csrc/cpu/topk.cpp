@@ -15,8 +15,7 @@ std::vector<Candidate> top_candidates(const float* x, int64_t n, int64_t k, int 
   std::vector<std::vector<Candidate>> parts(nseg);
   std::vector<SpanStats> stats(nseg);
   std::vector<float> block_max(n / kBlock + nseg + 1);
-  for_segments(nseg, [&](int s) {
-    const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
+  for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
     stats[s] = collect_candidates(x + lo, hi - lo, lo, k, block_max.data() + lo / kBlock + s, parts[s]);
   });
   has_nan = false;
@@ -30,19 +29,17 @@ std::vector<Candidate> top_candidates(const float* x, int64_t n, int64_t k, int 
 }
 
 std::tuple<at::Tensor, at::Tensor> top_k(const at::Tensor& x_in, int64_t k, bool sorted) {
-  const at::Tensor x = float_rows(x_in, "x", true);
-  const int64_t batch = x.size(0), vocab = x.size(1);
+  const InputRows in = input_rows(x_in, "x", true);
+  const int64_t vocab = in.vocab;
   TORCH_CHECK(k >= 0 && k <= vocab, "k must be in [0, ", vocab, "], got ", k);
-  at::Tensor indices = at::empty({batch, k}, x.options().dtype(at::kLong));
-  const float* xp = x.data_ptr<float>();
+  at::Tensor indices = at::empty({in.batch, k}, in.x.options().dtype(at::kLong));
   int64_t* ip = indices.data_ptr<int64_t>();
-  const int nseg = segments_for(batch, vocab);
-  for_rows(batch, k == 0 ? 1 : nseg, [&](int64_t b) {
+  for_rows(in.batch, k == 0 ? 1 : in.nseg, [&](int64_t b) {
     if (k == 0) return;
-    const float* xb = xp + b * vocab;
+    const float* xb = in.row(b);
     int64_t* out = ip + b * k;
     bool has_nan = false;
-    std::vector<Candidate> cands = top_candidates(xb, vocab, k, nseg, has_nan);
+    std::vector<Candidate> cands = top_candidates(xb, vocab, k, in.nseg, has_nan);
     int64_t filled = 0;
     if (has_nan) {  // NaN ranks above +inf, as in torch.topk: NaNs first, in index order
       for (int64_t i = 0; i < vocab && filled < k; ++i) {
@@ -60,24 +57,21 @@ std::tuple<at::Tensor, at::Tensor> top_k(const at::Tensor& x_in, int64_t k, bool
 
 at::Tensor top_k_mask_logits(const at::Tensor& logits_in, const std::optional<at::Tensor>& top_k_arr,
                              int64_t top_k_val) {
-  const at::Tensor x = float_rows(logits_in, "logits", true);
-  const int64_t batch = x.size(0), vocab = x.size(1);
-  const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, batch, "top_k");
+  const InputRows in = input_rows(logits_in, "logits", true);
+  const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, in.batch, "top_k");
   // Row thresholds: masked iff x < theta. -inf keeps the row; NaN keeps it too (NaN rows stay unchanged).
-  at::Tensor theta = at::empty({batch, 1}, x.options());
-  const float* xp = x.data_ptr<float>();
+  at::Tensor theta = at::empty({in.batch, 1}, in.x.options());
   float* tp = theta.data_ptr<float>();
-  const int nseg = segments_for(batch, vocab);
-  for_rows(batch, nseg, [&](int64_t b) {
+  for_rows(in.batch, in.nseg, [&](int64_t b) {
     const auto k = static_cast<int64_t>(top_k[b]);
     tp[b] = -std::numeric_limits<float>::infinity();
-    if (k <= 0 || k >= vocab) return;
+    if (k <= 0 || k >= in.vocab) return;
     bool has_nan = false;
-    std::vector<Candidate> cands = top_candidates(xp + b * vocab, vocab, k, nseg, has_nan);
+    std::vector<Candidate> cands = top_candidates(in.row(b), in.vocab, k, in.nseg, has_nan);
     tp[b] = has_nan ? std::numeric_limits<float>::quiet_NaN() : kth_largest(cands, k);
   });
   const at::Tensor logits = logits_in.contiguous();
-  return at::where(x < theta, at::full({}, -std::numeric_limits<float>::infinity(), logits.options()), logits);
+  return at::where(in.x < theta, at::full({}, -std::numeric_limits<float>::infinity(), logits.options()), logits);
 }
 
 }  // namespace
