@@ -6,20 +6,21 @@ registers, spills and shared memory ptxas reports for each, in one table.
   and batch sizes from 1 to 1024. Specialisations that differ only in C_PAD (the padded chunk count, a
   [C_PAD, 16] float64 tile of partials) are compiled once, at their largest C_PAD (the most registers), and
   radix levels 2..7 (which differ only in shift constants) once, at level 7. Each is compiled with
-  ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80 | 90, 32))`` (no GPU needed) and its PTX is
-  run through Triton's own ptxas with ``-v``.
+  ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 80 | 90, 32))`` (no GPU needed), whose ptxas
+  step runs with ``-v`` (Triton's own ptxas and flags; the log is captured).
 - CUDA C++: tools/check_cuda.py's units (every kernel template instantiated, and the torch glue) compiled by
   nvcc with ``-Xptxas -v``; this is ``make check-cuda`` with resource usage.
 
 A kernel or unit that does not compile fails the check; so does any spill (bytes of spill stores or loads),
-unless the kernel is on SPILL_ALLOWED below with the reason. Results are cached per PTX (and Triton caches
-its compilations), so a second run takes seconds.
+unless the kernel is on SPILL_ALLOWED below with the reason. Results are cached per specialisation and
+sources (under ~/.cache/fastsample-check-gpu), so a second run of unchanged kernels takes seconds.
 
 Usage: ``python tools/check_gpu.py [--arch 80 90] [--jobs N] [--no-cuda] [--no-triton] [--budget S]``.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import hashlib
 import io
@@ -82,54 +83,54 @@ def _weight(spec) -> int:
     return const.get("K_PAD", 0) * 64 + const.get("C_PAD", 0)
 
 
-def _ptxas(capability: int):
-    from triton.backends.nvidia import compiler
+def sources_hash() -> str:
+    """Hash of the Triton sources and the Triton version: the result cache's key prefix."""
+    import triton
 
-    try:
-        tool = compiler.get_ptxas(capability)
-    except TypeError:  # Triton < 3.8 takes no arch
-        tool = compiler.get_ptxas()
-    return tool.path, compiler.sm_arch_from_capability(capability)
+    digest = hashlib.sha256(triton.__version__.encode())
+    for path in sorted((ROOT / "fastsample" / "triton").glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def compile_spec(job) -> dict:
-    """Compile one spec for one capability; returns the row record (or the error)."""
-    spec, capability, count = job
+    """Compile one spec for one capability; returns the row record (or the error).
+
+    Triton runs ptxas with -v itself; its log is captured (TRITON_DUMP_PTXAS_LOG prints it) and Triton's
+    cache is bypassed so that ptxas always runs: the parsed result is cached here instead, per spec and sources.
+    """
+    spec, capability, count, sources = job
+    record = dict(kernel=spec.kernel, arch=f"sm_{capability}", setting=spec.label(), covers=count)
+    key = hashlib.sha256(f"{sources}|{capability}|{spec!r}".encode()).hexdigest()
+    cached = CACHE / f"{key}.json"
+    if cached.exists():
+        return {**record, **json.loads(cached.read_text()), "secs": 0.0}
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, without its warning
     import importlib
 
     import triton
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    record = dict(kernel=spec.kernel, arch=f"sm_{capability}", setting=spec.label(), covers=count)
+    knobs.compilation.always_compile = True
+    knobs.nvidia.dump_ptxas_log = True
     start = time.monotonic()
     try:
         module, name = spec.kernel.split(".")
         fn = getattr(importlib.import_module(f"fastsample.triton.{module}"), name)
         src = ASTSource(fn, dict(spec.signature), constexprs=dict(spec.constexprs),
                         attrs={(i,): [["tt.divisibility", 16]] for i in spec.divisible})
-        kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": spec.num_warps})
-        ptx = kernel.asm["ptx"]
-        record["shared"] = int(kernel.metadata.shared)
-        key = hashlib.sha256(f"{capability}\n{triton.__version__}\n{ptx}".encode()).hexdigest()
-        cached = CACHE / f"{key}.json"
-        if cached.exists():
-            usage = json.loads(cached.read_text())
-        else:
-            path, arch = _ptxas(capability)
-            ptx_file = CACHE / f"{key}.ptx"
-            CACHE.mkdir(parents=True, exist_ok=True)
-            ptx_file.write_text(ptx)
-            # The flags Triton's make_cubin uses, plus -v; the cubin is thrown away.
-            proc = subprocess.run([path, "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}", str(ptx_file), "-o",
-                                   os.devnull], capture_output=True, text=True)
-            ptx_file.unlink()
-            if proc.returncode:
-                raise RuntimeError(f"ptxas failed: {proc.stderr[-2000:]}")
-            entries = parse_ptxas(proc.stderr)
-            usage = next(iter(entries.values()))
-            cached.write_text(json.dumps(usage))
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):
+            kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32),
+                                    options={"num_warps": spec.num_warps})
+        entries = parse_ptxas(log.getvalue())
+        if not entries:
+            raise RuntimeError(f"no ptxas report in Triton's output: {log.getvalue()[-500:]!r}")
+        usage = dict(next(iter(entries.values())), shared=int(kernel.metadata.shared))
+        CACHE.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(usage))
         record.update(usage)
     except Exception as exc:  # reported in the table; the check fails
         record["error"] = f"{type(exc).__name__}: {str(exc)[-1500:]}"
@@ -141,12 +142,13 @@ def triton_rows(archs: list[int], jobs: int, budget: float) -> tuple[list[dict],
     import triton_specs
 
     start = time.monotonic()
+    sources = sources_hash()
     work = []
     for cap in archs:
         specs = triton_specs.specs(cap)
         reps = representatives(specs)
         print(f"triton sm_{cap}: {len(specs)} launcher specialisations -> {len(reps)} compilations", flush=True)
-        work += [(spec, cap, count) for spec, count in reps]
+        work += [(spec, cap, count, sources) for spec, count in reps]
     work.sort(key=lambda job: -_weight(job[0]))
     print(f"planned in {time.monotonic() - start:.0f} s; compiling on {jobs} processes", flush=True)
     rows, problems = [], []
@@ -248,17 +250,21 @@ def main() -> int:
     args = parser.parse_args()
     start = time.monotonic()
     rows, problems = [], []
+    cuda = None
     if not args.no_cuda and not shutil.which(args.nvcc):
         print(f"note: {args.nvcc} not found: the CUDA C++ units are not compiled (make check-cuda needs nvcc)")
     elif not args.no_cuda:
-        cuda, cuda_problems, summary = cuda_rows(args.arch, args.nvcc)
-        print(summary, flush=True)
-        rows += cuda
-        problems += cuda_problems
+        # nvcc compiles one unit at a time (nvcc -t 1), beside the Triton processes.
+        cuda = concurrent.futures.ThreadPoolExecutor(1).submit(cuda_rows, args.arch, args.nvcc)
     if not args.no_triton:
         triton, triton_problems = triton_rows(args.arch, args.jobs, args.budget)
         rows += triton
         problems += triton_problems
+    if cuda is not None:
+        cuda_table, cuda_problems, summary = cuda.result()
+        print(summary, flush=True)
+        rows += cuda_table
+        problems += cuda_problems
     problems += spill_problems(rows)
     print(table(rows))
     for kernel, why in SPILL_ALLOWED.items():

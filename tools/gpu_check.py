@@ -7,7 +7,8 @@ Steps (each logged to its own file; the run goes on after a failing step and the
    for the present GPU only (TORCH_CUDA_ARCH_LIST from torch.cuda.get_device_capability()), MAX_JOBS = all cores;
 3. tests: the whole suite (``--quick``: the op families), counted per backend from pytest's JUnit XML;
 4. compute-sanitizer memcheck and racecheck over tools/sanitize_ops.py (every CUDA op once, small and large V);
-5. the GPU benchmark (bench/gpu.py's suite: B in 1, 32, 256, V in 128256, 151936, float32 and bfloat16).
+5. the GPU benchmark (bench/gpu.py's suite: B in 1, 32, 256, V in 128256, 151936, float32 and bfloat16;
+   fastsample's cuda and triton backends, the sort-based reference, plain torch and FlashInfer when it imports).
 
 Files: the bench's <gpu>.csv/.md/.png and gpu-check-<gpu>.md in --out (default bench/results), and build.log,
 tests.log, sanitizer.log, bench.log in --logs (default bench/results/gpu-check-logs): 8 at most. The summary is
@@ -179,9 +180,12 @@ def sanitizer(run: Run, gpu: str | None) -> str:
 def bench(run: Run, gpu: str | None) -> str:
     if not gpu:
         return "skipped: no GPU"
-    cmd = [sys.executable, "-c", BENCH, "--gpu-suite", "--out", str(run.args.out)]
+    # The default suite on a GPU is bench/gpu.py's; 0.1 s per case is hundreds of calls of a GPU kernel.
+    cmd = [sys.executable, "-c", BENCH, "--out", str(run.args.out), "--min-time", "0.1",
+           "--providers", "fastsample,reference,torch,flashinfer"]
     if run.quick:
-        cmd += ["--ops", "sample,sampling_from_logits,softmax", "--shapes", "1x128256,256x151936", "--min-time", "0.1"]
+        cmd += ["--ops", "sample,sampling_from_logits,softmax,top_k", "--shapes", "1x128256,256x151936",
+                "--dists", "flat"]
     rc = run.step("bench", cmd, "bench.log")
     if rc != 0:
         run.failed.append("bench")

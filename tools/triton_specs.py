@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,13 @@ def _arg_type(value) -> tuple[str, bool]:
     raise TypeError(f"unexpected kernel argument {value!r}")
 
 
+def _is_constexpr(annotation) -> bool:
+    """Whether a kernel parameter is a tl.constexpr (the annotation is a string under postponed evaluation)."""
+    if isinstance(annotation, str):
+        return annotation.rsplit(".", 1)[-1] == "constexpr"
+    return getattr(annotation, "__name__", "") == "constexpr"
+
+
 class _Recorder:
     """Stands in for torch.library.wrap_triton: records each launch instead of running it."""
 
@@ -77,11 +85,12 @@ class _Recorder:
     def record(self, kernel, args, kwargs):
         warps = kwargs.pop("num_warps", 4)
         kwargs.pop("num_stages", None)
-        bound = dict(zip(kernel.arg_names, args), **kwargs)
+        params = inspect.signature(kernel.fn).parameters
+        bound = dict(zip(params, args), **kwargs)
         sig, const, div = [], [], []
-        for i, name in enumerate(kernel.arg_names):
+        for i, (name, param) in enumerate(params.items()):
             value = bound[name]
-            if i in kernel.constexprs:
+            if _is_constexpr(param.annotation):
                 sig.append((name, "constexpr"))
                 const.append((name, value))
                 continue
