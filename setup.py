@@ -19,8 +19,11 @@ WITH_CUDA = (torch.version.cuda is not None and shutil.which("nvcc") is not None
 # C++20: torch 2.13's headers use it. No -march: the CPU kernels pick AVX-512 / AVX2 / SSE code at run time (csrc/cpu/simd.h), so one build
 # runs on any x86-64.
 cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unknown-pragmas"]
-nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo",
-              "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
+nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
+# sm_80 and sm_90 by default; TORCH_CUDA_ARCH_LIST (e.g. "9.0", as tools/gpu_check.py sets for the present GPU)
+# replaces them: torch then adds its own -gencode flags, which it skips when any are given here.
+if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    nvcc_flags += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
 
 if WITH_CUDA:

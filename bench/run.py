@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import sampling, softmax, speculative, topk, topp
+from . import gpu, sampling, softmax, speculative, topk, topp
 from .common import (REPO, BenchOp, Progress, Shape, Timing, device_description, device_slug, git_commit,
                      measure, pooled)
 from .inputs import DISTS, make_logits
@@ -32,7 +32,8 @@ FULL_VOCABS = (32000, 128256, 151936, 262144)
 DEFAULT_SHAPES = (((1, 128256), DISTS), ((32, 128256), DISTS),
                   *(((8, v), ("flat",)) for v in (32000, 128256, 151936, 262144)))
 EPILOG = """default suite: B=1 and B=32 at V=128256 (flat and peaked logits), B=8 at V=32000, 128256, 151936,
-262144 (flat); float32, plus bfloat16 on a GPU. Examples:
+262144 (flat); float32. On a GPU: B=1, 32, 256 at V=128256 and 151936, both distributions, float32 and
+bfloat16 (bench/gpu.py). Examples:
   python -m bench --ops sample --shapes 32x128256 --dists flat
   python -m bench --providers fastsample,reference --full
   python -m bench.plot bench/results/cpu.csv      # redraw the plot alone"""
@@ -103,7 +104,8 @@ def _shapes(args, device: torch.device) -> list[Shape]:
     elif args.full:
         plan = [((b, v), dists) for b in FULL_BATCHES for v in FULL_VOCABS]
     else:
-        plan = [(size, [d for d in ds if d in dists]) for size, ds in DEFAULT_SHAPES]
+        default = gpu.SHAPES if device.type == "cuda" else DEFAULT_SHAPES  # bench/gpu.py: the GPU suite
+        plan = [(size, [d for d in ds if d in dists]) for size, ds in default]
     return [Shape(b, v, dist, DTYPES[name]) for name in dtype_names for (b, v), ds in plan for dist in ds]
 
 

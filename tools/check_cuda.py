@@ -116,6 +116,8 @@ def main() -> int:
     parser.add_argument("--nvcc", default="nvcc")
     parser.add_argument("--arch", nargs="+", default=["80", "90"], help="SM versions (default: 80 90)")
     parser.add_argument("--only", nargs="*", default=None, help="compile only these file names")
+    parser.add_argument("--ptxas-verbose", action="store_true",
+                        help="pass -Xptxas -v and print ptxas's resource usage (tools/check_gpu.py reads it)")
     args = parser.parse_args()
 
     headers = sorted(f for f in os.listdir(HEADERS) if f.endswith(".cuh"))
@@ -129,6 +131,7 @@ def main() -> int:
         glue = [g for g in glue if g in args.only]
 
     failures = 0
+    verbose = ["-Xptxas", "-v"] if args.ptxas_verbose else []
     archs = "/".join(f"sm_{a}" for a in args.arch)
     with tempfile.TemporaryDirectory(prefix="fastsample-check-cuda-") as tmp:
         header_flags = ["--Werror", "all-warnings", "-Xcompiler", "-Wall"]
@@ -136,10 +139,10 @@ def main() -> int:
             unit = os.path.join(tmp, f"check_{name.replace('.cuh', '')}.cu")
             with open(unit, "w") as f:
                 f.write(header_unit(name))
-            ok, log, secs = compile_unit(args.nvcc, unit, header_flags, args.arch, tmp, "c++17")
+            ok, log, secs = compile_unit(args.nvcc, unit, header_flags + verbose, args.arch, tmp, "c++17")
             failures += not ok
             print(f"{'ok  ' if ok else 'FAIL'} {archs} include/fastsample/cuda/{name} ({secs:.0f} s)", flush=True)
-            if not ok:
+            if not ok or verbose:
                 print(log)
         if glue:
             flags, notes = torch_includes(os.path.join(tmp, "shim"))
