@@ -91,6 +91,7 @@ def _filter_grid(vocab: int) -> list[dict]:
     grid.append({"temperature": 0.0, "top_k": 20, "top_p": 0.9, "min_p": 0.05})
     grid.append({"temperature": 1.3, "top_p": 0.0})
     grid.append({"temperature": 1.0, "top_k": vocab, "top_p": 0.5})
+    grid.append({"temperature": 30.0, "top_p": 0.99999, "min_p": 0.999})  # the lightest bins; min-p near 1
     return grid
 
 

@@ -99,13 +99,33 @@ def _global_stats(gathered: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _exact.values(top), first, count, has_nan
 
 
-def _local_top_keys(x: Tensor, width: int) -> Tensor:
-    """[B, width] keys of the local top-width values, padded with -1 (below every key) past V_r."""
-    pad = torch.full((x.shape[0], width), -1, dtype=torch.int64, device=x.device)
-    n = min(width, x.shape[1])
-    if n > 0:
-        pad[:, :n] = _exact.keys(_local_top_k(x, n)[0])
-    return pad
+def _local_top(x: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """This slice's top-(width + 1) (values, local ids) (one more than needed, to see ties past the list),
+    and the keys of the top-width values [B, width], padded with -1 (below every key) past V_r."""
+    n = min(width + 1, x.shape[1]) if width > 0 else 0
+    top_values, top_ids = _local_top_k(x, n) if n > 0 else (x[:, :0], x[:, :0].to(torch.int64))
+    padded = torch.full((x.shape[0], width), -1, dtype=torch.int64, device=x.device)
+    kept = min(width, n)
+    padded[:, :kept] = _exact.keys(top_values[:, :kept])
+    return top_values, top_ids, padded
+
+
+def _walk(q: Tensor, target: Tensor, block: int = 1024) -> Tensor:
+    """The smallest i with ``cumsum(q)[i] > target`` per row (0 <= target < sum(q) on rows that matter):
+    block sums first, then a cumsum over the one block that holds the step."""
+    batch, n = q.shape
+    block = min(block, n)
+    full = n // block
+    sums = q[:, : full * block].unfold(1, block, block).sum(dim=2)
+    if full * block < n:
+        sums = torch.cat([sums, q[:, full * block:].sum(dim=1, keepdim=True)], dim=1)
+    ends = sums.cumsum(dim=1)
+    b = torch.searchsorted(ends, target.unsqueeze(1), right=True).clamp(max=sums.shape[1] - 1)
+    within = target.unsqueeze(1) - (ends.gather(1, b) - sums.gather(1, b))
+    idx = b * block + torch.arange(block, device=q.device)
+    part = q.gather(1, idx.clamp(max=n - 1)) * (idx < n)
+    i = torch.searchsorted(part.cumsum(dim=1), within, right=True).clamp(max=block - 1)
+    return (b * block + i).squeeze(1).clamp(max=n - 1)
 
 
 # --------------------------------------------------------------------------------------------- sample
@@ -176,8 +196,8 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
         return torch.empty(0, dtype=torch.int64, device=device), torch.empty(0, device=device)
     start = lay.starts[grp.rank]
     # --- collective: stats, parameters and the local top-k keys of every row.
-    mine = torch.cat([_slice_stats(x, start, return_logprobs), columns, _local_top_keys(x, width)], dim=1)
-    gathered = _exchange.all_gather(grp, mine)
+    top_values, top_ids, top_keys = _local_top(x, width)
+    gathered = _exchange.all_gather(grp, torch.cat([_slice_stats(x, start, return_logprobs), columns, top_keys], 1))
     params = dict(_PARAM_COLUMNS, **({"seed": _SEED} if seed_given else {}))
     _exchange.check_columns_agree("sample", gathered, params)
     m, first, count, has_nan = _global_stats(gathered)
@@ -188,7 +208,8 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
     valid = params_ok & ~has_nan & (m > -_INF)
     greedy_rows = valid & (t == 0)
     sampled = valid & (t > 0)
-    inf_rows = m == _INF
+    inf_rows = sampled & (m == _INF)
+    finite = sampled & ~inf_rows
 
     # Top-k threshold: the k-th largest of the merged per-rank top-k keys (duplicates counted, ties kept).
     k_on = (k > 0) & (k < lay.vocab)
@@ -198,29 +219,43 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
         kth = merged.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp(0, merged.shape[1] - 1)[:, None])
         theta = torch.where(k_on, _exact.values(kth.squeeze(1)), theta)
 
-    # Fixed-point weights of this slice (0 on rows that are not sampled).
+    # The tokens to weigh: with top-k on every sampled row, only the local top-k list (the survivors are in
+    # it unless ties at the threshold run past its end: the one extra entry shows that), ids ascending.
+    xs, ids = x, None
+    if width > 0 and bool((k_on | ~sampled).all()):
+        overflow = top_values.shape[1] > width and bool((sampled & (top_values[:, width] >= theta)).any())
+        if not overflow:
+            order = top_ids[:, :width].argsort(dim=1)
+            xs, ids = top_values[:, :width].gather(1, order), top_ids[:, :width].gather(1, order)
+
+    # Fixed-point weights (0 on rows that are not sampled, and below the top-k threshold).
     scale = _exact.scale_bits(lay.vocab)
-    finite_rows = (sampled & ~inf_rows).unsqueeze(1)
-    d = x.to(torch.float64)
-    d.sub_(torch.where(finite_rows.squeeze(1), m, 0.0).to(torch.float64).unsqueeze(1))
-    d.div_(torch.where(finite_rows.squeeze(1), t, 1.0).to(torch.float64).unsqueeze(1))
-    d.masked_fill_(~finite_rows, -_INF)  # other rows weigh nothing here (+inf rows are set below)
-    min_p_on = (mp > 0).unsqueeze(1)
-    log_mp = torch.log(torch.where(mp > 0, mp, 1.0).to(torch.float64)).unsqueeze(1)
-    is_inf = x == _INF
-    keep_min_p = ~min_p_on | torch.where(inf_rows.unsqueeze(1), is_inf, d >= log_mp)
+    d = xs.to(torch.float64).sub_(torch.where(finite, m, 0.0).to(torch.float64).unsqueeze(1))
+    d.div_(torch.where(finite, t, 1.0).to(torch.float64).unsqueeze(1))
+    if not bool(finite.all()):
+        d[~finite] = -_INF
+    min_p_on = sampled & (mp > 0)
+    keep_min_p = None
+    if bool(min_p_on.any()):
+        log_mp = torch.log(torch.where(min_p_on, mp, 1.0).to(torch.float64))
+        keep_min_p = (d >= torch.where(min_p_on, log_mp, -_INF).unsqueeze(1))
     q = _exact.fixed_point_weights(d, scale)
-    q = torch.where(inf_rows.unsqueeze(1), is_inf.to(torch.int64) << scale, q)
-    q.masked_fill_(~(sampled.unsqueeze(1) & (x >= theta.unsqueeze(1))), 0)  # rows not sampled, top-k
+    if bool(inf_rows.any()):  # +inf tokens weigh 1 each, the rest 0; min-p keeps exactly them
+        at_inf = xs[inf_rows] == _INF
+        q[inf_rows] = at_inf.to(torch.int64) << scale
+        if keep_min_p is not None:
+            keep_min_p[inf_rows] = at_inf | ~min_p_on[inf_rows].unsqueeze(1)
+    if width > 0:
+        q.masked_fill_(xs < theta.unsqueeze(1), 0)
 
     # Top-p threshold over the top-k survivors (collectives: a fixed number of histogram all-reduces).
     if rounds:
-        p_on = sampled & (p < 1)
-        theta_p = _top_p_threshold(grp, x, q * p_on.unsqueeze(1), p, p_on)
-        theta_p = torch.where(p == 0, m, theta_p)
-        theta = torch.maximum(theta, torch.where(p_on, theta_p, -_INF))
-        q.masked_fill_(x < theta.unsqueeze(1), 0)
-    q.masked_fill_(~keep_min_p, 0)
+        p_on = finite & (p < 1)
+        theta_p = _top_p_threshold(grp, xs, q if bool(p_on.all()) else q * p_on.unsqueeze(1), m, t, p, p_on)
+        theta = torch.maximum(theta, torch.where(p_on, torch.where(p == 0, m, theta_p), -_INF))
+        q.masked_fill_(xs < theta.unsqueeze(1), 0)
+    if keep_min_p is not None:
+        q.masked_fill_(~keep_min_p, 0)
 
     # --- collective: each rank's kept mass; then the draw, exact in integers.
     masses = _exchange.all_gather(grp, q.sum(dim=1))  # [world, B]
@@ -230,12 +265,12 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
     target, _ = _exact.floor_scaled(u, total)  # the token is the first i with cdf_i > u * W, i.e. > target
     local_target = target - before
     owner = sampled & (local_target >= 0) & (local_target < masses[grp.rank])
-    cdf = q.cumsum(dim=1)
-    index = torch.searchsorted(cdf, local_target.clamp(min=0).unsqueeze(1), right=True).clamp(max=x.shape[1] - 1)
-    w = _token_weight(x.gather(1, index).squeeze(1), m, t, inf_rows)
+    index = _walk(q, local_target.clamp(min=0)).unsqueeze(1)
+    w = _token_weight(xs.gather(1, index).squeeze(1), m, t, inf_rows)
     logprob = torch.log(w) - (torch.log(total.to(torch.float64)) - scale * math.log(2.0))
+    token = (index if ids is None else ids.gather(1, index)).squeeze(1) + start
     # --- collective: the owner of each row's draw contributes its token and logprob, the others zeros.
-    drawn = torch.stack([(index.squeeze(1) + start).to(torch.float64), logprob], dim=1)
+    drawn = torch.stack([token.to(torch.float64), logprob], dim=1)
     drawn = _exchange.all_reduce_sum(grp, torch.where(owner.unsqueeze(1), drawn, 0.0))
 
     tokens = torch.where(greedy_rows, first, drawn[:, 0].to(torch.int64))
@@ -253,26 +288,33 @@ def _token_weight(x: Tensor, m: Tensor, t: Tensor, inf_rows: Tensor) -> Tensor:
     return torch.where(inf_rows, 1.0, w)
 
 
-def _top_p_threshold(grp: Group, x: Tensor, q: Tensor, p: Tensor, p_on: Tensor) -> Tensor:
-    """The top-p threshold value per row: keep x >= it (rows with p_on; others get an unused value).
+def _top_p_threshold(grp: Group, x: Tensor, q: Tensor, m: Tensor, t: Tensor, p: Tensor, p_on: Tensor) -> Tensor:
+    """The top-p threshold value per row: keep x >= it (rows with p_on and p > 0; others get unused values).
 
     The threshold is the smallest float32 key t with ``mass(keys > t) < p * W`` (W = the top-k survivors'
     mass, q = their fixed-point weights, 0 elsewhere): a token is kept iff the mass strictly more probable
-    than it is < p * W. Found 8 bits of the key per round from all-reduced mass histograms; after the first
-    round only this rank's tokens inside the chosen key range are looked at.
+    than it is < p * W. Five all-reduced mass histograms find it. The first bins tokens by
+    ``(m - x) * 8 / T`` in float32 (1/8 of a nat of weight per bin, monotone in x, the same on every rank);
+    only the tokens of the bin that holds the threshold take part in the next four, which find its float32
+    key 8 bits at a time.
     """
     batch, bins = x.shape[0], 1 << _RADIX_BITS
-    key = _exact.keys(x)
-    shift = 32 - _RADIX_BITS
-    hist = torch.zeros(batch, bins, dtype=torch.int64, device=x.device)
-    hist.scatter_add_(1, key >> shift, q)
+    per_nat = torch.where(p_on, 8.0 / torch.where(p_on, t, 1.0), 0.0).unsqueeze(1)
+    # NaN / inf bins only occur on tokens without weight (they add nothing), so they may land anywhere.
+    bin_of = (torch.where(p_on, m, 0.0).unsqueeze(1) - x).mul_(per_nat).clamp_(0, bins - 1)
+    bin_of = bin_of.to(torch.int64).clamp_(0, bins - 1)
+    hist = torch.zeros(batch, bins, dtype=torch.int64, device=x.device).scatter_add_(1, bin_of, q)
     hist = _exchange.all_reduce_sum(grp, hist)
     floor, inexact = _exact.floor_scaled(p, hist.sum(dim=1))
     limit = torch.where(p_on, floor + inexact.to(torch.int64), 1)  # mass < p * W iff mass < limit
-    prefix, above = _exact.radix_digit(torch.zeros_like(limit), torch.zeros_like(limit), hist, limit)
-    # The tokens left in the race: positive weight and the chosen top digit.
-    rows, cols = ((q > 0) & ((key >> shift) == prefix.unsqueeze(1))).nonzero(as_tuple=True)
-    key, q = key[rows, cols], q[rows, cols]
+    zero = torch.zeros_like(limit)
+    # Bin 0 is the heaviest: flipped, higher digits are heavier, as with keys.
+    lightest, above = _exact.radix_digit(zero, zero, hist.flip(1), limit)
+    chosen = bins - 1 - lightest
+    rows, cols = (bin_of == chosen.unsqueeze(1)).nonzero(as_tuple=True)
+    key, q = _exact.keys(x[rows, cols]), q[rows, cols]
+    rows, key, q = rows[q > 0], key[q > 0], q[q > 0]
+    prefix, shift, in_bin = zero, 32, None
     while shift > 0:
         shift -= _RADIX_BITS
         inside = (key >> (shift + _RADIX_BITS)) == prefix[rows]
@@ -280,8 +322,10 @@ def _top_p_threshold(grp: Group, x: Tensor, q: Tensor, p: Tensor, p_on: Tensor) 
         digit = (key >> shift) & (bins - 1)
         hist = torch.zeros(batch * bins, dtype=torch.int64, device=x.device).index_add_(0, rows * bins + digit, q)
         hist = _exchange.all_reduce_sum(grp, hist.view(batch, bins))
+        in_bin = hist.sum(dim=1) if in_bin is None else in_bin
         prefix, above = _exact.radix_digit(prefix, above, hist, limit)
-    return _exact.values(prefix)
+    # A chosen bin without weight would need mass(all) < p * W, impossible for p < 1: a guard only.
+    return torch.where(in_bin > 0, _exact.values(prefix), -_INF)
 
 
 # --------------------------------------------------------------------------------------------- greedy
