@@ -99,15 +99,17 @@ def _global_stats(gathered: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _exact.values(top), first, count, has_nan
 
 
-def _local_top(x: Tensor, width: int) -> tuple[Tensor, Tensor, Tensor]:
-    """This slice's top-(width + 1) (values, local ids) (one more than needed, to see ties past the list),
-    and the keys of the top-width values [B, width], padded with -1 (below every key) past V_r."""
-    n = min(width + 1, x.shape[1]) if width > 0 else 0
-    top_values, top_ids = _local_top_k(x, n) if n > 0 else (x[:, :0], x[:, :0].to(torch.int64))
-    padded = torch.full((x.shape[0], width), -1, dtype=torch.int64, device=x.device)
-    kept = min(width, n)
-    padded[:, :kept] = _exact.keys(top_values[:, :kept])
-    return top_values, top_ids, padded
+def _local_top(x: Tensor, width: int, start: int) -> Tensor:
+    """[B, 2 * width + 1] int64: the keys of this slice's top-(width + 1) values (one more than the list, to
+    see ties past its end), then the global ids of the top width; -1 pads past V_r (below every key)."""
+    batch, n = x.shape[0], min(width + 1, x.shape[1]) if width > 0 else 0
+    out = torch.full((batch, 2 * width + 1), -1, dtype=torch.int64, device=x.device)
+    if n > 0:
+        top_values, top_ids = _local_top_k(x, n)
+        out[:, :n] = _exact.keys(top_values)
+        listed = min(width, n)
+        out[:, width + 1:width + 1 + listed] = top_ids[:, :listed] + start
+    return out
 
 
 def _walk(q: Tensor, target: Tensor, block: int = 1024) -> Tensor:
@@ -196,8 +198,8 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
         return torch.empty(0, dtype=torch.int64, device=device), torch.empty(0, device=device)
     start = lay.starts[grp.rank]
     # --- collective: stats, parameters and the local top-k keys of every row.
-    top_values, top_ids, top_keys = _local_top(x, width)
-    gathered = _exchange.all_gather(grp, torch.cat([_slice_stats(x, start, return_logprobs), columns, top_keys], 1))
+    mine = torch.cat([_slice_stats(x, start, return_logprobs), columns, _local_top(x, width, start)], dim=1)
+    gathered = _exchange.all_gather(grp, mine)
     params = dict(_PARAM_COLUMNS, **({"seed": _SEED} if seed_given else {}))
     _exchange.check_columns_agree("sample", gathered, params)
     m, first, count, has_nan = _global_stats(gathered)
@@ -215,36 +217,23 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
     k_on = (k > 0) & (k < lay.vocab)
     theta = torch.full((batch,), -_INF, device=device)
     if width > 0:
-        merged = gathered[:, :, _TOPK:].permute(1, 0, 2).reshape(batch, -1)
+        merged = gathered[:, :, _TOPK:_TOPK + width].permute(1, 0, 2).reshape(batch, -1)
         kth = merged.sort(dim=1, descending=True).values.gather(1, (k - 1).clamp(0, merged.shape[1] - 1)[:, None])
+        theta_key = torch.where(k_on, kth.squeeze(1), -1)
         theta = torch.where(k_on, _exact.values(kth.squeeze(1)), theta)
-
-    # The tokens to weigh: with top-k on every sampled row, only the local top-k list (the survivors are in
-    # it unless ties at the threshold run past its end: the one extra entry shows that), ids ascending.
-    xs, ids = x, None
-    if width > 0 and bool((k_on | ~sampled).all()):
-        overflow = top_values.shape[1] > width and bool((sampled & (top_values[:, width] >= theta)).any())
-        if not overflow:
-            order = top_ids[:, :width].argsort(dim=1)
-            xs, ids = top_values[:, :width].gather(1, order), top_ids[:, :width].gather(1, order)
+        # With top-k on every sampled row, the gathered lists hold every survivor (unless ties at the
+        # threshold run past some rank's list: its extra key shows that), so every rank finishes the row
+        # from them alone, with no further collective.
+        past_list = gathered[:, :, _TOPK + width] >= theta_key.unsqueeze(0)
+        if bool((k_on | ~sampled).all()) and not bool((past_list & sampled.unsqueeze(0)).any()):
+            ids = gathered[:, :, _TOPK + width + 1:].permute(1, 0, 2).reshape(batch, -1)
+            token, logprob = _draw_listed(merged, ids, theta, m, t, p, mp, finite, inf_rows, ref, lay.vocab)
+            return _finish(token, logprob, valid, greedy_rows, first, count, return_logprobs)
+    xs = x
 
     # Fixed-point weights (0 on rows that are not sampled, and below the top-k threshold).
     scale = _exact.scale_bits(lay.vocab)
-    d = xs.to(torch.float64).sub_(torch.where(finite, m, 0.0).to(torch.float64).unsqueeze(1))
-    d.div_(torch.where(finite, t, 1.0).to(torch.float64).unsqueeze(1))
-    if not bool(finite.all()):
-        d[~finite] = -_INF
-    min_p_on = sampled & (mp > 0)
-    keep_min_p = None
-    if bool(min_p_on.any()):
-        log_mp = torch.log(torch.where(min_p_on, mp, 1.0).to(torch.float64))
-        keep_min_p = (d >= torch.where(min_p_on, log_mp, -_INF).unsqueeze(1))
-    q = _exact.fixed_point_weights(d, scale)
-    if bool(inf_rows.any()):  # +inf tokens weigh 1 each, the rest 0; min-p keeps exactly them
-        at_inf = xs[inf_rows] == _INF
-        q[inf_rows] = at_inf.to(torch.int64) << scale
-        if keep_min_p is not None:
-            keep_min_p[inf_rows] = at_inf | ~min_p_on[inf_rows].unsqueeze(1)
+    q, keep_min_p = _weigh(xs, m, t, mp, finite, inf_rows, sampled, scale)
     if width > 0:
         q.masked_fill_(xs < theta.unsqueeze(1), 0)
 
@@ -268,17 +257,76 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
     index = _walk(q, local_target.clamp(min=0)).unsqueeze(1)
     w = _token_weight(xs.gather(1, index).squeeze(1), m, t, inf_rows)
     logprob = torch.log(w) - (torch.log(total.to(torch.float64)) - scale * math.log(2.0))
-    token = (index if ids is None else ids.gather(1, index)).squeeze(1) + start
+    token = index.squeeze(1) + start
     # --- collective: the owner of each row's draw contributes its token and logprob, the others zeros.
     drawn = torch.stack([token.to(torch.float64), logprob], dim=1)
     drawn = _exchange.all_reduce_sum(grp, torch.where(owner.unsqueeze(1), drawn, 0.0))
 
-    tokens = torch.where(greedy_rows, first, drawn[:, 0].to(torch.int64))
-    tokens = torch.where(valid, tokens, -1)
+    return _finish(drawn[:, 0].to(torch.int64), drawn[:, 1], valid, greedy_rows, first, count, return_logprobs)
+
+
+def _finish(token, logprob, valid, greedy_rows, first, count, return_logprobs):
+    """Greedy rows take the lowest id of the max, invalid rows -1 (logprob NaN)."""
+    tokens = torch.where(valid, torch.where(greedy_rows, first, token), -1)
     if not return_logprobs:
-        return tokens, torch.empty(0, dtype=torch.float32, device=device)
-    logprobs = torch.where(greedy_rows, -torch.log(count.clamp(min=1).to(torch.float64)), drawn[:, 1])
+        return tokens, torch.empty(0, dtype=torch.float32, device=tokens.device)
+    logprobs = torch.where(greedy_rows, -torch.log(count.clamp(min=1).to(torch.float64)), logprob)
     return tokens, torch.where(valid, logprobs, float("nan")).to(torch.float32)
+
+
+def _weigh(x: Tensor, m: Tensor, t: Tensor, mp: Tensor, finite: Tensor, inf_rows: Tensor, sampled: Tensor,
+           scale: int) -> tuple[Tensor, Tensor | None]:
+    """Fixed-point weights of tokens x [B, n] (0 on rows that are not sampled) and the min-p mask (None when
+    min-p is off on every row). Elementwise: the same token gets the same weight on every rank and path."""
+    d = x.to(torch.float64).sub_(torch.where(finite, m, 0.0).to(torch.float64).unsqueeze(1))
+    d.div_(torch.where(finite, t, 1.0).to(torch.float64).unsqueeze(1))
+    if not bool(finite.all()):
+        d[~finite] = -_INF
+    min_p_on = sampled & (mp > 0)
+    keep_min_p = None
+    if bool(min_p_on.any()):
+        log_mp = torch.log(torch.where(min_p_on, mp, 1.0).to(torch.float64))
+        keep_min_p = d >= torch.where(min_p_on, log_mp, -_INF).unsqueeze(1)
+    q = _exact.fixed_point_weights(d, scale)
+    if bool(inf_rows.any()):  # +inf tokens weigh 1 each, the rest 0; min-p keeps exactly them
+        at_inf = x[inf_rows] == _INF
+        q[inf_rows] = at_inf.to(torch.int64) << scale
+        if keep_min_p is not None:
+            keep_min_p[inf_rows] = at_inf | ~min_p_on[inf_rows].unsqueeze(1)
+    return q, keep_min_p
+
+
+def _draw_listed(keys: Tensor, ids: Tensor, theta: Tensor, m, t, p, mp, finite, inf_rows, ref, vocab: int):
+    """Top-k -> top-p -> min-p and the draw over the gathered top-k lists ([B, L] keys, global ids; -1 pads),
+    on every rank alike. Returns (token, logprob) of the sampled rows."""
+    sampled = finite | inf_rows
+    scale = _exact.scale_bits(vocab)
+    x = _exact.values(keys)
+    entry = (keys >= 0) & (x >= theta.unsqueeze(1))  # a real token among the top-k survivors
+    q, keep_min_p = _weigh(x, m, t, mp, finite, inf_rows, sampled, scale)
+    q.masked_fill_(~entry, 0)
+    # top-p: mass strictly above each token's value (equal keys are one group) against p * W.
+    order = keys.argsort(dim=1, descending=True)
+    sorted_keys, sorted_q = keys.gather(1, order), q.gather(1, order)
+    ends = sorted_q.cumsum(dim=1)
+    group_start = torch.searchsorted(-sorted_keys, -sorted_keys, right=False)  # first of each equal-key run
+    above = (ends.gather(1, group_start) - sorted_q.gather(1, group_start)).gather(1, order.argsort(dim=1))
+    floor, inexact = _exact.floor_scaled(p, q.sum(dim=1))
+    keep_p = (above < (floor + inexact.to(torch.int64)).unsqueeze(1)) | (above == 0) | (p >= 1).unsqueeze(1)
+    keep_p |= inf_rows.unsqueeze(1)  # +inf tokens tie: all kept
+    q.masked_fill_(~keep_p, 0)
+    if keep_min_p is not None:
+        q.masked_fill_(~keep_min_p, 0)
+    # The draw in ascending global id order (pads last).
+    by_id = torch.where(entry, ids, torch.iinfo(torch.int64).max).argsort(dim=1)
+    q_by_id = q.gather(1, by_id)
+    total = q.sum(dim=1)
+    target, _ = _exact.floor_scaled(philox_uniform(ref[:, _SEED], ref[:, _OFFSET], 0), total)
+    pick = torch.searchsorted(q_by_id.cumsum(dim=1), target.unsqueeze(1), right=True).clamp(max=keys.shape[1] - 1)
+    slot = by_id.gather(1, pick)
+    w = _token_weight(x.gather(1, slot).squeeze(1), m, t, inf_rows)
+    logprob = torch.log(w) - (torch.log(total.to(torch.float64)) - scale * math.log(2.0))
+    return ids.gather(1, slot).squeeze(1), logprob
 
 
 def _token_weight(x: Tensor, m: Tensor, t: Tensor, inf_rows: Tensor) -> Tensor:
