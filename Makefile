@@ -22,3 +22,7 @@ check-cuda:
 
 clean:
 	rm -rf build fastsample/_C*.so *.egg-info
+
+# Vocab-parallel sampling over torch.distributed: 2 ranks (gloo on CPU, NCCL with >= 2 GPUs), V = 128256.
+bench-distributed: install
+	$(PYTHON) -m bench.distributed
