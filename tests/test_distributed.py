@@ -258,6 +258,7 @@ def test_sample_equals_single_device(ranks):
                 np.testing.assert_allclose(np64(got[1])[same], np64(want[1])[same], *LOGPROB_TOL[::-1],
                                            equal_nan=True, err_msg=f"{what}: logprobs")
     assert rows > 1000
+    print(f"distributed vs one device: {flips} of {rows} rows on the other side of a boundary")
     assert_rare(flips, rows, "distributed sample vs one device")
 
 
@@ -339,3 +340,34 @@ def test_local_argument_error_reaches_every_rank(ranks):
                 assert got_kind == "ValueError" and f"rank(s) [{bad_rank}]" in text, text
     after = [ranks[r][("bad", "after")] for r in range(WORLD)]
     assert all(torch.equal(a, after[0]) for a in after) and (after[0] >= 0).all()
+
+
+# ------------------------------------------------------------------------------- exact integer helpers
+def test_floor_scaled_is_exact():
+    """floor(f * W) and its remainder flag against Python fractions, for float32 f in [0, 1] (down to
+    subnormals) and W up to 2^61 - 1: the comparisons with p * W and u * W rest on it."""
+    from fractions import Fraction
+
+    from fastsample.distributed import _exact
+
+    gen = torch.Generator().manual_seed(3)
+    edges = torch.tensor([0.0, 1.0, 0.5, 2**-24, 1 - 2**-24, 1e-30, 1e-45, 0.9])
+    f = torch.cat([edges, torch.rand(500, generator=gen)])
+    total = torch.randint(0, 2**61, (f.numel(),), generator=gen)
+    total[:8] = torch.tensor([0, 2**61 - 1, 3, 2**44, 2**61 - 1, 7, 2**61 - 1, 10])
+    total[8::5] = torch.randint(0, 1000, (total[8::5].numel(),), generator=gen)
+    floor, inexact = _exact.floor_scaled(f, total)
+    for a, w, got_floor, got_inexact in zip(f.tolist(), total.tolist(), floor.tolist(), inexact.tolist()):
+        exact = Fraction(a) * w
+        assert got_floor == exact.numerator // exact.denominator, (a, w)
+        assert got_inexact == (exact.denominator != 1), (a, w)
+
+
+def test_keys_order_like_floats():
+    from fastsample.distributed import _exact
+
+    x = torch.tensor([-math.inf, -3.0, -1e-40, -0.0, 0.0, 1e-45, 1.0, 3e38, math.inf])
+    k = _exact.keys(x)
+    assert (k[1:] >= k[:-1]).all() and k[3] == k[4] and (k[[0, 1, 2, 5, 6, 7, 8]].diff() > 0).all()
+    assert _exact.keys(torch.tensor([math.nan, -math.nan])).tolist() == [_exact.KEY_NAN] * 2
+    torch.testing.assert_close(_exact.values(k), x + 0.0, rtol=0, atol=0)
