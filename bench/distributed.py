@@ -134,9 +134,10 @@ def _rank_main(rank: int, world: int, backend: str, init_file: str, args, out: s
     rows = []
     for batch in args.batches:
         for dist_name in args.dists:
-            full = make_logits(Shape(batch, VOCAB, dist_name, torch.float32), device, seed=batch)
-            size = VOCAB // world
-            x = full[:, rank * size:(rank + 1) * size if rank < world - 1 else VOCAB].contiguous()
+            vocab = args.vocab
+            full = make_logits(Shape(batch, vocab, dist_name, torch.float32), device, seed=batch)
+            size = vocab // world
+            x = full[:, rank * size:(rank + 1) * size if rank < world - 1 else vocab].contiguous()
             for op, kwargs in OPS.items():
                 results = {}
                 for provider, fn in _providers(x, kwargs, rank, world, counter).items():
@@ -144,7 +145,7 @@ def _rank_main(rank: int, world: int, backend: str, init_file: str, args, out: s
                     results[provider] = fn()  # one counted call
                     sent, collectives = counter.sent, counter.collectives
                     timing = timing_of(_time(fn, device, args.reps if batch < 8 else max(5, args.reps // 3)))
-                    rows.append({"op": op, "provider": provider, "W": world, "B": batch, "V": VOCAB,
+                    rows.append({"op": op, "provider": provider, "W": world, "B": batch, "V": vocab,
                                  "dist": dist_name, "median_ms": timing.median_ms, "p20_ms": timing.p20_ms,
                                  "p80_ms": timing.p80_ms, "reps": timing.reps, "bytes_sent": sent,
                                  "collectives": collectives})
@@ -186,6 +187,7 @@ def main(argv=None) -> int:
     p.add_argument("--backend", choices=("gloo", "nccl"), help="default: nccl with >= W GPUs, else gloo")
     p.add_argument("--batches", type=lambda s: [int(b) for b in s.split(",")], default=list(BATCHES))
     p.add_argument("--dists", type=lambda s: s.split(","), default=["flat", "peaked"])
+    p.add_argument("--vocab", type=int, default=VOCAB, help=f"vocabulary size (default {VOCAB})")
     p.add_argument("--reps", type=int, default=30, help="timed calls per case at B = 1 (a third at B >= 8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     where = f"{device_description(device)} per rank, {args.world} ranks, {backend}"
     table = markdown(rows)
-    print(f"fastsample.distributed, V = {VOCAB}, {where}\n\n{table}")
+    print(f"fastsample.distributed, V = {args.vocab}, {where}\n\n{table}")
     if any(r.get("note") for r in rows):
         print("\nWARNING: fastsample.distributed and gather+sample gave different tokens in some case")
     slug = "cuda" if backend == "nccl" else "cpu"

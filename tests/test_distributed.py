@@ -371,3 +371,19 @@ def test_keys_order_like_floats():
     assert (k[1:] >= k[:-1]).all() and k[3] == k[4] and (k[[0, 1, 2, 5, 6, 7, 8]].diff() > 0).all()
     assert _exact.keys(torch.tensor([math.nan, -math.nan])).tolist() == [_exact.KEY_NAN] * 2
     torch.testing.assert_close(_exact.values(k), x + 0.0, rtol=0, atol=0)
+
+
+def test_bench_runs(tmp_path):
+    """Smoke run of `python -m bench.distributed` on a tiny shape: it prints the table and records CSV rows
+    (no timing is asserted)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "bench.distributed", "--vocab", "1000", "--batches", "2", "--dists", "flat",
+           "--reps", "1", "--out", str(tmp_path)]
+    out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "fastsample.distributed" in out.stdout and "tokens differ" not in out.stdout
+    lines = (tmp_path / "distributed-cpu.csv").read_text().splitlines()
+    assert lines[0].startswith("op,provider,W,B,V") and len(lines) == 1 + 3 * 3  # 3 ops x 3 providers
