@@ -28,11 +28,11 @@ check-wheel:
 clean:
 	rm -rf build fastsample/_C*.so *.egg-info
 
-# Issue 13. check-gpu: the CUDA units (check-cuda with ptxas -v) and every Triton kernel the launchers pick,
+# check-gpu: the CUDA units (check-cuda with ptxas -v) and every Triton kernel the launchers pick,
 # compiled for sm_80 and sm_90 without a GPU; one table of registers, spills and shared memory.
 # gpu-check: on a machine with a GPU, build for it, run the tests, compute-sanitizer and the GPU bench
 # (make gpu-check OUT=dir QUICK=1). compat: CI's torch 2.11 + Triton 3.6 job in its own venv.
-.PHONY: check-gpu gpu-check compat
+.PHONY: check-gpu gpu-check compat bench-distributed
 check-gpu:
 	$(PYTHON) tools/check_gpu.py --nvcc $(NVCC)
 
@@ -41,3 +41,7 @@ gpu-check:
 
 compat:
 	.ci/compat
+
+# Vocab-parallel sampling over torch.distributed: 2 ranks (gloo on CPU, NCCL with >= 2 GPUs), V = 128256.
+bench-distributed: install
+	$(PYTHON) -m bench.distributed
