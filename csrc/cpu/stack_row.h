@@ -2,7 +2,7 @@
 //
 // The grammar mask, the logit bias and the penalties never produce a modified copy of the logits: a row's
 // bias and history ids are first resolved into a short list of overrides (token id -> its processed logit,
-// sorted by id, O(L log L) for L ids), and every pass over the row rebuilds the processed logits of one
+// sorted by id, O(L + V / kStackBlock) for L ids), and every pass over the row rebuilds the processed logits of one
 // block of kStackBlock tokens at a time in a per-thread scratch: x where the mask allows, -inf elsewhere,
 // then the overrides that fall into the block. Exactness: a processed logit is the float32 rounding of the
 // float64 formula of docs/ops.md, the same number in every pass and in the reference.
@@ -17,10 +17,12 @@ namespace fastsample::cpu::stack {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kStackBlock = 256;  // a multiple of 32: a block starts on a mask word
 
-// A token whose logit the bias or the penalties change, and its processed logit (before the mask).
+// A token whose logit the bias or the penalties change: its summed bias, output count and whether it was seen.
 struct Override {
   int64_t id;
-  float y;
+  double bias;
+  int64_t count;  // occurrences in the output
+  bool seen;      // in prompt or output
 };
 
 // One id list of a row: `len` ids, -1 = unused slot; `values` (bias only) the amounts added.
@@ -34,18 +36,29 @@ struct Penalties {
   double repetition, frequency, presence;
 };
 
-// Resolves a row's bias, prompt and output ids into overrides sorted by id; x_at(i) gives the raw logit.
+// The processed logit of an override token with raw logit x (before the mask): docs/ops.md steps 2-3 in
+// double, rounded to float once. Computed as a pass reads the token's block (the logit is in cache then;
+// reading it up front was a cache miss per history token).
+inline float override_logit(const Override& o, float x, const Penalties& pen) {
+  double z = static_cast<double>(x) + o.bias;
+  if (o.seen) z = z > 0 ? z / pen.repetition : z * pen.repetition;
+  if (o.count > 0) z -= pen.frequency * static_cast<double>(o.count) + pen.presence;
+  return static_cast<float>(z);
+}
+
+// Resolves a row's bias, prompt and output ids into overrides sorted by id, one per token.
 // Returns false when an id lies outside [-1, V) (the row is then invalid).
-template <class XAt>
-bool resolve_overrides(const IdList& bias, const IdList& prompt, const IdList& output, int64_t vocab,
-                       const Penalties& pen, XAt x_at, std::vector<Override>& out) {
-  struct Entry {
-    int64_t id;
-    double bias;
-    int64_t count;  // occurrences in the output
-    bool seen;      // in prompt or output
-  };
-  std::vector<Entry> entries;
+// The buffers of resolve_overrides, kept per thread across rows (fresh pages for every row cost more than the work).
+struct ResolveScratch {
+  std::vector<Override> entries, sorted;
+  std::vector<int32_t> start, next;
+};
+
+inline bool resolve_overrides(const IdList& bias, const IdList& prompt, const IdList& output, int64_t vocab,
+                              ResolveScratch& scratch, std::vector<Override>& out) {
+  using Entry = Override;
+  std::vector<Entry>& entries = scratch.entries;
+  entries.clear();
   entries.reserve(bias.len + prompt.len + output.len);
   auto add = [&](const IdList& list, int kind) {
     for (int64_t j = 0; j < list.len; ++j) {
@@ -58,18 +71,35 @@ bool resolve_overrides(const IdList& bias, const IdList& prompt, const IdList& o
   };
   out.clear();
   if (!add(bias, 0) || !add(prompt, 1) || !add(output, 2)) return false;
-  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.id < b.id; });
-  for (size_t j = 0; j < entries.size();) {
-    Entry e = entries[j];
-    for (++j; j < entries.size() && entries[j].id == e.id; ++j) {
-      e.bias += entries[j].bias;
-      e.count += entries[j].count;
-      e.seen = e.seen || entries[j].seen;
+  // Counting sort by block (O(L + V / kStackBlock), where a comparison sort of a 1k-token history cost as
+  // much as the pass over the logits), then a short sort inside each block.
+  const int64_t blocks = (vocab + kStackBlock - 1) / kStackBlock;
+  std::vector<int32_t>& start = scratch.start;
+  start.assign(blocks + 1, 0);
+  for (const Entry& e : entries) ++start[e.id / kStackBlock + 1];
+  for (int64_t b = 0; b < blocks; ++b) start[b + 1] += start[b];
+  std::vector<Entry>& sorted = scratch.sorted;
+  sorted.resize(entries.size());
+  scratch.next.assign(start.begin(), start.end() - 1);
+  for (const Entry& e : entries) sorted[scratch.next[e.id / kStackBlock]++] = e;
+  auto by_id = [](const Entry& a, const Entry& b) { return a.id < b.id; };
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (start[b + 1] - start[b] > 16) {  // a history crowded into one block: no quadratic insertion sort
+      std::sort(sorted.begin() + start[b], sorted.begin() + start[b + 1], by_id);
+      continue;
     }
-    double z = static_cast<double>(x_at(e.id)) + e.bias;
-    if (e.seen) z = z > 0 ? z / pen.repetition : z * pen.repetition;
-    if (e.count > 0) z -= pen.frequency * static_cast<double>(e.count) + pen.presence;
-    out.push_back({e.id, static_cast<float>(z)});
+    for (int32_t i = start[b] + 1; i < start[b + 1]; ++i) {
+      for (int32_t j = i; j > start[b] && sorted[j - 1].id > sorted[j].id; --j) std::swap(sorted[j - 1], sorted[j]);
+    }
+  }
+  for (size_t j = 0; j < sorted.size();) {
+    Entry e = sorted[j];
+    for (++j; j < sorted.size() && sorted[j].id == e.id; ++j) {
+      e.bias += sorted[j].bias;
+      e.count += sorted[j].count;
+      e.seen = e.seen || sorted[j].seen;
+    }
+    out.push_back(e);
   }
   return true;
 }
@@ -116,10 +146,15 @@ struct Collector {
   size_t limit_ = 64;
 };
 
-// y[i] = bit i of the words ? x[i] : -inf for i < n (the words start at the block's first token).
-void masked_block(const float* x, const uint32_t* words, int64_t n, float* y);
+// A block is scanned for the collector in sub-blocks of this many tokens whose maxima reach its threshold.
+constexpr int64_t kSubBlock = 64;
+constexpr int kSubBlocks = kStackBlock / kSubBlock;
 
-// The max of y[0, n) (NaN ignored) and whether x[0, n) holds a NaN.
-float block_max(const float* y, const float* x, int64_t n, bool& x_has_nan);
+// y[i] = bit i of the words ? x[i] : -inf for i < n <= kStackBlock (the words start at the block's first
+// token), with the max of each sub-block of y (NaN ignored; -inf past n) and whether x holds a NaN, in one read.
+void masked_block(const float* x, const uint32_t* words, int64_t n, float* y, float* sub_max, bool& x_has_nan);
+
+// The max of each sub-block of x[0, n) (NaN ignored; -inf past n), and whether x holds a NaN.
+void block_stats(const float* x, int64_t n, float* sub_max, bool& x_has_nan);
 
 }  // namespace fastsample::cpu::stack

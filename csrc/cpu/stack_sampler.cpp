@@ -54,41 +54,63 @@ struct RowSource {
   const uint32_t* mask;  // null: all allowed
   int64_t vocab;
   const std::vector<Override>& overrides;
+  const Penalties& pen;
+  bool override_nan = false;  // an allowed override token's processed logit was NaN
+  bool x_nan = false;         // a raw logit was NaN
+  size_t cursor = 0;          // the first override at or after the last block's start
   float xbuf[kStackBlock], ybuf[kStackBlock];
 
   bool allowed(int64_t i) const { return !mask || ((mask[i / 32] >> (i % 32)) & 1u); }
 
-  // y of tokens [lo, lo + n); xf receives the block's raw logits as float.
-  const float* block(int64_t lo, int64_t n, const float*& xf) {
+  // y of tokens [lo, lo + n); xf receives the block's raw logits as float, sub_max the maxima of y's
+  // sub-blocks; x_nan records a NaN in the raw logits.
+  const float* block(int64_t lo, int64_t n, const float*& xf, float* sub_max) {
     if constexpr (std::is_same_v<T, float>) {
       xf = x + lo;
     } else {
       for (int64_t i = 0; i < n; ++i) xbuf[i] = to_float(x[lo + i]);
       xf = xbuf;
     }
-    auto it = std::lower_bound(overrides.begin(), overrides.end(), lo,
-                               [](const Override& o, int64_t id) { return o.id < id; });
+    // Passes read blocks in order: the cursor moves forward, a jump back (a draw) searches again.
+    if (cursor > 0 && overrides[cursor - 1].id >= lo) cursor = 0;
+    while (cursor < overrides.size() && overrides[cursor].id < lo) ++cursor;
+    auto it = overrides.begin() + cursor;
     const bool touched = it != overrides.end() && it->id < lo + n;
-    if (!mask && !touched) return xf;
     if (mask) {
-      masked_block(xf, mask + lo / 32, n, ybuf);
+      masked_block(xf, mask + lo / 32, n, ybuf, sub_max, x_nan);
     } else {
+      block_stats(xf, n, sub_max, x_nan);
+      if (!touched) return xf;
       std::copy(xf, xf + n, ybuf);
     }
     for (; it != overrides.end() && it->id < lo + n; ++it) {
-      if (allowed(it->id)) ybuf[it->id - lo] = it->y;
+      if (!allowed(it->id)) continue;
+      const int64_t i = it->id - lo;
+      const float y = override_logit(*it, xf[i], pen), before = ybuf[i];
+      override_nan = override_nan || y != y;
+      ybuf[i] = y;
+      const int64_t s = i / kSubBlock;
+      if (!(before == sub_max[s] && y < before)) {
+        sub_max[s] = y > sub_max[s] ? y : sub_max[s];
+        continue;
+      }
+      // The override lowered the sub-block's max token (rare): take that sub-block's max again.
+      float m = -kInf;
+      for (int64_t k = s * kSubBlock; k < std::min(n, (s + 1) * kSubBlock); ++k) m = ybuf[k] > m ? ybuf[k] : m;
+      sub_max[s] = m;
     }
     return ybuf;
   }
 
-  // f(lo, n, y, xf) for every block, in order.
+  // f(lo, n, y, xf, sub_max) for every block, in order.
   template <class F>
   void scan(F&& f) {
     for (int64_t lo = 0; lo < vocab; lo += kStackBlock) {
       const int64_t n = std::min(kStackBlock, vocab - lo);
       const float* xf;
-      const float* y = block(lo, n, xf);
-      f(lo, n, y, xf);
+      float sub_max[kSubBlocks];
+      const float* y = block(lo, n, xf, sub_max);
+      f(lo, n, y, xf, sub_max);
     }
   }
 };
@@ -173,14 +195,10 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   const bool params_ok = a.temperature >= 0.0f && a.temperature < kInf && a.top_p >= 0.0f && a.top_p <= 1.0f &&
                          a.min_p >= 0.0f && a.min_p <= 1.0f && pen.repetition > 0 && std::isfinite(pen.repetition) &&
                          std::isfinite(pen.frequency) && std::isfinite(pen.presence);
-  std::vector<Override> overrides;
-  if (!params_ok ||
-      !resolve_overrides(bias, prompt, output, vocab, pen, [&](int64_t i) { return to_float(x[i]); }, overrides)) {
-    return invalid();
-  }
-  RowSource<T> src{x, mask, vocab, overrides, {}, {}};
-  bool has_nan = false;
-  for (const Override& o : overrides) has_nan = has_nan || (std::isnan(o.y) && src.allowed(o.id));
+  thread_local ResolveScratch scratch;
+  thread_local std::vector<Override> overrides;
+  if (!params_ok || !resolve_overrides(bias, prompt, output, vocab, scratch, overrides)) return invalid();
+  RowSource<T> src{x, mask, vocab, overrides, pen};
 
   // Pass 1: row max, NaN, the top-k (or top-N) collector, raw stats.
   const bool top_k_on = a.top_k > 0 && a.top_k < vocab;
@@ -189,11 +207,11 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   if (a.mode == 2 && a.top_n > 0) raw_best.start(a.top_n);
   RawStats raw;
   float row_max = -kInf;
-  src.scan([&](int64_t lo, int64_t n, const float* y, const float* xf) {
-    const float bmax = block_max(y, xf, n, has_nan);
-    row_max = std::max(row_max, bmax);
-    if (best.m > 0 && bmax >= best.threshold && bmax > -kInf) {
-      for (int64_t i = 0; i < n; ++i) {
+  src.scan([&](int64_t lo, int64_t n, const float* y, const float* xf, const float* sub_max) {
+    for (int s = 0; s < kSubBlocks; ++s) {
+      row_max = std::max(row_max, sub_max[s]);
+      if (best.m == 0 || !(sub_max[s] >= best.threshold && sub_max[s] > -kInf)) continue;
+      for (int64_t i = s * kSubBlock; i < std::min(n, (s + 1) * kSubBlock); ++i) {
         if (y[i] >= best.threshold && y[i] > -kInf) best.push(y[i], lo + i);
       }
     }
@@ -206,7 +224,7 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
       }
     }
   });
-  if (has_nan || !(row_max > -kInf)) return invalid();
+  if (src.x_nan || src.override_nan || !(row_max > -kInf)) return invalid();
   if (best.m > 0) best.finish();
   if (raw_best.m > 0) raw_best.finish();
 
@@ -228,7 +246,7 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
         if (it.v == row_max) kept.push_back(it);
       }
     } else {
-      src.scan([&](int64_t lo, int64_t n, const float* y, const float*) {
+      src.scan([&](int64_t lo, int64_t n, const float* y, const float*, const float*) {
         for (int64_t i = 0; i < n; ++i) {
           if (y[i] == row_max) kept.push_back({y[i], lo + i});
         }
@@ -267,7 +285,7 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
         return d < kBuckets - 1 ? static_cast<int>(d) : kBuckets - 1;
       };
       std::vector<double> mass(kBuckets, 0.0);
-      src.scan([&](int64_t, int64_t n, const float* y, const float*) {
+      src.scan([&](int64_t, int64_t n, const float* y, const float*, const float*) {
         for (int64_t i = 0; i < n; ++i) {
           if (y[i] >= s_floor && y[i] > -kInf) mass[bucket(y[i])] += exp_nonpositive((y[i] - row_max) * inv_t);
         }
@@ -290,7 +308,7 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
         cum = std::accumulate(mass.begin(), mass.begin() + edge, 0.0);
       }
       std::vector<std::pair<float, double>> region;
-      src.scan([&](int64_t, int64_t n, const float* y, const float*) {
+      src.scan([&](int64_t, int64_t n, const float* y, const float*, const float*) {
         for (int64_t i = 0; i < n; ++i) {
           if (y[i] >= s_floor && y[i] > -kInf && bucket(y[i]) == edge) {
             region.push_back({y[i], exp_nonpositive((y[i] - row_max) * inv_t)});
@@ -302,7 +320,7 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
     }
     theta = std::max(theta_p, theta_m);
     block_sums.assign((vocab + kStackBlock - 1) / kStackBlock, 0.0);
-    src.scan([&](int64_t lo, int64_t n, const float* y, const float*) {
+    src.scan([&](int64_t lo, int64_t n, const float* y, const float*, const float*) {
       double s = 0.0;
       for (int64_t i = 0; i < n; ++i) s += weight_f(y[i]);
       block_sums[lo / kStackBlock] = s;
@@ -353,7 +371,8 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
       }
       const int64_t lo = blk * kStackBlock, n = std::min(kStackBlock, vocab - lo);
       const float* xf;
-      const float* y = src.block(lo, n, xf);
+      float sub_max[kSubBlocks];
+      const float* y = src.block(lo, n, xf, sub_max);
       for (int64_t i = 0; i < n; ++i) {
         const float w = weight_f(y[i]);
         if (w <= 0.0f) continue;
@@ -381,7 +400,7 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
           if (kept[i].id == out.tokens[j]) token_lp[j] = kept_lp[i];
         }
       } else {
-        src.scan([&](int64_t, int64_t n, const float* y, const float*) {
+        src.scan([&](int64_t, int64_t n, const float* y, const float*, const float*) {
           for (int64_t i = 0; i < n; ++i) rank += y[i] >= theta && y[i] >= token_y[j];
         });
       }
@@ -414,7 +433,7 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
     if (std::isinf(lp)) {
       rank = vocab;
     } else {
-      src.scan([&](int64_t, int64_t n, const float*, const float* xf) {
+      src.scan([&](int64_t, int64_t n, const float*, const float* xf, const float*) {
         for (int64_t i = 0; i < n; ++i) rank += xf[i] >= v;
       });
     }
