@@ -350,3 +350,14 @@ def test_compile_fullgraph_equals_eager():
     compiled = torch.compile(step, fullgraph=True)
     for got, want in zip(compiled(x, seed), step(x, seed)):
         assert torch.equal(got, want) or torch.allclose(got, want, equal_nan=True)
+
+
+def test_empty_batch_and_one_token_vocab(backend):
+    empty = fastsample.sample_stack(torch.randn(0, 40), prompt_ids=torch.zeros(0, 3, dtype=torch.int64),
+                                    repetition_penalty=1.2, num_samples=2, logprobs="raw", top_logprobs=3, seed=1,
+                                    backend=backend)
+    assert [tuple(t.shape) for t in empty] == [(0, 2), (0, 2), (0, 2), (0, 3), (0, 3)]
+    one = fastsample.sample_stack(torch.randn(3, 1), top_k=1, top_p=0.5, logprobs="processed", top_logprobs=1,
+                                  seed=1, backend=backend)
+    assert one.tokens.tolist() == [0, 0, 0] and one.ranks.tolist() == [1, 1, 1]
+    assert one.logprobs.tolist() == [0.0, 0.0, 0.0] and one.top_ids.tolist() == [[0], [0], [0]]
