@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from . import gpu, sampling, softmax, speculative, topk, topp
+from . import gpu, sampling, softmax, speculative, stack_sampler, topk, topp
 from .common import (REPO, BenchOp, Progress, Shape, Timing, device_description, device_slug, git_commit,
                      measure, pooled)
 from .inputs import DISTS, make_logits
@@ -24,6 +24,7 @@ from .report import PASS_OP, Result, append_csv, csv_rows, fill_speedups, markdo
 from .targets import headline_table, target_lines
 
 OPS: list[BenchOp] = [*softmax.OPS, *topk.OPS, *topp.OPS, *sampling.OPS, *speculative.OPS]
+OPS += stack_sampler.OPS
 FULL_BATCHES = (1, 8, 32, 128)
 FULL_VOCABS = (32000, 128256, 151936, 262144)
 # The default suite (under 3 minutes on 2 idle CPU cores, most of it in the sort-based baselines): the issue

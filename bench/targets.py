@@ -56,6 +56,11 @@ TARGETS = [
      operator.le, 1.1, "×"),
     ("issue 6", SAMPLE, 1, "under 0.2 ms", _ms, operator.lt, 0.2, " ms"),
 ]
+STACK = "sample_stack(mask,bias,penalties,T=0.8,k=50,p=0.9,min_p=0.05,top5)"
+TARGETS += [
+    ("issue 18", STACK, 32, "≥ 50× the vLLM-v1-style torch sampler", _vs(STACK, "torch", True), operator.ge, 50, "×"),
+    ("issue 18", STACK, 32, "≤ 1.5× plain sample(T=0.8,k=50,p=0.9)", _vs(SAMPLE, FAST), operator.le, 1.5, "×"),
+]
 
 
 def _fp32(results: list[Result]) -> list[Result]:

@@ -36,4 +36,15 @@ TORCH_LIBRARY(fastsample, m) {
   m.def(
       "chain_speculative_sampling(Tensor draft_probs, Tensor draft_token_ids, Tensor target_probs, "
       "Tensor seed, Tensor offset) -> (Tensor output_token_ids, Tensor accepted_num, Tensor emitted_num)");
+  // The stack sampler (docs/ops.md "sample_stack"): mask -> bias -> penalties -> temperature -> filters (HF or
+  // vLLM v1 order) -> num_samples draws -> logprobs (mode 0 none, 1 processed, 2 raw), ranks and top-N.
+  // tokens [B, n]; logprobs/ranks [B, n] ([0, n] in mode 0); top_ids/top_logprobs [B, top_n].
+  m.def(
+      "sample_stack(Tensor logits, Tensor? allowed_mask, Tensor? bias_ids, Tensor? bias_values, "
+      "Tensor? prompt_ids, Tensor? output_ids, Tensor? repetition_arr, float repetition_val, "
+      "Tensor? frequency_arr, float frequency_val, Tensor? presence_arr, float presence_val, "
+      "Tensor? temperature_arr, float temperature_val, Tensor? top_k_arr, int top_k_val, Tensor? top_p_arr, "
+      "float top_p_val, Tensor? min_p_arr, float min_p_val, bool vllm_order, int num_samples, Tensor seed, "
+      "Tensor offset, int logprobs_mode, int top_n) -> (Tensor tokens, Tensor logprobs, Tensor ranks, "
+      "Tensor top_ids, Tensor top_logprobs)");
 }

@@ -20,3 +20,4 @@ from .sampling import (
 from .speculative import chain_speculative_sampling
 
 __version__ = "0.1.0"
+from .stack import StackSample, sample_stack

@@ -97,3 +97,34 @@ if AVAILABLE:
         batch, n = draft_token_ids.shape
         ids = draft_token_ids.new_empty((batch, n + 1), dtype=torch.int64)
         return ids, ids.new_empty((batch,)), ids.new_empty((batch,))
+
+
+def sample_stack(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bias_values: OptTensor,
+                 prompt_ids: OptTensor, output_ids: OptTensor, repetition_arr: OptTensor, repetition_val: float,
+                 frequency_arr: OptTensor, frequency_val: float, presence_arr: OptTensor, presence_val: float,
+                 temperature_arr: OptTensor, temperature_val: float, top_k_arr: OptTensor, top_k_val: int,
+                 top_p_arr: OptTensor, top_p_val: float, min_p_arr: OptTensor, min_p_val: float, vllm_order: bool,
+                 num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
+                 top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The stack sampler op (docs/ops.md "sample_stack"); same signature as reference_stack.sample_stack."""
+    return torch.ops.fastsample.sample_stack(
+        logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, repetition_arr, repetition_val,
+        frequency_arr, frequency_val, presence_arr, presence_val, temperature_arr, temperature_val, top_k_arr,
+        top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val, vllm_order, num_samples, seed, offset,
+        logprobs_mode, top_n)
+
+
+if AVAILABLE:
+
+    @torch.library.register_fake("fastsample::sample_stack")
+    def _sample_stack_fake(logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, repetition_arr,
+                           repetition_val, frequency_arr, frequency_val, presence_arr, presence_val,
+                           temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr,
+                           min_p_val, vllm_order, num_samples, seed, offset, logprobs_mode, top_n):
+        batch = logits.shape[0]
+        lp_rows = batch if logprobs_mode else 0
+        return (logits.new_empty((batch, num_samples), dtype=torch.int64),
+                logits.new_empty((lp_rows, num_samples), dtype=torch.float32),
+                logits.new_empty((lp_rows, num_samples), dtype=torch.int64),
+                logits.new_empty((batch, top_n), dtype=torch.int64),
+                logits.new_empty((batch, top_n), dtype=torch.float32))

@@ -436,3 +436,138 @@ def chain_speculative_sampling(draft_probs, draft_ids, target_probs, seed, offse
             output[b, e] = token
             ambiguous[b] |= len(candidates) > 1
     return output, accepted, emitted, ambiguous
+
+
+# -------------------------------------------------------------------------------- the stack sampler
+def allowed_from_bitmask(mask, vocab: int) -> np.ndarray:
+    """bool [B, V] from an int32 bitmask [B, ceil(V/32)]: token i is allowed iff bit i % 32 of word i // 32 is set."""
+    words = np.asarray(mask).astype(np.int64) & 0xFFFFFFFF
+    ids = np.arange(vocab)
+    return ((words[:, ids // 32] >> (ids % 32)) & 1).astype(bool)
+
+
+def stack_processed_logits(x, allowed=None, bias_ids=None, bias_values=None, prompt_ids=None, output_ids=None,
+                           repetition=1.0, frequency=0.0, presence=0.0) -> tuple[np.ndarray, np.ndarray]:
+    """The logits after mask -> bias -> penalties (docs/ops.md "sample_stack"), in float64.
+
+    Parameters
+    ----------
+    x : [B, V] raw logits.   allowed : bool [B, V] or None (all allowed).
+    bias_ids, bias_values : [B, L] ids (-1 = unused slot) and values added to those logits; an id may repeat.
+    prompt_ids, output_ids : [B, L] token histories, -1 padding.
+    repetition, frequency, presence : scalar or [B] penalties r, f, q.
+
+    Returns
+    -------
+    (y float64 [B, V], bad_ids bool [B]: rows with an id outside [-1, V) in any id list)
+    """
+    y = _matrix(x).copy()
+    batch, vocab = y.shape
+    reps, freqs, pres = (_rows(v, batch, np.float64) for v in (repetition, frequency, presence))
+    bad = np.zeros(batch, dtype=bool)
+    lists = [np.asarray(a, dtype=np.int64) if a is not None else np.full((batch, 0), -1)
+             for a in (bias_ids, prompt_ids, output_ids)]
+    for b in range(batch):
+        rows = [ids[b] for ids in lists]
+        if any(((r < -1) | (r >= vocab)).any() for r in rows):
+            bad[b] = True
+            continue
+        bias_row, prompt_row, output_row = rows
+        if bias_values is not None:
+            for i, v in zip(bias_row, np.asarray(bias_values, dtype=np.float64)[b]):
+                if i >= 0:
+                    y[b, i] += v
+        counts = np.bincount(output_row[output_row >= 0], minlength=vocab)
+        seen = counts > 0
+        seen[prompt_row[prompt_row >= 0]] = True
+        with np.errstate(invalid="ignore"):
+            y[b] = np.where(seen, np.where(y[b] > 0, y[b] / reps[b], y[b] * reps[b]), y[b])
+            y[b] = np.where(counts > 0, y[b] - (freqs[b] * counts + pres[b]), y[b])
+    if allowed is not None:
+        y = np.where(np.asarray(allowed, dtype=bool), y, -np.inf)
+    return y, bad
+
+
+def _stack_thresholds(y, w, top_k, top_p, min_p, vllm_order, tol) -> list[float]:
+    """Candidate thresholds theta (kept = y >= theta), primary first, in HF or vLLM v1 order."""
+    if not vllm_order:
+        return _thresholds(y, w, top_k, top_p, min_p, tol)
+    vocab = y.size
+    theta_k = np.partition(y, vocab - top_k)[vocab - top_k] if 0 < top_k < vocab else -np.inf
+    thetas_m = _min_p_thresholds(y, w, min_p, tol) if min_p > 0 else [-np.inf]
+    out = []
+    for theta_m in thetas_m:  # min-p on the full row, top-k, then top-p over the survivors of both
+        survivors = max(theta_k, theta_m)
+        for theta in (_top_p_thresholds(y, w, survivors, top_p, tol) if top_p < 1 else [-np.inf]):
+            theta = max(survivors, theta)
+            if theta not in out:
+                out.append(theta)
+    return out
+
+
+def _top_n(lp: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.lexsort((np.arange(lp.size), -lp))[:n]
+    return order.astype(np.int64), lp[order]
+
+
+def sample_stack(x, allowed=None, bias_ids=None, bias_values=None, prompt_ids=None, output_ids=None,
+                 repetition=1.0, frequency=0.0, presence=0.0, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                 vllm_order=False, num_samples=1, seed=0, offset=0, logprobs="processed", top_n=0,
+                 tol: float = REL_TOL) -> dict:
+    """The stack sampler (docs/ops.md "sample_stack"): mask -> bias -> penalties -> temperature -> filters ->
+    num_samples draws (Philox draws j = 0..n-1) -> logprobs, ranks and top-N.
+
+    Returns
+    -------
+    dict of tokens int64 [B, n] (-1 rows invalid), candidates (list of B lists of n sets: the tokens rounding
+    within tol could give), logprobs float64 [B, n] (NaN on invalid rows), ranks int64 [B, n] (-1 there),
+    top_ids int64 [B, N] (-1 there), top_values float64 [B, N] (NaN there), processed float64 [B, V]
+    (the final log-distribution, -inf for dropped tokens; NaN rows invalid).
+    """
+    raw = _matrix(x)
+    batch, vocab = raw.shape
+    y, bad = stack_processed_logits(raw, allowed, bias_ids, bias_values, prompt_ids, output_ids, repetition,
+                                    frequency, presence)
+    temps, ks = _rows(temperature, batch, np.float64), _rows(top_k, batch, np.int64)
+    ps, mps = _rows(top_p, batch, np.float64), _rows(min_p, batch, np.float64)
+    reps, freqs, pres = (_rows(v, batch, np.float64) for v in (repetition, frequency, presence))
+    seeds, offsets = _rows(seed, batch, np.int64), _rows(offset, batch, np.int64)
+    out = {"tokens": np.full((batch, num_samples), -1, dtype=np.int64), "candidates": [],
+           "logprobs": np.full((batch, num_samples), np.nan), "ranks": np.full((batch, num_samples), -1, np.int64),
+           "top_ids": np.full((batch, top_n), -1, np.int64), "top_values": np.full((batch, top_n), np.nan),
+           "processed": np.full((batch, vocab), np.nan)}
+    for b in range(batch):
+        params_ok = reps[b] > 0 and np.isfinite(reps[b]) and np.isfinite(freqs[b]) and np.isfinite(pres[b])
+        w = _weights(y[b], True, temps[b]) if params_ok and _params_valid(ps[b], mps[b]) else None
+        if bad[b] or w is None or np.isnan(raw[b]).any():
+            out["candidates"].append([{-1}] * num_samples)
+            continue
+        if temps[b] == 0:  # greedy row: every draw is the lowest index of the max
+            maxima = y[b] == y[b].max()
+            lp = np.where(maxima, -np.log(np.count_nonzero(maxima)), -np.inf)
+            tokens = [int(np.argmax(y[b]))] * num_samples
+            cands = [{t} for t in tokens]
+        else:
+            thetas = _stack_thresholds(y[b], w, ks[b], ps[b], mps[b], vllm_order, tol)
+            kept_w = np.where(y[b] >= thetas[0], w, 0.0)
+            with np.errstate(divide="ignore"):
+                lp = np.log(kept_w / kept_w.sum())
+            us = uniform(seeds[b], offsets[b], np.arange(num_samples))
+            tokens, cands = [], []
+            for u in us:
+                token, _, c = _inverse_cdf(kept_w, u, tol)
+                for theta in thetas[1:]:
+                    c |= _inverse_cdf(np.where(y[b] >= theta, w, 0.0), u, tol)[2]
+                tokens.append(token)
+                cands.append(c)
+        out["processed"][b] = lp
+        if logprobs == "raw":
+            w_raw = _weights(raw[b], True, 1.0)
+            with np.errstate(divide="ignore"):
+                lp = np.log(w_raw / w_raw.sum())
+        out["tokens"][b] = tokens
+        out["candidates"].append(cands)
+        out["logprobs"][b] = lp[tokens]
+        out["ranks"][b] = [np.count_nonzero(lp >= lp[t]) for t in tokens]
+        out["top_ids"][b], out["top_values"][b] = _top_n(lp, top_n)
+    return out

@@ -1,0 +1,363 @@
+"""The stack sampler (fastsample.sample_stack, docs/ops.md "sample_stack") against tests/oracle.py.
+
+Backends: "cpu" (C++) and "torch" (reference_stack.py). Triton and CUDA have no kernel yet: their error is
+tested at the end.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import assert_rare, chi_square_pvalue, f32, make_logits, np64
+
+import fastsample
+import oracle
+from fastsample import _ops
+
+BACKENDS = ["cpu", "torch"]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LOGPROB_TOL = dict(atol=3e-5, rtol=1e-5)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+def _rand_mask(rows, vocab, gen, allow=0.5):
+    """int32 bitmask [rows, ceil(V/32)] allowing each token with probability `allow` (row 0 allows every token)."""
+    allowed = torch.rand(rows, vocab, generator=gen) < allow
+    allowed[0] = True
+    words = (vocab + 31) // 32
+    padded = torch.zeros(rows, words * 32, dtype=torch.int64)
+    padded[:, :vocab] = allowed.long()
+    bits = (padded.view(rows, words, 32) << torch.arange(32)).sum(-1)
+    return torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32)
+
+
+def _ids(rows, length, vocab, gen, pad=0.3):
+    """int64 ids [rows, length] with -1 padding, repeats, and ids 0 and V-1 present."""
+    ids = torch.randint(0, vocab, (rows, length), generator=gen)
+    if length >= 2:
+        ids[:, 0], ids[:, 1] = 0, vocab - 1
+    return torch.where(torch.rand(rows, length, generator=gen) < pad, -1, ids)
+
+
+def _case(rows, vocab, seed, dtype=torch.float32, kind="flat", mask=True, bias=True, penalties=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = make_logits(rows, vocab, kind, seed).to(dtype)
+    args = {}
+    if mask:
+        args["allowed_mask"] = _rand_mask(rows, vocab, gen)
+    if bias:
+        args["bias_ids"] = _ids(rows, 6, vocab, gen)
+        args["bias_values"] = torch.randn(rows, 6, generator=gen) * 3
+    if penalties:
+        args["prompt_ids"] = _ids(rows, 12, vocab, gen)
+        args["output_ids"] = _ids(rows, 8, vocab, gen)
+        args["repetition_penalty"] = 1.3
+        args["frequency_penalty"] = 0.4
+        args["presence_penalty"] = -0.2
+    return x, args
+
+
+def _oracle(x, args, **kw):
+    """oracle.sample_stack with the public API's keyword names (scalars rounded to float32 like the kernels)."""
+    vocab = x.shape[1]
+    conv = lambda v: np64(v) if isinstance(v, torch.Tensor) else (f32(v) if isinstance(v, float) else v)  # noqa
+    mask = args.get("allowed_mask")
+    return oracle.sample_stack(
+        np64(x), None if mask is None else oracle.allowed_from_bitmask(np64(mask), vocab),
+        *(np64(args[k]) if k in args else None for k in ("bias_ids", "bias_values", "prompt_ids", "output_ids")),
+        conv(args.get("repetition_penalty", 1.0)), conv(args.get("frequency_penalty", 0.0)),
+        conv(args.get("presence_penalty", 0.0)), conv(kw.get("temperature", 1.0)), conv(kw.get("top_k", 0)),
+        conv(kw.get("top_p", 1.0)), conv(kw.get("min_p", 0.0)), kw.get("order", "hf") == "vllm",
+        kw.get("num_samples") or 1, kw["seeds"], kw["offsets"], kw.get("logprobs") or "processed",
+        kw.get("top_logprobs", 0))
+
+
+def _run_and_check(backend, x, args, what, **kw):
+    """Run sample_stack and compare with the oracle: tokens exactly (boundary rows counted), logprobs, ranks
+    and top-N on rows that drew the oracle's tokens. Returns (rows that took the other side of a near-tie, rows)."""
+    rows = x.shape[0]
+    seed = 1234
+    seeds, offsets = np.full(rows, seed), np.arange(rows)
+    want = _oracle(x, args, seeds=seeds, offsets=offsets, **kw)
+    got = fastsample.sample_stack(x, **args, **kw, seed=seed, backend=backend)
+    tokens = np64(got.tokens).reshape(rows, -1)
+    flips = 0
+    for b in range(rows):
+        for j, cands in enumerate(want["candidates"][b]):
+            assert tokens[b, j] in cands, f"{what}: row {b} draw {j}: got {tokens[b, j]}, oracle {sorted(cands)[:5]}"
+            flips += tokens[b, j] != want["tokens"][b, j]
+    if kw.get("logprobs"):
+        same = (tokens == want["tokens"]).all(axis=1)
+        lp = np64(got.logprobs).reshape(rows, -1)
+        np.testing.assert_allclose(lp[same], want["logprobs"][same], equal_nan=True, err_msg=f"{what}: logprobs",
+                                   **LOGPROB_TOL)
+        ranks = np64(got.ranks).reshape(rows, -1)
+        assert (ranks[same] == want["ranks"][same]).all(), f"{what}: ranks"
+        if kw.get("top_logprobs"):
+            np.testing.assert_allclose(np64(got.top_logprobs)[same], want["top_values"][same], equal_nan=True,
+                                       err_msg=f"{what}: top logprobs", **LOGPROB_TOL)
+            assert (np64(got.top_ids)[same] == want["top_ids"][same]).all(), f"{what}: top ids"
+    return int(flips), tokens.size
+
+
+# --------------------------------------------------------------------------------- exact tokens vs oracle
+FILTERS = [dict(), dict(temperature=0.7, top_k=20), dict(temperature=0.8, top_p=0.9),
+           dict(temperature=1.2, min_p=0.1), dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05),
+           dict(temperature=0.0, top_k=5)]
+
+
+# (mask, bias, penalties): none, each alone, all.
+STEPS = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
+
+
+@pytest.mark.parametrize("order", ["hf", "vllm"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_tokens_every_step(backend, order, dtype):
+    flips = total = 0
+    for vocab in (1, 33, 2000):
+        for s, (mask, bias, penalties) in enumerate(STEPS):
+            x, args = _case(8, vocab, seed=vocab + s, dtype=dtype, kind="peaked" if s % 2 else "flat",
+                            mask=mask, bias=bias, penalties=penalties)
+            for filters in FILTERS:
+                f, n = _run_and_check(backend, x, args, f"{backend} {order} {dtype} V={vocab} {s} {filters}",
+                                      order=order, num_samples=2, logprobs="processed", top_logprobs=min(vocab, 3),
+                                      **filters)
+                flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} stack sampler {order} {dtype}")
+
+
+def test_orders_differ_as_documented(backend):
+    # HF: top-p over the top-k survivors, then min-p; vLLM: min-p first, top-p over what min-p and top-k keep.
+    x = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.06, 0.04]]))
+    common = dict(top_p=0.75, min_p=0.4, logprobs="processed", top_logprobs=5, seed=0, backend=backend)
+    hf = fastsample.sample_stack(x, **common)
+    vllm = fastsample.sample_stack(x, order="vllm", **common)
+    # HF keeps {0, 1, 2} by top-p (mass above token 2: 0.7 < 0.75), then min-p (0.16) keeps {0, 1, 2}; vLLM:
+    # min-p keeps {0, 1, 2}, then top-p over their mass 0.9 (target 0.675) keeps {0, 1}.
+    assert np.isfinite(np64(hf.top_logprobs)[0, :3]).all() and np.isinf(np64(hf.top_logprobs)[0, 3:]).all()
+    assert np.isfinite(np64(vllm.top_logprobs)[0, :2]).all() and np.isinf(np64(vllm.top_logprobs)[0, 2:]).all()
+
+
+@pytest.mark.parametrize("mode", ["processed", "raw"])
+def test_logprobs_ranks_top_n(backend, mode):
+    flips = total = 0
+    for vocab in (7, 1000, 32000):
+        x, args = _case(6, vocab, seed=vocab, kind="peaked")
+        for filters in FILTERS:
+            f, n = _run_and_check(backend, x, args, f"{backend} {mode} V={vocab} {filters}", num_samples=3,
+                                  logprobs=mode, top_logprobs=min(vocab, 6), **filters)
+            flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} logprobs {mode}")
+
+
+def test_large_vocab_bench_shape(backend):
+    """The benchmark's settings at V = 128256 (mask of half the vocabulary, 16 biased ids, long histories)."""
+    gen = torch.Generator().manual_seed(5)
+    rows, vocab = 4, 128256
+    x = make_logits(rows, vocab, "peaked", 9)
+    args = dict(allowed_mask=_rand_mask(rows, vocab, gen), bias_ids=torch.randint(0, vocab, (rows, 16), generator=gen),
+                bias_values=torch.randn(rows, 16, generator=gen), prompt_ids=_ids(rows, 1024, vocab, gen, 0.1),
+                output_ids=_ids(rows, 256, vocab, gen, 0.1), repetition_penalty=1.1, frequency_penalty=0.2,
+                presence_penalty=0.1)
+    for filters in (dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05), dict(temperature=0.8, top_p=0.9)):
+        _run_and_check(backend, x, args, f"{backend} V={vocab} {filters}", logprobs="processed", top_logprobs=5,
+                       **filters)
+
+
+# ------------------------------------------------------------------------------ penalties, bias, bitmask
+def _transcription(x, mask_bits, bias_ids, bias_values, prompt, output, r, f, q):
+    """The docs/ops.md rules written out token by token in float64 (independent of oracle.py's vector form)."""
+    rows, vocab = x.shape
+    y = x.astype(np.float64).copy()
+    for b in range(rows):
+        for i, v in zip(bias_ids[b], bias_values[b]):
+            if i != -1:
+                y[b, i] += v
+        counts = {}
+        for i in output[b]:
+            if i != -1:
+                counts[i] = counts.get(i, 0) + 1
+        seen = set(counts) | {i for i in prompt[b] if i != -1}
+        for i in seen:
+            y[b, i] = y[b, i] / r if y[b, i] > 0 else y[b, i] * r
+        for i, c in counts.items():
+            y[b, i] -= f * c + q
+        for i in range(vocab):
+            if not (mask_bits[b, i // 32] >> (i % 32)) & 1:
+                y[b, i] = -np.inf
+    return y
+
+
+@pytest.mark.parametrize("vocab", [1, 31, 32, 33, 100])
+def test_penalties_bias_mask_transcription(backend, vocab):
+    """With T = 1 and no filters, the processed logprobs of every token are log_softmax of the processed
+    logits: compare them with the token-by-token transcription (repeats, -1 padding, empty histories, ids 0
+    and V - 1, V not a multiple of 32)."""
+    gen = torch.Generator().manual_seed(vocab)
+    rows = 5
+    x = make_logits(rows, vocab, "flat", vocab)
+    mask = _rand_mask(rows, vocab, gen, allow=0.7)
+    bias_ids, prompt, output = _ids(rows, 5, vocab, gen), _ids(rows, 7, vocab, gen), _ids(rows, 9, vocab, gen)
+    prompt[1], output[1], bias_ids[2] = -1, -1, -1  # empty histories and an empty bias row
+    output[3, :4] = vocab - 1  # a repeated output id
+    bias_values = torch.randn(rows, 5, generator=gen)
+    r, f, q = f32(1.5), f32(0.3), f32(-0.7)
+    got = fastsample.sample_stack(x, allowed_mask=mask, bias_ids=bias_ids, bias_values=bias_values,
+                                  prompt_ids=prompt, output_ids=output, repetition_penalty=r, frequency_penalty=f,
+                                  presence_penalty=q, logprobs="processed", top_logprobs=vocab, seed=0,
+                                  backend=backend)
+    y = _transcription(np64(x), np64(mask) & 0xFFFFFFFF, np64(bias_ids), np64(bias_values), np64(prompt),
+                       np64(output), r, f, q)
+    y32 = y.astype(np.float32).astype(np.float64)  # the processed logit is rounded to float32 once
+    with np.errstate(invalid="ignore"):  # rows the mask empties are NaN: invalid rows
+        want = y32 - y32.max(1, keepdims=True)
+        want = want - np.log(np.exp(want).sum(1, keepdims=True))
+    values = np.full((rows, vocab), np.nan)
+    np.put_along_axis(values, np64(got.top_ids), np64(got.top_logprobs), axis=1)
+    np.testing.assert_allclose(values, want, **LOGPROB_TOL)
+
+
+def test_mask_allowing_nothing_and_nan_rows(backend):
+    x = make_logits(4, 40, "flat", 1)
+    mask = torch.full((4, 2), -1, dtype=torch.int32)
+    mask[0] = 0  # nothing allowed
+    x[1, 7] = float("nan")
+    mask[2, 1] = 0  # the NaN-free row 2 with its tokens 32..39 masked
+    x[2, 35] = float("nan")  # a masked NaN still makes the raw row invalid
+    bias_ids = torch.tensor([[-1], [-1], [-1], [3]])
+    got = fastsample.sample_stack(x, allowed_mask=mask, bias_ids=bias_ids,
+                                  bias_values=torch.tensor([[0.0], [0.0], [0.0], [float("nan")]]), num_samples=2,
+                                  logprobs="processed", top_logprobs=2, seed=0, backend=backend)
+    assert (np64(got.tokens) == -1).all()
+    assert np.isnan(np64(got.logprobs)).all() and (np64(got.ranks) == -1).all()
+    assert (np64(got.top_ids) == -1).all() and np.isnan(np64(got.top_logprobs)).all()
+
+
+def test_out_of_range_history_id_is_an_invalid_row(backend):
+    x = make_logits(3, 10, "flat", 2)
+    prompt = torch.tensor([[1, -1], [10, 2], [-2, 3]])
+    got = fastsample.sample_stack(x, prompt_ids=prompt, repetition_penalty=1.2, seed=0, backend=backend)
+    assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
+
+
+def test_greedy_rows_and_inf(backend):
+    x = torch.tensor([[0.0, 3.0, 3.0, 1.0], [0.0, float("inf"), 1.0, float("inf")]])
+    got = fastsample.sample_stack(x, temperature=torch.tensor([0.0, 1.0]), num_samples=64, logprobs="processed",
+                                  top_logprobs=3, seed=7, backend=backend)
+    t = np64(got.tokens)
+    assert (t[0] == 1).all() and set(t[1]) == {1, 3}
+    np.testing.assert_allclose(np64(got.logprobs), -math.log(2), rtol=1e-6)
+    assert (np64(got.ranks) == 2).all()
+    assert np64(got.top_ids).tolist() == [[1, 2, 0], [1, 3, 0]]
+
+
+# ---------------------------------------------------------------------------------------- distributions
+@pytest.mark.parametrize("order", ["hf", "vllm"])
+def test_chi_square_of_n_draws(backend, order):
+    vocab, n = 50, 20000
+    x, args = _case(1, vocab, seed=11)
+    kw = dict(temperature=0.9, top_k=30, top_p=0.95, min_p=0.02, order=order)
+    got = fastsample.sample_stack(x, **args, **kw, num_samples=n, seed=3, backend=backend)
+    want = _oracle(x, args, seeds=np.array([3]), offsets=np.array([0]), **kw)
+    expected = np.exp(want["processed"][0])
+    assert chi_square_pvalue(got.tokens[0], expected) > 1e-4
+
+
+def test_draws_are_the_philox_stream(backend):
+    """Draw j of a row is Philox draw j (on a uniform row, token = floor(u_j * V)), and num_samples=None gives
+    draw 0 with shape [B]."""
+    vocab = 1000
+    x = torch.zeros(2, vocab)
+    got = fastsample.sample_stack(x, num_samples=5, seed=9, offset=3, backend=backend)
+    u = oracle.uniform(np.array([[9], [9]]), np.array([[3], [4]]), np.arange(5)[None])
+    assert (np64(got.tokens) == np.floor(u * vocab)).all()
+    single = fastsample.sample_stack(x, seed=9, offset=3, backend=backend)
+    assert single.tokens.shape == (2,) and torch.equal(single.tokens, got.tokens[:, 0])
+
+
+# --------------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs, error, name", [
+    (dict(allowed_mask=torch.zeros(2, 1, dtype=torch.int32)), ValueError, "allowed_mask"),
+    (dict(allowed_mask=torch.zeros(2, 2, dtype=torch.int64)), TypeError, "allowed_mask"),
+    (dict(bias_ids=torch.zeros(2, 3, dtype=torch.int64)), ValueError, "bias_values"),
+    (dict(bias_ids=torch.zeros(2, 3, dtype=torch.int64), bias_values=torch.zeros(2, 2)), ValueError, "bias_values"),
+    (dict(bias_ids=torch.zeros(2, 3), bias_values=torch.zeros(2, 3)), TypeError, "bias_ids"),
+    (dict(prompt_ids=torch.zeros(3, 3, dtype=torch.int64)), ValueError, "prompt_ids"),
+    (dict(output_ids=torch.zeros(2, dtype=torch.int64)), ValueError, "output_ids"),
+    (dict(repetition_penalty=0.0), ValueError, "repetition_penalty"),
+    (dict(repetition_penalty=-1.0), ValueError, "repetition_penalty"),
+    (dict(frequency_penalty=float("nan")), ValueError, "frequency_penalty"),
+    (dict(presence_penalty=float("inf")), ValueError, "presence_penalty"),
+    (dict(temperature=-1.0), ValueError, "temperature"),
+    (dict(order="sglang"), ValueError, "order"),
+    (dict(num_samples=0), ValueError, "num_samples"),
+    (dict(logprobs="final"), ValueError, "logprobs"),
+    (dict(top_logprobs=2), ValueError, "top_logprobs"),
+    (dict(logprobs="raw", top_logprobs=80), ValueError, "top_logprobs"),
+])
+def test_bad_input_names_the_argument(kwargs, error, name):
+    x = torch.randn(2, 40)
+    with pytest.raises(error, match=name):
+        fastsample.sample_stack(x, **kwargs, backend="cpu")
+
+
+def test_negative_penalties_and_bad_tensor_entries(backend):
+    x = make_logits(3, 20, "flat", 3)
+    out = torch.tensor([[1, 1], [2, -1], [3, 4]])
+    got = fastsample.sample_stack(x, output_ids=out, repetition_penalty=torch.tensor([1.0, 0.0, 1.0]),
+                                  frequency_penalty=torch.tensor([-0.5, 0.0, float("nan")]), seed=0,
+                                  backend=backend)
+    assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
+
+
+def test_backends_without_the_op_say_so():
+    with pytest.raises(NotImplementedError, match="sample_stack"):
+        fastsample.sample_stack(torch.randn(2, 40), backend="triton")
+
+
+# ---------------------------------------------------------------------------------- registration, compile
+needs_extension = pytest.mark.skipif(not _ops.AVAILABLE, reason="fastsample._C is not built")
+
+
+@needs_extension
+def test_opcheck():
+    x, args = _case(3, 70, seed=1)
+    seed, offset = torch.tensor([1, 2, 3]), torch.arange(3)
+    op = torch.ops.fastsample.sample_stack.default
+    torch.library.opcheck(op, (x, args["allowed_mask"], args["bias_ids"], args["bias_values"], args["prompt_ids"],
+                               args["output_ids"], None, 1.2, torch.tensor([0.1, 0.0, 0.3]), 0.0, None, 0.1,
+                               None, 0.8, None, 10, None, 0.9, None, 0.05, False, 2, seed, offset, 1, 4))
+    torch.library.opcheck(op, (x.to(torch.bfloat16), None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0,
+                               torch.tensor([0.0, 1.0, 0.5]), 1.0, None, 0, None, 1.0, None, 0.0, True, 1, seed,
+                               offset, 0, 0))
+
+
+
+@needs_extension
+def test_compile_fullgraph_equals_eager():
+    x, args = _case(4, 300, seed=2)
+    seed = torch.tensor([1, 2, 3, 4])
+
+    def step(x, seed):
+        out = fastsample.sample_stack(x, **args, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, num_samples=2,
+                                      logprobs="processed", top_logprobs=3, seed=seed, backend="cpu")
+        return tuple(out)
+
+    compiled = torch.compile(step, fullgraph=True)
+    for got, want in zip(compiled(x, seed), step(x, seed)):
+        assert torch.equal(got, want) or torch.allclose(got, want, equal_nan=True)
+
+
+def test_empty_batch_and_one_token_vocab(backend):
+    empty = fastsample.sample_stack(torch.randn(0, 40), prompt_ids=torch.zeros(0, 3, dtype=torch.int64),
+                                    repetition_penalty=1.2, num_samples=2, logprobs="raw", top_logprobs=3, seed=1,
+                                    backend=backend)
+    assert [tuple(t.shape) for t in empty] == [(0, 2), (0, 2), (0, 2), (0, 3), (0, 3)]
+    one = fastsample.sample_stack(torch.randn(3, 1), top_k=1, top_p=0.5, logprobs="processed", top_logprobs=1,
+                                  seed=1, backend=backend)
+    assert one.tokens.tolist() == [0, 0, 0] and one.ranks.tolist() == [1, 1, 1]
+    assert one.logprobs.tolist() == [0.0, 0.0, 0.0] and one.top_ids.tolist() == [[0], [0], [0]]
