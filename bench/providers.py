@@ -2,6 +2,8 @@
 
 Providers:
   fastsample:cpu / :cuda / :triton   fastsample's compiled or Triton backends (public API, backend=...)
+  fastsample:cpu-avx2                the CPU kernels on their AVX2 path, forced (csrc/cpu/isa.h), on a CPU whose
+                                     default path is another (AVX-512): every CPU table shows both paths
   reference                          fastsample/reference.py through the public API (backend="torch"):
                                      vLLM-style sort + cumsum + exponential race; the speed-up baseline
   hf                                 Hugging Face transformers: the generate() warpers + softmax + multinomial
@@ -11,12 +13,13 @@ Providers:
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
 
 FASTSAMPLE = {"fastsample:cpu": "cpu", "fastsample:cuda": "cuda", "fastsample:triton": "triton",
-              "reference": "torch"}
+              "reference": "torch", "fastsample:cpu-avx2": "cpu"}
 ALL = (*FASTSAMPLE, "hf", "torch", "flashinfer")
 REFERENCE = "reference"
 
@@ -45,7 +48,53 @@ def availability(device: torch.device) -> dict[str, str | None]:
         "hf": _importable("transformers.generation.logits_process"),
         "torch": None,
         "flashinfer": _importable("flashinfer.sampling") if gpu else "needs a CUDA device",
+        **{name: "needs a CPU device" if gpu else built or _path_missing(path) for name, path in CPU_PATHS.items()},
     }
+
+
+# ------------------------------------------------------------------------------ forced CPU vector paths
+# Providers that run fastsample's CPU kernels on a forced vector path: the path is switched around each of
+# their cases, and their single-pass limit is timed on the same path.
+CPU_PATHS = {"fastsample:cpu-avx2": "avx2"}
+
+
+def _path_missing(path: str) -> str | None:
+    """None when the CPU kernels can be switched to `path` and it is not already their default."""
+    ops = torch.ops.fastsample_cpu
+    default = ops.isa()
+    try:
+        got = ops.set_isa(path)
+    finally:
+        ops.set_isa(default)
+    if got != path:
+        return f"this CPU has no {path} path"
+    return f"{path} is this CPU's default path (fastsample:cpu)" if default == path else None
+
+
+@contextmanager
+def on_cpu_path(provider: str):
+    """Runs the block on the provider's forced CPU path (no change for other providers)."""
+    path = CPU_PATHS.get(provider)
+    if path is None:
+        yield
+        return
+    ops = torch.ops.fastsample_cpu
+    before = ops.isa()
+    ops.set_isa(path)
+    try:
+        yield
+    finally:
+        ops.set_isa(before)
+
+
+def isa_of(provider: str, device: torch.device) -> str:
+    """The instruction set a CPU row ran: fastsample's CPU path (call inside on_cpu_path), else torch's
+    own CPU capability; "" on a GPU."""
+    if device.type == "cuda":
+        return ""
+    if FASTSAMPLE.get(provider) == "cpu" and provider != REFERENCE:
+        return torch.ops.fastsample_cpu.isa()
+    return torch.backends.cpu.get_cpu_capability().lower()
 
 
 # ------------------------------------------------------------------------------ helpers for op modules

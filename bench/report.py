@@ -12,7 +12,7 @@ from .providers import REFERENCE
 PASS_OP = "single pass"  # the rows of the one-pass baselines (the limit and a plain torch.softmax)
 CSV_FIELDS = ("op", "provider", "B", "V", "dist", "dtype", "median_ms", "p20_ms", "p80_ms", "reps",
               "speedup_vs_reference", "limit_ratio", "limit_ms", "limit_kind", "bw_limit_ratio",
-              "device", "commit", "date")
+              "device", "commit", "date", "isa")
 
 
 @dataclass
@@ -25,6 +25,7 @@ class Result:
     limit_kind: str
     bw_limit_ms: float | None = None  # GPU only: bytes of the logits / copy bandwidth
     speedup: float | None = None  # the reference's median / this median, same op and shape
+    isa: str = ""  # CPU rows: the instruction set the row ran (fastsample's vector path, or torch's)
 
     @property
     def limit_ratio(self) -> float:
@@ -78,6 +79,7 @@ def csv_rows(results: list[Result], device: str, commit: str, date: str) -> list
         "p80_ms": num(r.timing.p80_ms), "reps": r.timing.reps, "speedup_vs_reference": num(r.speedup, 4),
         "limit_ratio": num(r.limit_ratio, 4), "limit_ms": num(r.limit_ms), "limit_kind": r.limit_kind,
         "bw_limit_ratio": num(r.bw_limit_ratio, 4), "device": device, "commit": commit, "date": date,
+        "isa": r.isa,
     } for r in results]
 
 
@@ -90,10 +92,20 @@ def append_csv(path: Path, rows: list[dict]) -> None:
     if not new:
         with path.open(newline="") as f:
             fields = next(csv.reader(f), fields)
-        if fields != list(CSV_FIELDS):
+        if fields != list(CSV_FIELDS) and fields == list(CSV_FIELDS[:len(fields)]):
+            _extend_header(path, list(CSV_FIELDS))  # only columns added at the end: old rows leave them blank
+            fields = list(CSV_FIELDS)
+        elif fields != list(CSV_FIELDS):
             print(f"bench: {path} has an older header; writing only its columns", file=sys.stderr)
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+def _extend_header(path: Path, fields: list[str]) -> None:
+    """Rewrites the first line of `path` as `fields` (whose first columns are the old header's)."""
+    lines = path.read_text().splitlines(keepends=True)
+    lines[0] = ",".join(fields) + "\n"
+    path.write_text("".join(lines))

@@ -19,7 +19,7 @@ from .common import (REPO, BenchOp, Progress, Shape, Timing, device_description,
                      measure, pooled)
 from .inputs import DISTS, make_logits
 from .limit import SUBSTITUTE, copy_bandwidth, single_pass
-from .providers import ALL, availability
+from .providers import ALL, CPU_PATHS, availability, isa_of, on_cpu_path
 from .report import PASS_OP, Result, append_csv, csv_rows, fill_speedups, markdown_table
 from .targets import headline_table, target_lines
 
@@ -144,14 +144,15 @@ def _run(shapes, ops, providers, device, min_time) -> tuple[list[Result], list[s
         limit_kind, limit_fn, timings = _time_passes(logits, device, limit, min_time, failures, where)
         progress.step(f"{PASS_OP} {where}")
         prepared: dict[str, dict] = {}
-        cases: list[tuple[str, str, Timing]] = []
+        cases: list[tuple[str, str, Timing, str]] = []
         for op, provider in _cases(shape, ops, providers):
             try:
                 if op.name not in prepared:
                     prepared.clear()  # one op's inputs alive at a time (the speculative ones are large)
                     prepared[op.name] = op.prepare(logits)
-                cases.append((op.name, provider, measure(op.impls[provider](prepared[op.name]), device,
-                                                         min_time_s=min_time)))
+                with on_cpu_path(provider):
+                    cases.append((op.name, provider, measure(op.impls[provider](prepared[op.name]), device,
+                                                             min_time_s=min_time), isa_of(provider, device)))
             except Exception as exc:  # one broken provider must not end a long run; it is reported instead
                 failures.append(f"{op.name} / {provider} / {where}: {type(exc).__name__}: {str(exc)[:200]}")
             progress.step(f"{op.name} {provider} {where}")
@@ -160,8 +161,19 @@ def _run(shapes, ops, providers, device, min_time) -> tuple[list[Result], list[s
         timings[limit_kind] = pooled(timings[limit_kind], measure(lambda: limit_fn(logits), device,
                                                                   min_time_s=min_time))
         limit_ms = timings[limit_kind].median_ms
-        results += [Result(PASS_OP, label, shape, t, limit_ms, limit_kind, bw_ms) for label, t in timings.items()]
-        results += [Result(name, provider, shape, t, limit_ms, limit_kind, bw_ms) for name, provider, t in cases]
+        pass_isa = {label: isa_of("fastsample:cpu" if label.startswith("fastsample") else "torch", device) for label in timings}
+        results += [Result(PASS_OP, label, shape, t, limit_ms, limit_kind, bw_ms, isa=pass_isa[label])
+                    for label, t in timings.items()]
+        # Forced CPU paths: their own limit, timed on the same path, is the one their ratios use.
+        path_limit_ms = {}
+        for provider in sorted({c[1] for c in cases} & set(CPU_PATHS)):
+            with on_cpu_path(provider):
+                t = measure(lambda: limit_fn(logits), device, min_time_s=min_time)
+                isa = isa_of(provider, device)
+            path_limit_ms[provider] = t.median_ms
+            results.append(Result(PASS_OP, f"{limit_kind} ({isa})", shape, t, limit_ms, limit_kind, bw_ms, isa=isa))
+        results += [Result(name, provider, shape, t, path_limit_ms.get(provider, limit_ms), limit_kind, bw_ms, isa=isa)
+                    for name, provider, t, isa in cases]
         del logits, prepared
         gc.collect()
         if device.type == "cuda":

@@ -61,7 +61,7 @@ def _rows(kind: str, batch: int = 8) -> torch.Tensor:
 
 KINDS = ["flat", "peaked", "hidden_heavy", "many_hidden", "unsampled_shift", "sampled_shift", "cluster", "ties",
          "masked_sample"]
-# The order of the counters torch.ops.fastsample_testing.top_p_routes returns (csrc/cpu/top_p.h, TopPRoute).
+# The order of the counters torch.ops.fastsample_cpu.top_p_routes returns (csrc/cpu/top_p.h, TopPRoute).
 ROUTES = ["central hit", "outer regather", "central overflow", "block maxima", "no estimate"]
 
 
@@ -130,7 +130,7 @@ def test_each_route_is_taken(kind, top_p, route):
 
     logits = _rows(kind, batch=8)
     seed, offset = row_seeds(logits.shape[0], 3)
-    routes = torch.ops.fastsample_testing.top_p_routes
+    routes = torch.ops.fastsample_cpu.top_p_routes
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -28,14 +28,15 @@ inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt
   return s;
 }
 
-// online_pass's block in one AVX-512 read (logits): sets w, s (the weight sum) and bmax. False, with
+// online_pass's block in one AVX-512 or AVX2 read (logits): sets w, s (the weight sum) and bmax. False, with
 // nothing changed, where it cannot run or stand.
 inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, OnlinePass& st, float* w, float& s,
                         float& bmax) {
 #if FS_X86_GCC
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-  s = exp_weights_avx512<true, false>(xb, len, st.ref, inv_t, -kInf, w, &seen);
+  s = use_avx512() ? exp_weights_avx512<true, false>(xb, len, st.ref, inv_t, -kInf, w, &seen)
+                   : exp_weights_seen_avx2(xb, len, st.ref, inv_t, w, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
   bmax = seen.max;
   return true;

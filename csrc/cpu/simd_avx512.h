@@ -3,8 +3,8 @@
 // bracket pass) call them where use_avx512() says so; other machines take the auto-vectorised loops.
 #pragma once
 #include <cstdint>
-#include <cstdlib>
 
+#include "isa.h"
 #include "simd.h"
 
 #if FS_X86_GCC
@@ -15,13 +15,6 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 
 namespace fastsample::cpu {
-
-// Whether the hand-written AVX-512 loops run. FASTSAMPLE_NO_AVX512=1 turns them off, so that the generic
-// loops other machines take are tested here too.
-inline bool use_avx512() {
-  static const bool on = __builtin_cpu_supports("avx512f") && std::getenv("FASTSAMPLE_NO_AVX512") == nullptr;
-  return on;
-}
 
 // The lanes [0, rem) of a group of 16 (all of them for rem >= 16, none for rem <= 0).
 inline __mmask16 first_lanes(int64_t rem) {

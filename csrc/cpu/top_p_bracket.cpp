@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "simd_avx2.h"
 #include "simd_avx512.h"
 #include "simd_blocks.h"
 
@@ -96,6 +97,10 @@ inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, floa
     st.sum += weigh_bracket_block_avx512<false>(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
     return;
   }
+  if (use_avx2() && weighable(st, is_exp)) {
+    st.sum += bracket_block_avx2(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
+    return;
+  }
 #endif
   st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
   bracket_block(xb, w, kPassBlock, real, br, sums, g);
@@ -109,7 +114,9 @@ inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, floa
 #if FS_X86_GCC
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-  const float s = weigh_bracket_block_avx512<true>(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
+  const float s = use_avx512()
+                      ? weigh_bracket_block_avx512<true>(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen)
+                      : bracket_block_avx2(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
   st.sum += s;
   bmax = seen.max;

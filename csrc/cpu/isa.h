@@ -1,0 +1,34 @@
+// Which instruction set the CPU kernels' hand-written vector loops use, picked once when the library loads:
+// the best the CPU has, capped by FASTSAMPLE_ISA=avx512|avx2|neon|generic (a path the CPU lacks falls back
+// to the best it has). FASTSAMPLE_NO_AVX512=1 means generic, as before FASTSAMPLE_ISA existed. "generic" is
+// the auto-vectorised loops (multiversioned on x86-64), which every machine can run: tests force each
+// path in turn, and every path gives the oracle's tokens.
+#pragma once
+#include <atomic>
+
+namespace fastsample::cpu {
+
+enum class Isa { kGeneric, kAvx2, kAvx512, kNeon };
+
+// The path the CPU and the environment ask for (isa.cpp).
+Isa pick_isa();
+
+// The path in use: pick_isa()'s on first use; set_isa switches it (benchmarks time each path in one run).
+inline std::atomic<Isa>& active_isa() {
+  static std::atomic<Isa> isa{pick_isa()};
+  return isa;
+}
+
+inline Isa cpu_isa() { return active_isa().load(std::memory_order_relaxed); }
+
+// Switches to the named path (as FASTSAMPLE_ISA: never more than the CPU has) and returns the path now in
+// use. Only between calls of the kernels: a kernel running meanwhile may mix paths within a row.
+Isa set_isa(const char* name);
+
+// Its name: "avx512", "avx2", "neon" or "generic".
+const char* isa_name(Isa isa);
+
+inline bool use_avx512() { return cpu_isa() == Isa::kAvx512; }
+inline bool use_avx2() { return cpu_isa() == Isa::kAvx2; }
+
+}  // namespace fastsample::cpu

@@ -1,0 +1,105 @@
+// AVX2 + FMA vector primitives (8 float lanes) for the loops of vec_loops.h. Include only inside a region
+// compiled for AVX2 + FMA (simd_avx2.cpp). The exp is exp16_avx512's, step for step (the same fused
+// multiply-adds and an exact power of two), so both paths give the same weights bit for bit.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "simd.h"
+
+namespace fastsample::cpu {
+
+struct Avx2 {
+  using F = __m256;
+  using M = __m256;  // all ones in a lane where true
+  static constexpr int64_t kWidth = 8;
+
+  static F set1(float v) { return _mm256_set1_ps(v); }
+  static F zero() { return _mm256_setzero_ps(); }
+  static F load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
+  // Lanes [0, rem) (0 < rem < kWidth) as a mask, and loads/stores of those lanes only (others read as 0).
+  static M first(int64_t rem) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(rem)), lane));
+  }
+  static M all() { return _mm256_castsi256_ps(_mm256_set1_epi32(-1)); }
+  static M none() { return _mm256_setzero_ps(); }
+  static F load_first(const float* p, M lanes) { return _mm256_maskload_ps(p, _mm256_castps_si256(lanes)); }
+  static void store_first(float* p, M lanes, F v) { _mm256_maskstore_ps(p, _mm256_castps_si256(lanes), v); }
+
+  static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F keep(M m, F v) { return _mm256_and_ps(m, v); }  // v where m, else 0
+  static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }  // a where m, else b
+  static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static M nan(F v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+  static M both(M a, M b) { return _mm256_and_ps(a, b); }
+  static M either(M a, M b) { return _mm256_or_ps(a, b); }
+  static M but_not(M a, M b) { return _mm256_andnot_ps(b, a); }  // a and not b
+  static uint32_t bits(M m) { return static_cast<uint32_t>(_mm256_movemask_ps(m)); }
+  // max / min where a NaN in v leaves acc (vmaxps returns its second operand when either is NaN).
+  static F max_seen(F v, F acc) { return _mm256_max_ps(v, acc); }
+  static F min_seen(F v, F acc) { return _mm256_min_ps(v, acc); }
+
+  // exp_nonpositive((v - ref) * inv_t) where `lanes` and (kTheta) v >= theta, else 0; NaN gives NaN.
+  template <bool kTheta>
+  static F exp(F v, M lanes, F ref, F inv_t, F theta) {
+    const F low = set1(kExpLow);
+    const F y = _mm256_mul_ps(_mm256_sub_ps(v, ref), inv_t);
+    M keep_m = both(lanes, _mm256_cmp_ps(y, low, _CMP_NLT_UQ));  // NaN kept
+    if constexpr (kTheta) keep_m = both(keep_m, ge(v, theta));
+    const F c = _mm256_max_ps(low, y);  // the second operand, NaN, where either is NaN
+    const F k = _mm256_round_ps(_mm256_mul_ps(c, set1(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const F r = _mm256_fmadd_ps(k, set1(kLn2Lo), _mm256_fnmadd_ps(k, set1(kLn2Hi), c));
+    F p = set1(kExpPoly[0]);
+    for (int j = 1; j < kExpPolyTerms; ++j) p = _mm256_fmadd_ps(p, r, set1(kExpPoly[j]));
+    p = _mm256_fmadd_ps(_mm256_fmadd_ps(p, r, set1(1.0f)), r, set1(1.0f));
+    // 2^k built in the exponent field: k >= -126 here, so it is a normal float (larger k only in blocks
+    // whose max passed the reference, which are weighed again).
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return keep(keep_m, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  }
+
+  static float sum(F v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
+  static float max(F v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+  }
+  static float min(F v) {
+    __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_min_ss(s, _mm_movehdup_ps(s)));
+  }
+
+  // Writes v's lanes set in `bits` to dst, packed, and returns how many: all 8 lanes are stored (dst needs
+  // room for 8), the chosen ones first, by a permutation looked up from the mask.
+  static int compress_store(float* dst, uint32_t bits_set, F v) {
+    _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, compress_index(bits_set)));
+    return __builtin_popcount(bits_set);
+  }
+
+ private:
+  // The permutation that packs the lanes set in an 8-bit mask: their indices in order, a byte each, from a
+  // table of 256 words (pdep/pext would do without it, but are microcoded on AMD before Zen 3).
+  static __m256i compress_index(uint32_t bits_set) {
+    static constexpr auto kTable = [] {
+      struct { uint64_t packed[256]; } t{};
+      for (uint32_t m = 0; m < 256; ++m) {
+        int at = 0;
+        for (uint32_t l = 0; l < 8; ++l) {
+          if (m >> l & 1u) t.packed[m] |= static_cast<uint64_t>(l) << (8 * at++);
+        }
+      }
+      return t;
+    }();
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(kTable.packed[bits_set])));
+  }
+};
+
+}  // namespace fastsample::cpu

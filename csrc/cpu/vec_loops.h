@@ -1,0 +1,126 @@
+// The hot loops written once over a vector type V (vec_avx2.h: 8 lanes; the AVX-512 path keeps its own
+// 16-lane loops in simd_blocks.h and top_p_bracket.cpp, not yet moved onto V). Each is instantiated in a
+// file compiled for V's instruction set (simd_avx2.cpp) and reached through simd_isa.h.
+//
+// V provides: F (a vector of kWidth floats) and M (a lane mask); set1, zero, load, store, first(rem),
+// all(), none(), load_first / store_first (masked), add, keep(m, v), select(m, a, b), ge, nan, both, either, but_not, bits,
+// max_seen / min_seen (a NaN in the new value leaves the running one), exp<kTheta>, the folds sum, max,
+// min, and compress_store.
+#pragma once
+#include <cstdint>
+
+#include "simd.h"
+#include "top_p_bracket.h"
+
+namespace fastsample::cpu::vec {
+
+// Weights of a span into w (exp_weights_generic's contract): x >= theta (kTheta) weighs
+// exp((x - ref) * inv_t), others 0; returns the float sum. kSee: the span's stats into *seen in the same
+// read. NaN weighs NaN, so that a sum tells whether its span held NaN.
+template <class V, bool kSee, bool kTheta>
+float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta, float* w, SpanStats* seen) {
+  using F = typename V::F;
+  constexpr int64_t kW = V::kWidth;
+  const F vref = V::set1(ref), vinv = V::set1(inv_t), vtheta = V::set1(theta);
+  F acc0 = V::zero(), acc1 = V::zero();  // two chains: adds do not wait on each other
+  F mx = V::set1(-kInf), mn = V::set1(kInf);
+  auto nan = V::none();
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    const F v0 = V::load(x + i), v1 = V::load(x + i + kW);
+    if constexpr (kSee) {
+      nan = V::either(nan, V::either(V::nan(v0), V::nan(v1)));
+      mx = V::max_seen(v1, V::max_seen(v0, mx));
+      mn = V::min_seen(v1, V::min_seen(v0, mn));
+    }
+    const F e0 = V::template exp<kTheta>(v0, V::all(), vref, vinv, vtheta);
+    const F e1 = V::template exp<kTheta>(v1, V::all(), vref, vinv, vtheta);
+    V::store(w + i, e0);
+    V::store(w + i + kW, e1);
+    acc0 = V::add(acc0, e0);
+    acc1 = V::add(acc1, e1);
+  }
+  for (; i < n; i += kW) {
+    const auto lanes = n - i >= kW ? V::all() : V::first(n - i);
+    const F v = V::load_first(x + i, lanes);
+    if constexpr (kSee) {
+      nan = V::either(nan, V::both(lanes, V::nan(v)));  // lanes past the end read 0: left out of the stats
+      mx = V::max_seen(V::select(lanes, v, V::set1(-kInf)), mx);
+      mn = V::min_seen(V::select(lanes, v, V::set1(kInf)), mn);
+    }
+    const F e = V::template exp<kTheta>(v, lanes, vref, vinv, vtheta);
+    V::store_first(w + i, lanes, e);
+    acc0 = V::add(acc0, e);
+  }
+  if constexpr (kSee) *seen = {V::max(mx), V::min(mn), V::bits(nan) != 0};
+  return V::sum(V::add(acc0, acc1));
+}
+
+// max, min (NaN ignored) and whether a span holds NaN.
+template <class V>
+SpanStats span_stats(const float* x, int64_t n) {
+  using F = typename V::F;
+  constexpr int64_t kW = V::kWidth;
+  F mx0 = V::set1(-kInf), mn0 = V::set1(kInf), mx1 = mx0, mn1 = mn0;
+  auto nan = V::none();
+  int64_t i = 0;
+  for (; i + 2 * kW <= n; i += 2 * kW) {
+    const F v0 = V::load(x + i), v1 = V::load(x + i + kW);
+    nan = V::either(nan, V::either(V::nan(v0), V::nan(v1)));
+    mx0 = V::max_seen(v0, mx0);
+    mn0 = V::min_seen(v0, mn0);
+    mx1 = V::max_seen(v1, mx1);
+    mn1 = V::min_seen(v1, mn1);
+  }
+  float mx = V::max(V::max_seen(mx1, mx0)), mn = V::min(V::min_seen(mn1, mn0));
+  bool has_nan = V::bits(nan) != 0;
+  for (; i < n; ++i) {  // the tail: fewer than two vectors
+    has_nan |= x[i] != x[i];
+    mx = x[i] > mx ? x[i] : mx;
+    mn = x[i] < mn ? x[i] : mn;
+  }
+  return {mx, mn, has_nan};
+}
+
+// One block of the top-p bracket pass (top_p_bracket.cpp), weights kept in registers: sums[j] = weight of
+// the tokens with x >= edges[j], the central region's values (first `real` tokens only) compressed into
+// g, and the block's weight sum returned. len is a multiple of 2 * kWidth. kSee: the block max and
+// whether it may hold NaN into *seen (min not taken), as weigh_bracket_block_avx512.
+template <class V, bool kSee>
+float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, float ref, float inv_t, const Bracket& br,
+                    float* sums, PassGather& g, SpanStats* seen) {
+  using F = typename V::F;
+  constexpr int64_t kW = V::kWidth;
+  F acc[kBracketEdges], edge[kBracketEdges];
+  for (int j = 0; j < kBracketEdges; ++j) {
+    acc[j] = V::zero();
+    edge[j] = V::set1(br.edges[j]);
+  }
+  const F vref = V::set1(ref), vinv = V::set1(inv_t), no_theta = V::set1(-kInf);
+  F total = V::zero(), vmax = no_theta;
+  int64_t count = g.count;
+  float* const values = g.values;  // locals: the stores below could alias g's fields for all GCC knows
+  const int64_t capacity = g.capacity;
+  for (int64_t i = 0; i < len; i += kW) {
+    const F v = V::load(xb + i);
+    if constexpr (kSee) vmax = V::max_seen(v, vmax);
+    const F wv = is_exp ? V::template exp<false>(v, V::all(), vref, vinv, no_theta) : v;
+    total = V::add(total, wv);
+    typename V::M ge[kBracketEdges];
+    for (int j = 0; j < kBracketEdges; ++j) {
+      ge[j] = V::ge(v, edge[j]);
+      acc[j] = V::add(acc[j], V::keep(ge[j], wv));
+    }
+    const int64_t rem = real - i;
+    uint32_t central = V::bits(V::but_not(ge[kCentralLow], ge[kCentralHigh]));
+    central &= rem >= kW ? (1u << kW) - 1u : rem <= 0 ? 0u : (1u << rem) - 1u;
+    count += V::compress_store(values + (count < capacity ? count : capacity), central, v);
+  }
+  g.count = count;
+  for (int j = 0; j < kBracketEdges; ++j) sums[j] = V::sum(acc[j]);
+  const float s = V::sum(total);
+  if constexpr (kSee) *seen = {V::max(vmax), kInf, s != s};
+  return s;
+}
+
+}  // namespace fastsample::cpu::vec
