@@ -12,10 +12,9 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import launch
-from .jit import helper
+from .jit import helper, wrap_triton
 
 # Fields of the float64 row record [B, INFO_FIELDS] (the kernels use the literal offsets).
 INFO_STATUS = 0  # 0: sample / filter the row, 1: greedy (T == 0), 2: invalid row

@@ -11,10 +11,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from .filters import KeptSet, kept_weights, resolve_theta, row_fields
-from .jit import helper
+from .jit import helper, wrap_triton
 from .philox import philox_uniform
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import launch
-from .jit import helper
+from .jit import helper, wrap_triton
 from .philox import philox_uniform
 
 
