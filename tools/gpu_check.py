@@ -20,9 +20,11 @@ Usage: ``python tools/gpu_check.py [--out DIR] [--logs DIR] [--quick]``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -55,10 +57,14 @@ class Run:
         with open(self.logs / log, "a" if append else "w") as f:
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
+            # A session of its own, so that a timeout stops the whole tree (ninja's compilers, pytest's children).
+            proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
             try:
-                rc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=f,
-                                    stderr=subprocess.STDOUT, timeout=limit).returncode
+                rc = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
                 rc = None
                 f.write(f"\n[gpu-check] stopped after {limit} s\n")
         secs = time.monotonic() - start
@@ -87,6 +93,10 @@ def environment() -> tuple[dict, str | None]:
         info["nvcc"] = "not found"
     info["compute-sanitizer"] = shutil.which("compute-sanitizer") or "not found"
     info["cores"] = str(os.cpu_count())
+    # The GPU machines have no network: what the tests and the bench import must already be there.
+    missing = [m for m in ("numpy", "scipy", "pytest", "hypothesis", "ninja", "transformers", "matplotlib")
+               if importlib.util.find_spec(m) is None]
+    info["missing packages"] = ", ".join(missing) or "none"
     if not torch.cuda.is_available():
         return info, None
     cap = torch.cuda.get_device_capability()

@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import launch
-from .jit import helper
+from .jit import helper, wrap_triton
 from .launch import program_chunk, program_rows
 from .radix import chain_theta, run_chain
 from .rowstats import (INFO_K_ON, INFO_MAX, INFO_MINP, INFO_P_ON, INFO_T, INFO_WMAX, float_key, row_info, sampled_rows,

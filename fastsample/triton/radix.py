@@ -19,10 +19,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import launch
-from .jit import helper
+from .jit import helper, wrap_triton
 from .launch import program_chunk, program_rows
 from .rowstats import (INFO_FIELDS, INFO_K, INFO_K_ON, INFO_MAX, INFO_P, INFO_P_ON, INFO_STATUS, INFO_T, float_key,
                        weights)

@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from .filters import KeptSet, kept_weights, resolve_theta, row_fields
+from .jit import wrap_triton
 from .launch import program_chunk, program_rows
 from .rowstats import sampled_rows
 

@@ -12,10 +12,9 @@ import struct
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import launch
-from .jit import helper
+from .jit import helper, wrap_triton
 from .launch import program_chunk, program_rows
 
 # Fields of the float64 row record [B, INFO_FIELDS] that every later launch reads. tl.constexpr, because a

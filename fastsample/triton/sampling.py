@@ -10,11 +10,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from .cdf import chunk_owner, walk_block, walk_start, walk_token
 from .filters import KeptSet, kept_weights, resolve_theta, row_fields
-from .jit import helper
+from .jit import helper, wrap_triton
 from .launch import program_chunk, program_rows
 from .philox import philox_uniform
 from .rowstats import INFO_ARGMAX, INFO_FIELDS, INFO_NMAX, INFO_STATUS

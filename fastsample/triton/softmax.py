@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import launch
+from .jit import wrap_triton
 from .launch import program_chunk, program_rows
 from .rowstats import opt, row_param
 
