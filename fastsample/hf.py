@@ -139,9 +139,12 @@ def _accepts(fn, name: str) -> bool:
 
 
 def _first_forward(model, input_ids: Tensor, generation_config, model_kwargs: dict):
+    """The prefill; returns (outputs, model_kwargs)."""
     if hasattr(model, "_prefill"):  # transformers >= 5: handles a cache the caller passed in, chunked prefill
-        return model._prefill(input_ids, generation_config, model_kwargs)
-    return model(**model.prepare_inputs_for_generation(input_ids, **model_kwargs), return_dict=True)
+        return model._prefill(input_ids, generation_config, model_kwargs), model_kwargs
+    # 4.5x: the loop itself starts the cache positions that prepare_inputs_for_generation slices with
+    model_kwargs = model._get_initial_cache_position(input_ids.shape[1], input_ids.device, model_kwargs)
+    return model(**model.prepare_inputs_for_generation(input_ids, **model_kwargs), return_dict=True), model_kwargs
 
 
 def _next_forward(model, input_ids: Tensor, model_kwargs: dict):
@@ -213,7 +216,7 @@ def generate(model, input_ids: Tensor, logits_processor, stopping_criteria, gene
     select = TokenSelector(logits_processor, bool(cfg.do_sample), seeds, backend)
     unfinished = torch.ones(batch, dtype=torch.long, device=input_ids.device)
 
-    outputs = _first_forward(model, input_ids, cfg, model_kwargs)
+    outputs, model_kwargs = _first_forward(model, input_ids, cfg, model_kwargs)
     step = 0
     while True:
         model_kwargs = model._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder=False)
