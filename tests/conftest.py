@@ -5,8 +5,10 @@ and compares with tests/oracle.py.
 """
 import importlib.metadata
 import json
+import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -282,3 +284,17 @@ def chi_square_pvalue(tokens: torch.Tensor, expected: np.ndarray) -> float:
     if len(exp_bins) < 2:  # one possible outcome: the zero-probability check above was the whole test
         return 1.0
     return float(stats.chisquare(obs_bins, exp_bins).pvalue)
+
+
+class _DeprecationLogAsWarning(logging.Handler):
+    """transformers logs its "`past_key_values`/`cache_params` are deprecated. Use `cache` instead." notice
+    (logger.warning_once) instead of warning: re-issue it as a FutureWarning, which pytest.ini turns into an
+    error, so that a deprecated cache keyword anywhere in fastsample fails the test that used it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "are deprecated. Use `cache` instead" in message:
+            warnings.warn(message, FutureWarning, stacklevel=2)
+
+
+logging.getLogger("transformers").addHandler(_DeprecationLogAsWarning())

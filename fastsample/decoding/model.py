@@ -1,10 +1,12 @@
 """The model protocol shared by every decoder: left-padded batches, attention masks, a KV cache to reuse, crop
 and reorder, and the plain generation loop that greedy, sampling and contrastive decoding run on.
 
-A model is a Hugging Face causal LM or any callable taking ``input_ids, past_key_values, use_cache`` (and, when
-its signature accepts them, ``attention_mask`` and ``position_ids``) and returning an object with ``.logits``
-[B, T, V] and ``.past_key_values``. The cache may be a ``transformers`` ``Cache`` (``crop`` /
-``reorder_cache``) or the legacy tuple of per-layer ``(key, value)`` tensors [B, heads, T, head_dim].
+A model is a Hugging Face causal LM or any callable taking ``input_ids, cache, use_cache`` (and, when its
+signature accepts them, ``attention_mask`` and ``position_ids``) and returning an object with ``.logits``
+[B, T, V] and ``.cache``: the names transformers documents from 5.2x on. A model whose signature names
+``past_key_values`` and no ``cache`` (older transformers releases, hand-written callables) gets and returns its
+cache under that name instead. The cache may be a ``transformers`` ``Cache`` (``crop`` / ``reorder_cache``) or
+the legacy tuple of per-layer ``(key, value)`` tensors [B, heads, T, head_dim].
 
 A :class:`Session` is one model's view of a batch: the cache plus a 0/1 attention mask over every cache
 column. Columns are never compacted: left padding, and in speculative decoding the draft tokens a row rejected,
@@ -42,7 +44,19 @@ def _accepts(forward: Callable, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def forward(model, input_ids: Tensor, attention_mask: Tensor, past_key_values=None) -> tuple[Tensor, Any]:
+@functools.lru_cache(maxsize=None)
+def _cache_keyword(forward: Callable) -> str:
+    """``cache`` where the signature names it (transformers' current API, no deprecation warning), else the
+    older ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _returned_cache(out, keyword: str):
+    # read the field the model filled: on current transformers outputs `.past_key_values` is a deprecated alias
+    return out.cache if keyword == "cache" else out.past_key_values
+
+
+def forward(model, input_ids: Tensor, attention_mask: Tensor, cache=None) -> tuple[Tensor, Any]:
     """One model call on new tokens ``input_ids`` [B, T].
 
     ``attention_mask`` [B, cache + T] covers every cache column and the new tokens (0 = padding or hole).
@@ -51,13 +65,14 @@ def forward(model, input_ids: Tensor, attention_mask: Tensor, past_key_values=No
     """
     call = getattr(model, "forward", model)
     call = getattr(call, "__func__", call)  # cache the signature check per class, not per bound method
-    kwargs = {"input_ids": input_ids, "past_key_values": past_key_values, "use_cache": True}
+    keyword = _cache_keyword(call)
+    kwargs = {"input_ids": input_ids, keyword: cache, "use_cache": True}
     if _accepts(call, "attention_mask"):
         kwargs["attention_mask"] = attention_mask
     if _accepts(call, "position_ids"):
         kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
     out = model(**kwargs)
-    return out.logits.float(), out.past_key_values
+    return out.logits.float(), _returned_cache(out, keyword)
 
 
 def crop(past, length: int):

@@ -1,0 +1,341 @@
+"""FlashInfer's sampling API (``flashinfer.sampling``, 0.6/0.7 series, and ``flashinfer.top_k``) on fastsample's
+backends, CPU included: code written against FlashInfer switches with one import,
+``import fastsample.flashinfer as flashinfer_sampling`` (or ``from fastsample.flashinfer import top_k``).
+
+Every function keeps FlashInfer's signature, defaults, return types and dtypes: sampled ids are int32 (or the
+dtype of ``indices`` when given), ``return_valid=True`` adds a bool [B] tensor, ``top_k`` returns int64
+indices, ``chain_speculative_sampling`` returns ``(output_token_ids int32 [B, n + 1], accepted int32 [B],
+emitted int32 [B])``. The backend is fastsample's default for the tensors' device, or $FASTSAMPLE_BACKEND.
+
+Semantics
+---------
+- Filters follow fastsample's rules (docs/ops.md): ties at a top-k / top-p / min-p boundary are all kept,
+  ``top_k <= 0`` or ``>= V`` and ``top_p >= 1`` filter nothing.
+- ``filter_apply_order="top_k_first"``: top-k, then top-p over the renormalised survivors (fastsample's fused
+  op). ``"joint"``: a token is kept iff it is in both the top-k set and the top-p nucleus of the unfiltered
+  distribution (both sets are prefixes of the sorted row, so this is their intersection).
+- ``indices``: output i is drawn from row ``indices[i]`` of the input, with the i-th entry of tensor
+  parameters and of per-row seeds. Indices are checked against the number of rows for CPU tensors (a device
+  tensor is not read on the host).
+- Invalid rows (a NaN, a negative or infinite probability, zero mass, every logit -inf): FlashInfer's
+  convention, sample 0 and ``valid = False``; fastsample's own API returns -1 there instead.
+- Random numbers: fastsample's Philox rule (DESIGN section 4), not FlashInfer's curand streams: the same
+  distribution, not the same tokens. ``seed`` and ``offset`` must both be ints or both int64/uint64 tensors of
+  length 1 or B (FlashInfer's rule); given both, row b draws with (seed_b, offset_b): one seed for the batch
+  (an int or a length-1 tensor) gives row b the offset o + b so that rows differ, per-row seeds keep the
+  offset as given (fastsample's rule, batch invariance); if either is None, one seed is drawn from ``generator`` (or
+  torch's default generator), as FlashInfer does.
+- Integer parameter tensors are cast as FlashInfer's kernels read them: ``top_k`` to int64, ``top_p``,
+  ``min_p`` and ``temperature`` to float32; float ``top_k`` scalars are truncated to int.
+- float16 / bfloat16 probabilities are accepted everywhere; fastsample's probs kernels compute in float32, so
+  they are converted to float32 first (as FlashInfer's own Python layer does for sampling); the renorm
+  functions and ``top_k_mask_logits`` return the input's dtype, as FlashInfer's do.
+
+Arguments accepted without effect
+---------------------------------
+- ``deterministic`` (every sampling function), ``is_deterministic`` (``top_p_renorm_probs``) and ``top_k``'s
+  ``deterministic``: fastsample's kernels are always deterministic (fixed reduction order, no atomics), so the
+  faster nondeterministic mode FlashInfer offers does not exist here.
+- ``enable_pdl`` (``softmax``): Programmatic Dependent Launch is a launch attribute of FlashInfer's CUDA
+  kernels on sm_90; fastsample's launches do not use it.
+- ``dsa_graph_safe`` (``top_k``): selects a CUDA-graph-safe code path in FlashInfer; fastsample's top-k has
+  one path per backend and every one is graph safe.
+- ``top_k(sorted=False)``: the order within a row is then unspecified; fastsample returns it sorted anyway.
+- ``generator`` when both ``seed`` and ``offset`` are given (as in FlashInfer).
+
+``get_sampling_module`` (FlashInfer's JIT loader) has no counterpart: there is nothing to compile.
+"""
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Optional, Tuple, Union
+
+import torch
+
+from . import sampling as fs
+from .speculative import chain_speculative_sampling as _fs_chain_speculative_sampling
+
+Tensor = torch.Tensor
+_PROB_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class TopKTieBreak(IntEnum):
+    """``flashinfer.top_k``'s tie-break modes at the selection boundary."""
+
+    NONE = 0  # FlashInfer: unspecified; here: smaller indices, as SMALL
+    SMALL = 1
+    LARGE = 2
+
+
+# ------------------------------------------------------------------------------------------ arguments
+def _as_float32(name: str, x: Tensor) -> Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _PROB_DTYPES:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+    return x.float()
+
+
+def _int_param(value):
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.int64)
+    return value if isinstance(value, int) else int(value)
+
+
+def _float_param(value):
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.float32)
+    return float(value)
+
+
+def _rows_for(x: Tensor, indices: Optional[Tensor]) -> Tensor:
+    """The input rows the outputs draw from: ``x[indices]`` (checked on CPU), or ``x`` itself."""
+    if indices is None:
+        return x
+    if not isinstance(indices, torch.Tensor) or indices.dtype not in (torch.int32, torch.int64):
+        raise TypeError("indices must be an int32 or int64 tensor of shape (batch_size,)")
+    if indices.dim() != 1:
+        raise ValueError(f"indices must be 1-D, got shape {list(indices.shape)}")
+    if indices.device.type == "cpu" and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(x)):
+        raise ValueError(f"indices must be in [0, {len(x)}) (the rows of the input)")
+    return x.index_select(0, indices.to(device=x.device, dtype=torch.int64))
+
+
+def _row_tensor(name: str, value: Tensor, batch: int, device) -> Tensor:
+    if value.device != device:
+        raise ValueError(f"{name} tensor must be on {device}")
+    if value.dtype not in (torch.int64, torch.uint64):
+        raise ValueError(f"{name} tensor must be int64/uint64")
+    if value.dim() != 1 or value.shape[0] not in (1, batch):
+        raise ValueError(f"{name} tensor length must be 1 or {batch}")
+    return value.view(torch.int64)  # same bits: a Philox key takes the 64-bit pattern
+
+
+def _rng(seed, offset, batch: int, device, generator) -> dict:
+    """FlashInfer's seed/offset rules -> fastsample's ``generator / seed / offset`` keywords. A length-1
+    tensor pair acts like the int pair (row b: seed, offset + b), read on the device without a host sync."""
+    if seed is None or offset is None:
+        return {"generator": generator}
+    if isinstance(seed, torch.Tensor) != isinstance(offset, torch.Tensor):
+        raise ValueError("seed and offset must both be tensors or both be scalars")
+    if not isinstance(seed, torch.Tensor):
+        return {"seed": int(seed), "offset": int(offset)}
+    seed, offset = _row_tensor("seed", seed, batch, device), _row_tensor("offset", offset, batch, device)
+    if offset.shape[0] != batch:
+        rows = torch.arange(batch, dtype=torch.int64, device=device)
+        offset = offset + rows if seed.shape[0] != batch else offset.expand(batch)
+    return {"seed": seed.expand(batch).contiguous(), "offset": offset.contiguous()}
+
+
+def _check_nan(check_nan: bool, x: Tensor, name: str = "probs") -> None:
+    if check_nan and bool(torch.isnan(x).any()):
+        raise ValueError(f"Input {name} contains NaN.")
+
+
+def _finish(tokens: Tensor, indices: Optional[Tensor], return_valid: bool):
+    """fastsample's -1 rows -> FlashInfer's (0, valid=False); ids in int32 or the dtype of ``indices``."""
+    valid = tokens >= 0
+    samples = torch.where(valid, tokens, 0).to(indices.dtype if indices is not None else torch.int32)
+    return (samples, valid) if return_valid else samples
+
+
+def _draw(x: Tensor, indices, generator, seed, offset, is_logits: bool, top_k=0, top_p=1.0, min_p=None):
+    """One token per output row with fastsample's fused sampler (filters in HF order)."""
+    rows = _rows_for(x, indices)
+    kwargs = _rng(seed, offset, rows.shape[0], rows.device, generator)
+    if is_logits:
+        return fs.sample(rows, 1.0, top_k, top_p, 0.0 if min_p is None else min_p, **kwargs)
+    if min_p is not None:
+        return fs.min_p_sampling_from_probs(rows, min_p, **kwargs)
+    return fs.top_k_top_p_sampling_from_probs(rows, top_k, top_p, **kwargs)
+
+
+# ------------------------------------------------------------------------------------ flashinfer.sampling
+def softmax(logits: Tensor, temperature: Optional[Union[Tensor, float]] = None,
+            enable_pdl: Optional[bool] = None) -> Tensor:
+    """Temperature-scaled safe softmax; float32 [B, V]. ``enable_pdl`` has no effect (see the module doc)."""
+    return fs.softmax(logits, None if temperature is None else _float_param(temperature))
+
+
+def sampling_from_logits(logits: Tensor, indices: Optional[Tensor] = None, deterministic: bool = True,
+                         generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                         seed: Optional[Union[int, Tensor]] = None,
+                         offset: Optional[Union[int, Tensor]] = None) -> Tensor:
+    """One id per output row from softmax(logits); int32 (or ``indices``' dtype) [B]."""
+    _check_nan(check_nan, logits, "logits")
+    return _finish(_draw(logits, indices, generator, seed, offset, True), indices, False)
+
+
+def sampling_from_probs(probs: Tensor, indices: Optional[Tensor] = None, deterministic: bool = True,
+                        generator: Optional[torch.Generator] = None, check_nan: bool = False,
+                        seed: Optional[Union[int, Tensor]] = None, offset: Optional[Union[int, Tensor]] = None,
+                        return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """One id per output row from (unnormalised) ``probs``; with ``return_valid``, also the bool validity."""
+    probs = _as_float32("probs", probs)
+    _check_nan(check_nan, probs)
+    return _finish(_draw(probs, indices, generator, seed, offset, False), indices, return_valid)
+
+
+def top_p_sampling_from_probs(probs: Tensor, top_p: Union[Tensor, float], indices: Optional[Tensor] = None,
+                              deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                              check_nan: bool = False, seed: Optional[Union[int, Tensor]] = None,
+                              offset: Optional[Union[int, Tensor]] = None,
+                              return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """One id per output row from the top-p nucleus of ``probs``."""
+    probs = _as_float32("probs", probs)
+    _check_nan(check_nan, probs)
+    tokens = _draw(probs, indices, generator, seed, offset, False, top_p=_float_param(top_p))
+    return _finish(tokens, indices, return_valid)
+
+
+def top_k_sampling_from_probs(probs: Tensor, top_k: Union[Tensor, int], indices: Optional[Tensor] = None,
+                              deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                              check_nan: bool = False, seed: Optional[Union[int, Tensor]] = None,
+                              offset: Optional[Union[int, Tensor]] = None,
+                              return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """One id per output row from the top-k tokens of ``probs`` (ties at the k-th value kept)."""
+    probs = _as_float32("probs", probs)
+    _check_nan(check_nan, probs)
+    tokens = _draw(probs, indices, generator, seed, offset, False, top_k=_int_param(top_k))
+    return _finish(tokens, indices, return_valid)
+
+
+def min_p_sampling_from_probs(probs: Tensor, min_p: Union[Tensor, float], indices: Optional[Tensor] = None,
+                              deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                              check_nan: bool = False, seed: Optional[Union[int, Tensor]] = None,
+                              offset: Optional[Union[int, Tensor]] = None,
+                              return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """One id per output row from the tokens with p >= min_p * max(p)."""
+    probs = _as_float32("probs", probs)
+    _check_nan(check_nan, probs)
+    min_p = _float_param(min_p)
+    tokens = _draw(probs, indices, generator, seed, offset, False, min_p=min_p)
+    return _finish(tokens, indices, return_valid)
+
+
+def _joint(probs: Tensor, indices, top_k, top_p, generator, seed, offset) -> Tensor:
+    """``filter_apply_order="joint"``: the top-k set and the top-p nucleus of the same distribution, both
+    prefixes of the sorted row, intersected: top-k over the top-p-renormalised probabilities."""
+    rows = _rows_for(probs, indices)
+    nucleus = fs.top_p_renorm_probs(rows, top_p)
+    return fs.top_k_sampling_from_probs(nucleus, top_k, **_rng(seed, offset, rows.shape[0], rows.device, generator))
+
+
+def _check_order(filter_apply_order: str) -> None:
+    if filter_apply_order not in ("top_k_first", "joint"):
+        raise ValueError(f"Invalid filter_apply_order: {filter_apply_order}")
+
+
+def top_k_top_p_sampling_from_logits(logits: Tensor, top_k: Union[Tensor, int], top_p: Union[Tensor, float],
+                                     indices: Optional[Tensor] = None, filter_apply_order: str = "top_k_first",
+                                     deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                                     check_nan: bool = False, seed: Optional[Union[int, Tensor]] = None,
+                                     offset: Optional[Union[int, Tensor]] = None) -> Tensor:
+    """softmax(logits), then top-k and top-p (``filter_apply_order``), then one id per output row."""
+    _check_order(filter_apply_order)
+    top_k, top_p = _int_param(top_k), _float_param(top_p)
+    if filter_apply_order == "joint":
+        probs = fs.softmax(logits)
+        _check_nan(check_nan, probs)
+        tokens = _joint(probs, indices, top_k, top_p, generator, seed, offset)
+    else:
+        _check_nan(check_nan, logits, "logits")
+        tokens = _draw(logits, indices, generator, seed, offset, True, top_k=top_k, top_p=top_p)
+    return _finish(tokens, indices, False)
+
+
+def top_k_top_p_sampling_from_probs(probs: Tensor, top_k: Union[Tensor, int], top_p: Union[Tensor, float],
+                                    indices: Optional[Tensor] = None, filter_apply_order: str = "top_k_first",
+                                    deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                                    check_nan: bool = False, seed: Optional[Union[int, Tensor]] = None,
+                                    offset: Optional[Union[int, Tensor]] = None,
+                                    return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+    """Top-k and top-p (``filter_apply_order``) over ``probs``, then one id per output row."""
+    _check_order(filter_apply_order)
+    probs = _as_float32("probs", probs)
+    _check_nan(check_nan, probs)
+    top_k, top_p = _int_param(top_k), _float_param(top_p)
+    if filter_apply_order == "joint":
+        tokens = _joint(probs, indices, top_k, top_p, generator, seed, offset)
+    else:
+        tokens = _draw(probs, indices, generator, seed, offset, False, top_k=top_k, top_p=top_p)
+    return _finish(tokens, indices, return_valid)
+
+
+def top_p_renorm_probs(probs: Tensor, top_p: Union[Tensor, float], is_deterministic: bool = False) -> Tensor:
+    """``probs`` renormalised over each row's top-p nucleus, 0 elsewhere; the input's dtype."""
+    return fs.top_p_renorm_probs(_as_float32("probs", probs), _float_param(top_p)).to(probs.dtype)
+
+
+def top_k_renorm_probs(probs: Tensor, top_k: Union[Tensor, int]) -> Tensor:
+    """``probs`` renormalised over each row's top-k tokens, 0 elsewhere; the input's dtype."""
+    return fs.top_k_renorm_probs(_as_float32("probs", probs), _int_param(top_k)).to(probs.dtype)
+
+
+def top_k_mask_logits(logits: Tensor, top_k: Union[Tensor, int]) -> Tensor:
+    """``logits`` with every token outside the row's top-k set to -inf; the input's dtype."""
+    return fs.top_k_mask_logits(logits, _int_param(top_k)).to(logits.dtype)
+
+
+top_p_renorm_prob = top_p_renorm_probs
+top_k_renorm_prob = top_k_renorm_probs
+
+
+def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs,
+                               maybe_output_accepted_token_num: Optional[Tensor] = None,
+                               maybe_output_emitted_draft_token_num: Optional[Tensor] = None,
+                               deterministic: bool = True, generator: Optional[torch.Generator] = None,
+                               seed: Optional[Union[int, Tensor]] = None,
+                               offset: Optional[Union[int, Tensor]] = None):
+    """Speculative acceptance of a chain of draft tokens (Leviathan et al. / Chen et al.).
+
+    Returns ``(output_token_ids int32 [B, n + 1] padded with -1, accepted_num, emitted_num)``. The counts are
+    int32 [B] tensors; when ``maybe_output_*`` tensors are given, the counts are added to them in place and
+    those tensors are returned, as FlashInfer does.
+    """
+    draft_probs, target_probs = _as_float32("draft_probs", draft_probs), _as_float32("target_probs", target_probs)
+    batch, device = draft_probs.shape[0], draft_probs.device
+    tokens, accepted, emitted = _fs_chain_speculative_sampling(
+        draft_probs, draft_token_ids, target_probs, **_rng(seed, offset, batch, device, generator))
+    outputs = []
+    for given, count in ((maybe_output_accepted_token_num, accepted),
+                         (maybe_output_emitted_draft_token_num, emitted)):
+        if given is None:
+            outputs.append(count.to(torch.int32))
+        else:
+            given += count.to(given.dtype)
+            outputs.append(given)
+    return (tokens.to(torch.int32), *outputs)
+
+
+def get_seed_and_offset(increment: int, generator: Optional[torch.Generator] = None,
+                        device: Optional[torch.device] = None) -> Tuple[int, int]:
+    """FlashInfer's helper: ``(seed, offset)`` read from a Philox generator's state, advancing its offset by
+    ``increment`` rounded up to a multiple of 4 (CUDA generators; on CPU, whose generator is a Mersenne
+    Twister, a seed is drawn from it and the offset is 0)."""
+    if generator is None:
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        generator = torch.cuda.default_generators[device.index or 0] if device.type == "cuda" else \
+            torch.default_generator
+    if generator.device.type != "cuda":
+        return int(torch.randint(0, 2**63 - 1, (1,), generator=generator)), 0
+    seed, offset = generator.get_state().view(torch.int64).tolist()
+    generator.set_state(torch.tensor([seed, offset + (increment + 3) // 4 * 4], dtype=torch.int64).view(torch.uint8))
+    return int(seed), int(offset)
+
+
+# ----------------------------------------------------------------------------------------- flashinfer.top_k
+def top_k(input: Tensor, k: int, sorted: bool = False, deterministic: bool = False,
+          tie_break: int = TopKTieBreak.NONE, dsa_graph_safe: bool = False) -> Tuple[Tensor, Tensor]:
+    """The k largest entries of each row: ``(values [B, k] in input's dtype, indices [B, k] int64)``, sorted
+    by value descending. Ties at the boundary: smaller indices first (``NONE``, ``SMALL``) or larger indices
+    first (``LARGE``)."""
+    if int(tie_break) not in (0, 1, 2):
+        raise ValueError(f"tie_break must be 0 (NONE), 1 (SMALL) or 2 (LARGE), got {tie_break!r}")
+    if int(tie_break) == TopKTieBreak.LARGE:
+        values, idx = fs.top_k(input.flip(-1), k, True)  # larger ids become smaller ones: lower-id-first ties
+        return values, input.shape[-1] - 1 - idx
+    return fs.top_k(input, k, True)
+
+
+topk = top_k
