@@ -1,7 +1,7 @@
 PYTHON ?= python
 NVCC ?= nvcc
 
-.PHONY: install test bench check-cuda clean
+.PHONY: install test bench check-cuda check-arm clean
 
 # torch first: the CPU wheel on machines without a GPU. --no-build-isolation builds against that torch
 # instead of pulling another one (with its CUDA wheels) into an isolated build environment.
@@ -19,6 +19,12 @@ bench: install
 # Compiles every CUDA source for sm_80 and sm_90; needs nvcc only (no GPU, no CUDA build of torch).
 check-cuda:
 	$(PYTHON) tools/check_cuda.py --nvcc $(NVCC)
+
+# Cross-compiles the CPU sources for aarch64 (compile only, against the installed torch's headers); needs
+# g++-aarch64-linux-gnu (Debian/Ubuntu), no Arm machine.
+AARCH64_CXX ?= aarch64-linux-gnu-g++
+check-arm:
+	$(PYTHON) tools/check_arm.py --cxx $(AARCH64_CXX)
 
 clean:
 	rm -rf build fastsample/_C*.so *.egg-info
