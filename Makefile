@@ -1,7 +1,7 @@
 PYTHON ?= python
 NVCC ?= nvcc
 
-.PHONY: install test bench check-cuda check-wheel clean
+.PHONY: install test bench check-cuda check-wheel check-arm clean
 
 # torch first: the CPU wheel on machines without a GPU. --no-build-isolation builds against that torch
 # instead of pulling another one (with its CUDA wheels) into an isolated build environment.
@@ -25,6 +25,12 @@ check-cuda:
 # it only relinks the extension, the objects come from build/temp).
 check-wheel:
 	$(PYTHON) tools/check_wheel.py
+
+# Cross-compiles the CPU sources for aarch64 (compile only, against the installed torch's headers); needs
+# g++-aarch64-linux-gnu (Debian/Ubuntu), no Arm machine.
+AARCH64_CXX ?= aarch64-linux-gnu-g++
+check-arm:
+	$(PYTHON) tools/check_arm.py --cxx $(AARCH64_CXX)
 
 clean:
 	rm -rf build fastsample/_C*.so *.egg-info

@@ -27,7 +27,7 @@ TORCH_LIBRARY(fastsample_cpu, m) {
   // [central hit, outer regather, central overflow, block-maxima bound, no estimate] row counts since the
   // last reset (reset=True: then starts again from 0).
   m.def("top_p_routes(bool reset) -> int[]", &top_p_routes);
-  // The vector path of the CPU kernels: "avx512", "avx2", "neon" or "generic" (csrc/cpu/isa.h).
+  // The vector path of the CPU kernels: "avx512", "avx2" or "generic" (csrc/cpu/isa.h).
   m.def("isa() -> str", &isa);
   // Switches the path between kernel calls (as FASTSAMPLE_ISA, never more than the CPU has); returns the
   // path now in use. The bench times each path in one run this way.
