@@ -1,5 +1,5 @@
 // The one schema list of the fastsample ops. Every backend (csrc/cpu, csrc/cuda, fastsample/triton,
-// fastsample/reference.py) implements exactly these, with the semantics of DESIGN.md section 5.
+// fastsample/reference.py) implements exactly these, with the semantics of docs/design.md section 5.
 //
 // Per-row parameters come as (Tensor? <name>_arr, scalar <name>_val): the tensor, when given, is [B]
 // (float32 for temperature/top_p/min_p, int64 for top_k) on the input's device and wins over the scalar.
@@ -32,7 +32,7 @@ TORCH_LIBRARY(fastsample, m) {
       "Tensor offset, bool return_logprobs) -> (Tensor tokens, Tensor logprobs)");
   // log(sum(exp(logits))) per row in one online pass: the single-pass limit of the benchmarks.
   m.def("logsumexp(Tensor logits) -> Tensor");
-  // Speculative acceptance (DESIGN 5): output [B, n+1] padded with -1, accepted_num [B], emitted_num [B].
+  // Speculative acceptance (docs/design.md section 5): output [B, n+1] padded with -1, accepted_num [B], emitted_num [B].
   m.def(
       "chain_speculative_sampling(Tensor draft_probs, Tensor draft_token_ids, Tensor target_probs, "
       "Tensor seed, Tensor offset) -> (Tensor output_token_ids, Tensor accepted_num, Tensor emitted_num)");

@@ -19,7 +19,7 @@ Semantics
   tensor is not read on the host).
 - Invalid rows (a NaN, a negative or infinite probability, zero mass, every logit -inf): FlashInfer's
   convention, sample 0 and ``valid = False``; fastsample's own API returns -1 there instead.
-- Random numbers: fastsample's Philox rule (DESIGN section 4), not FlashInfer's curand streams: the same
+- Random numbers: fastsample's Philox rule (docs/design.md section 4), not FlashInfer's curand streams: the same
   distribution, not the same tokens. ``seed`` and ``offset`` must both be ints or both int64/uint64 tensors of
   length 1 or B (FlashInfer's rule); given both, row b draws with (seed_b, offset_b): one seed for the batch
   (an int or a length-1 tensor) gives row b the offset o + b so that rows differ, per-row seeds keep the

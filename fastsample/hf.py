@@ -18,7 +18,7 @@ What runs where, per step (HF's order throughout):
   (``fastsample.processors.filter_logits``), those warpers run, and ``fastsample.sample`` draws from the result;
 - greedy (``do_sample=False``): ``fastsample.greedy`` (argmax, lowest id on ties, as ``torch.argmax``).
 
-Random numbers follow fastsample's rule (DESIGN section 4): row b draws step t with Philox (seed_b, offset t).
+Random numbers follow fastsample's rule (docs/design.md section 4): row b draws step t with Philox (seed_b, offset t).
 ``seed`` (an int s: seed_b = s + b; or an int64 tensor [B] after ``num_return_sequences`` expansion) is a
 keyword of this callable that ``generate`` forwards to it: ``model.generate(..., custom_generate=generate,
 seed=torch.tensor([...]))``. Without it one seed is drawn from ``generator`` (or torch's default generator),

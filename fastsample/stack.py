@@ -113,7 +113,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     logprobs : None, "processed" (the final distribution the tokens are drawn from) or "raw" (log-softmax of
         the raw logits). Also returns each sampled token's rank under the same mode.
     top_logprobs : int N >= 0, the N most probable tokens per row under `logprobs` (needs `logprobs`).
-    generator, seed, offset : random-number control (DESIGN section 4).
+    generator, seed, offset : random-number control (docs/design.md section 4).
     backend : "cpu" or "torch" (Triton and CUDA kernels do not exist yet: NotImplementedError).
 
     Returns

@@ -1,4 +1,4 @@
-// The inverse-CDF step every CPU draw takes (DESIGN 4): the smallest kept id whose prefix weight exceeds
+// The inverse-CDF step every CPU draw takes (docs/design.md section 4): the smallest kept id whose prefix weight exceeds
 // u * W, in ascending id order. Draws walk it twice: over the sums of blocks of ids to find the block that
 // holds the step, then over that block's tokens.
 #pragma once

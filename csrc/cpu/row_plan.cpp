@@ -102,15 +102,15 @@ bool plan_from_stats(RowPlan& plan, const float* x, int64_t n, const RowParams& 
                      bool count_maxima) {
   if (p.is_logits) {
     if (mx == -kInf) return true;
-    if (mx == kInf) {  // the +inf tokens share the mass
-      plan.kind = RowPlan::kUniformInf;
-      plan.count = count_equal(x, n, mx, nseg);
-      return true;
-    }
-    if (p.temperature == 0.0f) {
+    if (p.temperature == 0.0f) {  // greedy first, +inf maxima included: lowest index of the max
       plan.kind = RowPlan::kGreedy;
       plan.first = first_equal(x, n, mx);
       if (count_maxima) plan.count = count_equal(x, n, mx, nseg);
+      return true;
+    }
+    if (mx == kInf) {  // the +inf tokens share the mass
+      plan.kind = RowPlan::kUniformInf;
+      plan.count = count_equal(x, n, mx, nseg);
       return true;
     }
     return false;

@@ -26,7 +26,7 @@ int64_t nth_equal(const float* x, int64_t n, float value, int64_t nth) {
   return -1;
 }
 
-// Inverse CDF in ascending id order over the kept tokens (DESIGN 4): the smallest kept i whose prefix
+// Inverse CDF in ascending id order over the kept tokens (docs/design.md section 4): the smallest kept i whose prefix
 // weight exceeds u * W. Float rounding can leave the walk short of the target: the last kept token then.
 // Split rows: the segments' kept sums first, then the walk of the segment holding the step.
 int64_t dense_crossing(const float* x, int64_t n, const RowPlan& plan, double target, int nseg) {

@@ -1,4 +1,4 @@
-"""Vocab-parallel sampling over torch.distributed (DESIGN section 9): the same token as one device, without
+"""Vocab-parallel sampling over torch.distributed (docs/design.md section 9): the same token as one device, without
 gathering the logits.
 
 Each rank of a process group holds a contiguous slice ``local_logits`` [B, V_r] of the vocabulary; the

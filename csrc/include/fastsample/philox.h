@@ -1,6 +1,6 @@
 // Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11), bit-exact with
 // Random123 and Triton's tl.philox. Shared by the CPU and CUDA kernels: the random-number contract of
-// DESIGN.md section 4 lives here and nowhere else in C++.
+// docs/design.md section 4 lives here and nowhere else in C++.
 #pragma once
 #include <cstdint>
 
@@ -39,7 +39,7 @@ FS_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// The uniform of DESIGN section 4: row seed/offset, draw index j -> float32 in [0, 1) with 24 random bits.
+// The uniform of docs/design.md section 4: row seed/offset, draw index j -> float32 in [0, 1) with 24 random bits.
 FS_HOST_DEVICE float philox_uniform(int64_t seed, int64_t offset, uint32_t draw) {
   const uint64_t s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
   const Philox4 r = philox4x32_10(static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32), draw, 0u,
