@@ -38,7 +38,7 @@ from transformers.generation import logits_process as hf_lp
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 
 from . import processors as fs_proc
-from .decoding.model import row_seeds
+from .decoding.model import decode_seeds
 from .sampling import greedy, sample
 
 Tensor = torch.Tensor
@@ -212,7 +212,7 @@ def generate(model, input_ids: Tensor, logits_processor, stopping_criteria, gene
     pad = None if pad is None else pad.to(input_ids.device)
     has_eos = any(hasattr(c, "eos_token_id") for c in stopping_criteria)
     batch = input_ids.shape[0]
-    seeds = row_seeds(batch, seed, generator, input_ids.device) if cfg.do_sample else None
+    seeds = decode_seeds(batch, seed, generator, input_ids.device) if cfg.do_sample else None
     select = TokenSelector(logits_processor, bool(cfg.do_sample), seeds, backend)
     unfinished = torch.ones(batch, dtype=torch.long, device=input_ids.device)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .reference import _INF, _kth_largest, _row_param, _weights, philox_uniform
+from .reference import _INF, _kth_largest, _per_row_tensor, _weights, philox_uniform
 
 Tensor = torch.Tensor
 OptTensor = torch.Tensor | None
@@ -95,7 +95,7 @@ def sample_stack(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, b
     batch, vocab = logits.shape
     device = logits.device
     x = logits.to(torch.float32)
-    param = lambda arr, val, dtype=torch.float32: _row_param(arr, val, batch, dtype, device)  # noqa: E731
+    param = lambda arr, val, dtype=torch.float32: _per_row_tensor(arr, val, batch, dtype, device)  # noqa: E731
     rep, freq, pres = param(repetition_arr, repetition_val), param(frequency_arr, frequency_val), \
         param(presence_arr, presence_val)
     temperature, top_k = param(temperature_arr, temperature_val), param(top_k_arr, top_k_val, torch.int64)

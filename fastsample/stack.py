@@ -14,7 +14,8 @@ from typing import NamedTuple
 import torch
 
 from . import _ops, _rng
-from .sampling import _check_matrix, _filters, _row_param, resolve_backend
+from .backends import resolve_backend
+from .sampling import _check_matrix, _check_param, _filters
 
 Tensor = torch.Tensor
 _LOGPROBS_MODES = {None: 0, "processed": 1, "raw": 2}
@@ -78,7 +79,7 @@ def _mask(mask, batch: int, vocab: int, device: torch.device) -> Tensor | None:
 
 
 def _penalty(name: str, value, batch: int, device: torch.device, positive: bool):
-    arr, val = _row_param(name, value, batch, device, -math.inf, math.inf)
+    arr, val = _check_param(name, value, batch, device, -math.inf, math.inf)
     if positive and arr is None and not val > 0:
         raise ValueError(f"{name} must be > 0, got {val}")
     return arr, val
@@ -146,7 +147,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     penalties = (*_penalty("repetition_penalty", repetition_penalty, batch, device, True),
                  *_penalty("frequency_penalty", frequency_penalty, batch, device, False),
                  *_penalty("presence_penalty", presence_penalty, batch, device, False))
-    t_arr, t_val = _row_param("temperature", temperature, batch, device, 0.0, math.inf)
+    t_arr, t_val = _check_param("temperature", temperature, batch, device, 0.0, math.inf)
     filters = _filters(batch, device, top_k, top_p, min_p)
     if order not in _ORDERS:
         raise ValueError(f"order must be one of {_ORDERS}, got {order!r}")
@@ -161,7 +162,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     if not 0 <= top_logprobs <= vocab or (top_logprobs and logprobs is None):
         raise ValueError(f"top_logprobs must be in [0, {vocab}] and needs logprobs='processed' or 'raw', got "
                          f"{top_logprobs} with logprobs={logprobs!r}")
-    seed_t, offset_t = _rng.row_seeds(batch, device, generator, seed, offset)
+    seed_t, offset_t = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
     ops = _backend(logits, backend)
     tokens, lp, ranks, top_ids, top_lp = ops.sample_stack(
         logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val, *filters,

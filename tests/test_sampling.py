@@ -136,6 +136,16 @@ def test_sample_edge_rows(backend):
     assert got[8].item() == int(torch.argmax(x[8]))
 
 
+def test_greedy_row_with_inf_logits(backend):
+    """T = 0 is greedy before +inf logits share the mass: the lowest +inf id, whatever the seed."""
+    x = torch.randn(4, 20, generator=torch.Generator().manual_seed(41))
+    x[:, [13, 5, 8]] = math.inf
+    for seed in range(6):
+        tokens, logprobs = fastsample.sample(x, 0.0, seed=seed, return_logprobs=True, backend=backend)
+        assert tokens.tolist() == [5] * 4
+        torch.testing.assert_close(logprobs, torch.full((4,), -math.log(3.0)))
+
+
 def test_sample_vocab_one(backend):
     x = torch.tensor([[0.5], [-math.inf], [math.nan], [math.inf]])
     got = fastsample.sample(x, 0.7, 3, 0.5, 0.1, seed=1, backend=backend)

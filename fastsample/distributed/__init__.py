@@ -45,7 +45,7 @@ import torch
 
 from .. import _rng
 from ..reference import philox_uniform
-from ..sampling import _check_matrix, _filters, _row_param
+from ..sampling import _check_matrix, _check_param, _filters
 from ..sampling import top_k as _local_top_k
 from . import _exact, _exchange
 from ._exchange import ROUNDS, WIDTH, Group
@@ -136,9 +136,9 @@ def _prepare_sample(local_logits, temperature, top_k, top_p, min_p, generator, s
     """Local argument checks and the per-row parameter columns; raises TypeError/ValueError on bad input."""
     x = _check_matrix("local_logits", local_logits).to(torch.float32)
     batch, device = x.shape[0], x.device
-    t_arr, t_val = _row_param("temperature", temperature, batch, device, 0.0, math.inf)
+    t_arr, t_val = _check_param("temperature", temperature, batch, device, 0.0, math.inf)
     k_arr, k_val, p_arr, p_val, mp_arr, mp_val = _filters(batch, device, top_k, top_p, min_p)
-    seeds, offsets = _rng.row_seeds(batch, device, generator, seed, offset)
+    seeds, offsets = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
     k = _per_row(k_arr, k_val, batch, torch.int64, device)
     columns = torch.stack([_bits(_per_row(t_arr, t_val, batch, torch.float32, device)), k,
                            _bits(_per_row(p_arr, p_val, batch, torch.float32, device)),
