@@ -42,6 +42,10 @@ def _backend(x: Tensor, backend: str | None):
         if not _ops.AVAILABLE:
             raise RuntimeError(f"backend {name!r} needs the compiled extension fastsample._C ({_ops.IMPORT_ERROR})")
         return _ops
+    if name == "triton":
+        from .triton import stack_sampler
+
+        return stack_sampler
     raise NotImplementedError(f"sample_stack has no {name!r} kernel yet (it has 'cpu' and 'torch'); pass "
                               f"backend='torch' to run the pure-torch version on {x.device}")
 
