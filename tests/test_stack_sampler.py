@@ -375,3 +375,34 @@ def test_empty_batch_and_one_token_vocab(backend):
                                   seed=1, backend=backend)
     assert one.tokens.tolist() == [0, 0, 0] and one.ranks.tolist() == [1, 1, 1]
     assert one.logprobs.tolist() == [0.0, 0.0, 0.0] and one.top_ids.tolist() == [[0], [0], [0]]
+
+
+# ------------------------------------------------------------------------------------ GPU (skipped here)
+# The Triton interpreter cannot run on fake tensors, so tracing the Triton op is checked on a GPU only.
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
+    x, args = _case(4, 32000, seed=12)
+    x, args = x.cuda(), {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    seed, offset = torch.arange(4, device="cuda") + 100, torch.zeros(4, dtype=torch.int64, device="cuda")
+
+    def step(x, seed, offset):
+        return tuple(fastsample.sample_stack(x, **args, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05,
+                                             num_samples=2, logprobs="processed", top_logprobs=3, seed=seed,
+                                             offset=offset, backend="triton"))
+
+    eager = step(x, seed, offset)
+    want = _oracle(x.cpu(), {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in args.items()},
+                   temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, num_samples=2, seeds=np.full(4, 100) + np.arange(4),
+                   offsets=np.zeros(4, dtype=np.int64))
+    assert all(t in c for row, cands in zip(np64(eager[0]), want["candidates"]) for t, c in zip(row, cands))
+    for got, ref in zip(torch.compile(step, fullgraph=True)(x, seed, offset), eager):
+        assert torch.equal(got, ref) or torch.allclose(got, ref, equal_nan=True)
+    step(x, seed, offset)  # warm up before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step(x, seed, offset)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, ref in zip(captured, eager):
+        assert torch.equal(got, ref) or torch.allclose(got, ref, equal_nan=True)
