@@ -133,6 +133,24 @@ def test_exact_tokens_every_step(backend, order, dtype):
     assert_rare(flips, total, f"{backend} stack sampler {order} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_tokens_one_draw_without_logprobs(backend, dtype):
+    """One draw in HF order without logprobs (the Triton backend's fused path through the `sample` kernels)."""
+    flips = total = 0
+    # The interpreter runs the `sample` kernels slowly: Triton takes no steps and all steps (each step alone
+    # is covered by test_exact_tokens_every_step).
+    steps = [(0, STEPS[0]), (4, STEPS[4])] if backend == "triton" else list(enumerate(STEPS))
+    for vocab in (33, 1000) if backend == "triton" else (1, 33, 1000):
+        for s, (mask, bias, penalties) in steps:
+            x, args = _case(8, vocab, seed=vocab + s, dtype=dtype, kind="peaked" if s % 2 else "flat",
+                            mask=mask, bias=bias, penalties=penalties)
+            for filters in FILTERS:
+                f, n = _run_and_check(backend, x, args, f"{backend} one draw {dtype} V={vocab} {s} {filters}",
+                                      **filters)
+                flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} stack sampler one draw {dtype}")
+
+
 def test_orders_differ_as_documented(backend):
     # HF: top-p over the top-k survivors, then min-p; vLLM: min-p first, top-p over what min-p and top-k keep.
     x = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.06, 0.04]]))

@@ -12,9 +12,11 @@ float32 result only when the float64 value lies within a float64 ulp of a float3
   bit for "in the prompt"), and flags the row when an id lies outside [-1, V).
 - ``_apply_overrides`` (a program per row and block of V): one read of the logits and the buffers, the
   bitmask bit of each token, one float32 write of the processed logits.
-- Temperature, both filter orders, the n draws and the logprobs/ranks/top-N then run as torch ops on the
-  device (fastsample/reference_stack.py ``sample_processed``: the same code as backend "torch"), so the
-  whole op reads no value on the host and is graph-safe; they are not fused.
+- One draw in HF order without logprobs (the common serving call) then runs the fused kernels of the
+  ``sample`` op (sampling.py) on the processed logits. Otherwise (vLLM order, n draws, logprobs/ranks/top-N)
+  temperature, filters and draws run as torch ops on the device (fastsample/reference_stack.py
+  ``sample_processed``: the same code as backend "torch"), not fused. Either way the op reads no value on the
+  host and is graph-safe.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from torch.library import triton_op, wrap_triton
 
 from .. import reference_stack
 from ..reference import _row_param
+from . import sampling as _sampling
 from .jit import helper
 
 Tensor = torch.Tensor
@@ -153,6 +156,17 @@ def _sample_stack_op(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTenso
     rep, freq, pres = param(repetition_arr, repetition_val), param(frequency_arr, frequency_val), \
         param(presence_arr, presence_val)
     y, bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
+    if not vllm_order and num_samples == 1 and logprobs_mode == 0:
+        # One draw in HF order without logprobs is exactly the `sample` op's contract on y: its fused kernels.
+        rows = lambda t: t if t is None else t.contiguous()  # noqa: E731
+        token, _ = _sampling.sample(y, True, rows(temperature_arr), temperature_val, rows(top_k_arr), top_k_val,
+                                    rows(top_p_arr), top_p_val, rows(min_p_arr), min_p_val, seed.contiguous(),
+                                    offset.contiguous(), False)
+        valid = ((rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite() & ~bad
+                 & ~x.isnan().any(dim=1))
+        empty = torch.empty(0, 1, device=device)
+        return (torch.where(valid, token, -1).unsqueeze(1), empty, empty.long(),
+                torch.empty(batch, 0, dtype=torch.int64, device=device), torch.empty(batch, 0, device=device))
     return reference_stack.sample_processed(
         x.to(torch.float32), y, bad, rep, freq, pres, param(temperature_arr, temperature_val),
         param(top_k_arr, top_k_val, torch.int64), param(top_p_arr, top_p_val), param(min_p_arr, min_p_val),
