@@ -411,8 +411,8 @@ def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
 
     eager = step(x, seed, offset)
     want = _oracle(x.cpu(), {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in args.items()},
-                   temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, num_samples=2, seeds=np.full(4, 100) + np.arange(4),
-                   offsets=np.zeros(4, dtype=np.int64))
+                   temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, num_samples=2,
+                   seeds=np.full(4, 100) + np.arange(4), offsets=np.zeros(4, dtype=np.int64))
     assert all(t in c for row, cands in zip(np64(eager[0]), want["candidates"]) for t, c in zip(row, cands))
     for got, ref in zip(torch.compile(step, fullgraph=True)(x, seed, offset), eager):
         assert torch.equal(got, ref) or torch.allclose(got, ref, equal_nan=True)
