@@ -102,6 +102,19 @@ def sample_stack(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, b
     top_p, min_p = param(top_p_arr, top_p_val), param(min_p_arr, min_p_val)
 
     y, bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
+    return sample_processed(x, y, bad, rep, freq, pres, temperature, top_k, top_p, min_p, vllm_order, num_samples,
+                            seed, offset, logprobs_mode, top_n)
+
+
+def sample_processed(x: Tensor, y: Tensor, bad: Tensor, rep: Tensor, freq: Tensor, pres: Tensor,
+                     temperature: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor, vllm_order: bool,
+                     num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
+                     top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Steps 4-7 from the processed logits y (float32 [B, V]) and the rows `bad` with an out-of-range id; the
+    per-row parameters as [B] tensors. Shared with the Triton backend (fastsample/triton/stack_sampler.py),
+    which computes y and bad in a kernel. Returns what `sample_stack` returns."""
+    batch, vocab = x.shape
+    device = x.device
     w, valid, greedy = _weights(y, True, temperature)
     params_ok = ((rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite() & (top_p >= 0) & (top_p <= 1)
                  & (min_p >= 0) & (min_p <= 1))

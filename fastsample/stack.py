@@ -3,12 +3,13 @@
 grammar bitmask -> logit bias -> repetition/frequency/presence penalties -> temperature (T = 0 greedy) ->
 min-p/top-k/top-p (HF or vLLM v1 order) -> n draws -> logprobs, ranks and top-N. Arguments are checked here
 on the host without reading tensor values; the backends implement the op `sample_stack`
-(fastsample/_ops.py: C++ CPU; fastsample/reference_stack.py: pure torch). Triton and CUDA do not have it yet
-and say so instead of falling back.
+(fastsample/_ops.py: C++ CPU; fastsample/triton/stack_sampler.py: Triton; fastsample/reference_stack.py: pure
+torch). There is no CUDA C++ kernel: CUDA tensors go to Triton unless backend="cuda" is asked for, which raises.
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import torch
@@ -43,8 +44,16 @@ def _backend(x: Tensor, backend: str | None):
         if not _ops.AVAILABLE:
             raise RuntimeError(f"backend {name!r} needs the compiled extension fastsample._C ({_ops.IMPORT_ERROR})")
         return _ops
-    raise NotImplementedError(f"sample_stack has no {name!r} kernel yet (it has 'cpu' and 'torch'); pass "
-                              f"backend='torch' to run the pure-torch version on {x.device}")
+    if name == "triton":
+        from .triton import stack_sampler
+
+        return stack_sampler
+    if name == "cuda" and backend is None and not os.environ.get("FASTSAMPLE_BACKEND"):
+        from .triton import stack_sampler  # the default route of CUDA tensors (docs/ops.md)
+
+        return stack_sampler
+    raise NotImplementedError(f"sample_stack has no {name!r} kernel yet (it has 'cpu', 'triton' and 'torch'); pass "
+                              f"backend='triton' (or 'torch') to run it on {x.device}")
 
 
 def _ids(name: str, ids, batch: int, device: torch.device) -> Tensor | None:
@@ -115,7 +124,8 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
         the raw logits). Also returns each sampled token's rank under the same mode.
     top_logprobs : int N >= 0, the N most probable tokens per row under `logprobs` (needs `logprobs`).
     generator, seed, offset : random-number control (docs/design.md section 4).
-    backend : "cpu" or "torch" (Triton and CUDA kernels do not exist yet: NotImplementedError).
+    backend : "cpu", "triton" or "torch". CUDA tensors run the Triton kernels by default; "cuda" (no CUDA C++
+        kernel yet) is a NotImplementedError.
 
     Returns
     -------

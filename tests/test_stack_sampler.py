@@ -1,6 +1,7 @@
 """The stack sampler (fastsample.sample_stack, docs/ops.md "sample_stack") against tests/oracle.py.
 
-Backends: "cpu" (C++) and "torch" (reference_stack.py). Triton and CUDA have no kernel yet: their error is
+Backends: "cpu" (C++), "torch" (reference_stack.py) and "triton" (triton/stack_sampler.py, run by the
+interpreter on CPU tensors here, so its tests use vocabularies of at most 1000 tokens). The CUDA route is
 tested at the end.
 """
 import math
@@ -14,7 +15,8 @@ import fastsample
 import oracle
 from fastsample import _ops
 
-BACKENDS = ["cpu", "torch"]
+BACKENDS = ["cpu", "torch", "triton"]
+COMPILED = ["cpu", "torch"]  # tests whose vocabulary is too big for the Triton interpreter
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LOGPROB_TOL = dict(atol=3e-5, rtol=1e-5)
 
@@ -118,16 +120,35 @@ STEPS = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1)]
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exact_tokens_every_step(backend, order, dtype):
     flips = total = 0
-    for vocab in (1, 33, 2000):
+    for vocab in (1, 33, 1000 if backend == "triton" else 2000):
         for s, (mask, bias, penalties) in enumerate(STEPS):
             x, args = _case(8, vocab, seed=vocab + s, dtype=dtype, kind="peaked" if s % 2 else "flat",
                             mask=mask, bias=bias, penalties=penalties)
-            for filters in FILTERS:
+            # Triton computes steps 1-3 in its kernels and shares steps 4-7 with "torch": two filter sets suffice.
+            for filters in FILTERS[-2:] if backend == "triton" else FILTERS:
                 f, n = _run_and_check(backend, x, args, f"{backend} {order} {dtype} V={vocab} {s} {filters}",
                                       order=order, num_samples=2, logprobs="processed", top_logprobs=min(vocab, 3),
                                       **filters)
                 flips, total = flips + f, total + n
     assert_rare(flips, total, f"{backend} stack sampler {order} {dtype}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_exact_tokens_one_draw_without_logprobs(backend, dtype):
+    """One draw in HF order without logprobs (the Triton backend's fused path through the `sample` kernels)."""
+    flips = total = 0
+    # The interpreter runs the `sample` kernels slowly: Triton takes no steps and all steps (each step alone
+    # is covered by test_exact_tokens_every_step).
+    steps = [(0, STEPS[0]), (4, STEPS[4])] if backend == "triton" else list(enumerate(STEPS))
+    for vocab in (33, 1000) if backend == "triton" else (1, 33, 1000):
+        for s, (mask, bias, penalties) in steps:
+            x, args = _case(8, vocab, seed=vocab + s, dtype=dtype, kind="peaked" if s % 2 else "flat",
+                            mask=mask, bias=bias, penalties=penalties)
+            for filters in FILTERS:
+                f, n = _run_and_check(backend, x, args, f"{backend} one draw {dtype} V={vocab} {s} {filters}",
+                                      **filters)
+                flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} stack sampler one draw {dtype}")
 
 
 def test_orders_differ_as_documented(backend):
@@ -145,7 +166,7 @@ def test_orders_differ_as_documented(backend):
 @pytest.mark.parametrize("mode", ["processed", "raw"])
 def test_logprobs_ranks_top_n(backend, mode):
     flips = total = 0
-    for vocab in (7, 1000, 32000):
+    for vocab in (7, 1000) if backend == "triton" else (7, 1000, 32000):
         x, args = _case(6, vocab, seed=vocab, kind="peaked")
         for filters in FILTERS:
             f, n = _run_and_check(backend, x, args, f"{backend} {mode} V={vocab} {filters}", num_samples=3,
@@ -154,6 +175,7 @@ def test_logprobs_ranks_top_n(backend, mode):
     assert_rare(flips, total, f"{backend} logprobs {mode}")
 
 
+@pytest.mark.parametrize("backend", COMPILED)
 def test_large_vocab_bench_shape(backend):
     """The benchmark's settings at V = 128256 (mask of half the vocabulary, 16 biased ids, long histories)."""
     gen = torch.Generator().manual_seed(5)
@@ -314,9 +336,19 @@ def test_negative_penalties_and_bad_tensor_entries(backend):
     assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
 
 
-def test_backends_without_the_op_say_so():
-    with pytest.raises(NotImplementedError, match="sample_stack"):
-        fastsample.sample_stack(torch.randn(2, 40), backend="triton")
+def test_cuda_route_is_triton_by_default_and_an_error_when_asked_for(monkeypatch):
+    """There is no CUDA C++ kernel of sample_stack: CUDA tensors go to the Triton kernels when no backend is
+    named (docs/ops.md), and backend="cuda" is a NotImplementedError, never a silent fallback. No GPU here, so
+    the device is faked by making the backend resolution answer "cuda"."""
+    from fastsample import stack
+
+    monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
+    monkeypatch.delenv("FASTSAMPLE_BACKEND", raising=False)
+    x = torch.randn(2, 40)
+    assert not torch._C._dispatch_has_kernel_for_dispatch_key("fastsample::sample_stack", "CUDA")
+    assert stack._backend(x, None).__name__ == "fastsample.triton.stack_sampler"
+    with pytest.raises(NotImplementedError, match="backend='triton'"):
+        stack._backend(x, "cuda")
 
 
 # ---------------------------------------------------------------------------------- registration, compile
@@ -361,3 +393,34 @@ def test_empty_batch_and_one_token_vocab(backend):
                                   seed=1, backend=backend)
     assert one.tokens.tolist() == [0, 0, 0] and one.ranks.tolist() == [1, 1, 1]
     assert one.logprobs.tolist() == [0.0, 0.0, 0.0] and one.top_ids.tolist() == [[0], [0], [0]]
+
+
+# ------------------------------------------------------------------------------------ GPU (skipped here)
+# The Triton interpreter cannot run on fake tensors, so tracing the Triton op is checked on a GPU only.
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
+    x, args = _case(4, 32000, seed=12)
+    x, args = x.cuda(), {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
+    seed, offset = torch.arange(4, device="cuda") + 100, torch.zeros(4, dtype=torch.int64, device="cuda")
+
+    def step(x, seed, offset):
+        return tuple(fastsample.sample_stack(x, **args, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05,
+                                             num_samples=2, logprobs="processed", top_logprobs=3, seed=seed,
+                                             offset=offset, backend="triton"))
+
+    eager = step(x, seed, offset)
+    want = _oracle(x.cpu(), {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in args.items()},
+                   temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, num_samples=2,
+                   seeds=np.full(4, 100) + np.arange(4), offsets=np.zeros(4, dtype=np.int64))
+    assert all(t in c for row, cands in zip(np64(eager[0]), want["candidates"]) for t, c in zip(row, cands))
+    for got, ref in zip(torch.compile(step, fullgraph=True)(x, seed, offset), eager):
+        assert torch.equal(got, ref) or torch.allclose(got, ref, equal_nan=True)
+    step(x, seed, offset)  # warm up before capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step(x, seed, offset)
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, ref in zip(captured, eager):
+        assert torch.equal(got, ref) or torch.allclose(got, ref, equal_nan=True)
