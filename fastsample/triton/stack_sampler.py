@@ -26,7 +26,7 @@ import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
 from .. import reference_stack
-from ..reference import _row_param
+from ..reference import _per_row_tensor
 from . import sampling as _sampling
 from .jit import helper
 
@@ -152,7 +152,7 @@ def _sample_stack_op(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTenso
     batch = logits.shape[0]
     device = logits.device
     x = logits.contiguous()
-    param = lambda arr, val, dtype=torch.float32: _row_param(arr, val, batch, dtype, device).contiguous()  # noqa
+    param = lambda arr, val, dtype=torch.float32: _per_row_tensor(arr, val, batch, dtype, device).contiguous()  # noqa
     rep, freq, pres = param(repetition_arr, repetition_val), param(frequency_arr, frequency_val), \
         param(presence_arr, presence_val)
     y, bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
