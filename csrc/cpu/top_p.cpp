@@ -100,10 +100,11 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
       bk[i] = static_cast<int32_t>(std::min((stats.max - v[i]) * per_logit, static_cast<float>(kEstBuckets - 1)));
     }
   } else {
-    const auto top_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(stats.max));
+    const auto top_bits = std::bit_cast<uint32_t>(stats.max);
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
-      const int32_t below = (top_bits - static_cast<int32_t>(std::bit_cast<uint32_t>(v[i]))) >> kEstShift;
+      // Unsigned difference: for a negative v[i] (result discarded below) a signed one would overflow (UB).
+      const int32_t below = static_cast<int32_t>(top_bits - std::bit_cast<uint32_t>(v[i])) >> kEstShift;
       bk[i] = v[i] > 0.0f ? std::min(std::max(below, 0), kEstBuckets - 1) : kEstBuckets - 1;
     }
   }
