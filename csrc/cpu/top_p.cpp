@@ -312,7 +312,11 @@ void gather(const float* x, int64_t n, float lo, float hi, int nseg, Gathered& o
   if (nseg == 1) return gather_range(x, n, 0, lo, hi, out);
   std::vector<const Gathered*> parts(nseg);
   for_segments(nseg, [&](int s) {
-    thread_local Gathered part;
+    // One buffer per segment, not per thread: a team may get fewer threads than segments (a call from
+    // inside another parallel region runs them all on one thread), and segments must not share one.
+    thread_local std::vector<Gathered> by_segment;
+    if (static_cast<int>(by_segment.size()) < nseg) by_segment.resize(nseg);
+    Gathered& part = by_segment[s];
     part.values.clear();
     part.indices.clear();
     const int64_t begin = segment_begin(n, nseg, s), end = segment_begin(n, nseg, s + 1);
@@ -390,9 +394,14 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
   return true;
 }
 
-// Each thread's buffers for the central tokens its passes gather: valid until its next pass.
-PassGather central_scratch() {
-  thread_local std::vector<float> values(kCentralCapacity + 16);
+// The buffer for the central tokens segment s of a pass gathers, the calling thread's own: valid until its
+// next pass. One per segment (not one per thread): when a team gets fewer threads than segments (a call
+// from inside another parallel region), one thread runs several segments, which must not share a buffer.
+PassGather central_scratch(int s, int nseg) {
+  thread_local std::vector<std::vector<float>> by_segment;
+  if (static_cast<int>(by_segment.size()) < nseg) by_segment.resize(nseg);
+  std::vector<float>& values = by_segment[s];
+  if (values.empty()) values.resize(kCentralCapacity + 16);
   return PassGather{values.data(), kCentralCapacity};
 }
 
@@ -415,7 +424,7 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
     const int64_t lo = segment_begin(n, nseg, s), hi = segment_begin(n, nseg, s + 1);
     const int64_t k = lo / kPassBlock;
     segs[s].ref = guess_ref;
-    pass.central[s] = central_scratch();
+    pass.central[s] = central_scratch(s, nseg);
     online_bracket_pass(x + lo, hi - lo, is_logits, inv_t, pass.bracket, segs[s], &mass[s * kBracketEdges],
                         BracketBlocks{&pass.above[k], nblocks, &pass.refs[k], &pass.maxima[k], &pass.central_start[k]},
                         pass.central[s]);
