@@ -126,31 +126,33 @@ std::tuple<at::Tensor, at::Tensor> sample(const at::Tensor& x_in, bool is_logits
                                           const std::optional<at::Tensor>& min_p_arr, double min_p_val,
                                           const at::Tensor& seed_in, const at::Tensor& offset_in,
                                           bool return_logprobs) {
-  const at::Tensor x = float_rows(x_in, is_logits ? "logits" : "probs", is_logits);
-  const int64_t batch = x.size(0), vocab = x.size(1);
+  check_rows(x_in, is_logits ? "logits" : "probs", is_logits);
+  const int64_t batch = x_in.size(0), vocab = x_in.size(1);
   const auto temperature = row_arg<float>(temperature_arr, temperature_val, batch, "temperature");
   const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, batch, "top_k");
   const auto top_p = row_arg<float>(top_p_arr, top_p_val, batch, "top_p");
   const auto min_p = row_arg<float>(min_p_arr, min_p_val, batch, "min_p");
   const at::Tensor seed = seed_rows(seed_in, batch, "seed"), offset = seed_rows(offset_in, batch, "offset");
-  at::Tensor tokens = at::empty({batch}, x.options().dtype(at::kLong));
-  at::Tensor logprobs = at::empty({return_logprobs ? batch : 0}, x.options());
-  const float* xp = x.data_ptr<float>();
+  at::Tensor tokens = at::empty({batch}, x_in.options().dtype(at::kLong));
+  at::Tensor logprobs = at::empty({return_logprobs ? batch : 0}, x_in.options().dtype(at::kFloat));
   const int64_t *seeds = seed.data_ptr<int64_t>(), *offsets = offset.data_ptr<int64_t>();
   int64_t* out = tokens.data_ptr<int64_t>();
   float* lp = logprobs.data_ptr<float>();
   const int nseg = segments_for(batch, vocab);
 
-  auto row = [&](int64_t b) {
-    const RowParams params{is_logits, is_logits ? static_cast<float>(temperature[b]) : 1.0f,
-                           static_cast<int64_t>(top_k[b]), top_p[b], min_p[b]};
-    const float* xb = xp + b * vocab;
-    const RowPlan plan = plan_row(xb, vocab, params, nseg, return_logprobs);
-    const Drawn d = draw(plan, xb, vocab, seeds[b], offsets[b], nseg);
-    out[b] = d.token;
-    if (return_logprobs) lp[b] = static_cast<float>(d.logprob);
-  };
-  for_rows(batch, nseg, row);
+  for_float_blocks(x_in, [&](const at::Tensor& rows, int64_t first) {
+    const float* xp = rows.data_ptr<float>();
+    for_rows(rows.size(0), nseg, [&](int64_t r) {
+      const int64_t b = first + r;
+      const RowParams params{is_logits, is_logits ? static_cast<float>(temperature[b]) : 1.0f,
+                             static_cast<int64_t>(top_k[b]), top_p[b], min_p[b]};
+      const float* xb = xp + r * vocab;
+      const RowPlan plan = plan_row(xb, vocab, params, nseg, return_logprobs);
+      const Drawn d = draw(plan, xb, vocab, seeds[b], offsets[b], nseg);
+      out[b] = d.token;
+      if (return_logprobs) lp[b] = static_cast<float>(d.logprob);
+    });
+  });
   return {tokens, logprobs};
 }
 

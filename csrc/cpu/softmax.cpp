@@ -85,35 +85,43 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
 
 at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>& temperature_arr,
                    double temperature_val) {
-  const at::Tensor x = float_rows(logits_in, "logits", true);
-  const int64_t batch = x.size(0), vocab = x.size(1);
+  check_rows(logits_in, "logits", true);
+  const int64_t batch = logits_in.size(0), vocab = logits_in.size(1);
   const auto temperature = row_arg<float>(temperature_arr, temperature_val, batch, "temperature");
-  at::Tensor out = at::empty_like(x);
-  const float* xp = x.data_ptr<float>();
+  at::Tensor out = at::empty({batch, vocab}, logits_in.options().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
   const int nseg = segments_for(batch, vocab);
-  for_rows(batch, nseg, [&](int64_t b) { softmax_row(xp + b * vocab, vocab, temperature[b], nseg, op + b * vocab); });
+  for_float_blocks(logits_in, [&](const at::Tensor& rows, int64_t first) {
+    const float* xp = rows.data_ptr<float>();
+    for_rows(rows.size(0), nseg, [&](int64_t r) {
+      const int64_t b = first + r;
+      softmax_row(xp + r * vocab, vocab, temperature[b], nseg, op + b * vocab);
+    });
+  });
   return out;
 }
 
 // log(sum(exp(x))) per row in one read of the logits. NaN rows give NaN, rows with +inf give +inf,
 // rows of -inf give -inf.
 at::Tensor logsumexp(const at::Tensor& logits_in) {
-  const at::Tensor x = float_rows(logits_in, "logits", true);
-  const int64_t batch = x.size(0), vocab = x.size(1);
-  at::Tensor out = at::empty({batch}, x.options());
-  const float* xp = x.data_ptr<float>();
+  check_rows(logits_in, "logits", true);
+  const int64_t batch = logits_in.size(0), vocab = logits_in.size(1);
+  at::Tensor out = at::empty({batch}, logits_in.options().dtype(at::kFloat));
   float* op = out.data_ptr<float>();
   const int nseg = segments_for(batch, vocab);
-  for_rows(batch, nseg, [&](int64_t b) {
-    const RowPass row = first_pass(vocab, nseg, 1.0f, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
-      online_pass(xp + b * vocab + lo, hi - lo, true, 1.0f, pass, PassBlocks{});
+  for_float_blocks(logits_in, [&](const at::Tensor& rows, int64_t first) {
+    const float* xp = rows.data_ptr<float>();
+    for_rows(rows.size(0), nseg, [&](int64_t r) {
+      const RowPass row = first_pass(vocab, nseg, 1.0f, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
+        online_pass(xp + r * vocab + lo, hi - lo, true, 1.0f, pass, PassBlocks{});
+      });
+      const int64_t b = first + r;
+      if (row.has_nan) {
+        op[b] = std::numeric_limits<float>::quiet_NaN();
+      } else {
+        op[b] = (row.max == kInf || row.max == -kInf) ? row.max : static_cast<float>(row.ref + std::log(row.total));
+      }
     });
-    if (row.has_nan) {
-      op[b] = std::numeric_limits<float>::quiet_NaN();
-    } else {
-      op[b] = (row.max == kInf || row.max == -kInf) ? row.max : static_cast<float>(row.ref + std::log(row.total));
-    }
   });
   return out;
 }
