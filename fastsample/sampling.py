@@ -59,9 +59,19 @@ def _ops_for(x: Tensor, backend: str | None):
 
 
 # ------------------------------------------------------------------------------------------ validation
+_FLOAT32_MAX = 3.4028234663852886e38
+_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def _check_device(name: str, t: Tensor) -> None:
+    if t.device.type not in _DEVICE_TYPES:
+        raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {t.device}")
+
+
 def _check_matrix(name: str, x, dtypes=_FLOAT_DTYPES) -> Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _check_device(name, x)
     if x.dim() != 2 or x.shape[1] < 1:
         raise ValueError(f"{name} must have shape [batch, vocab] with vocab >= 1, got {list(x.shape)}")
     if x.dtype not in dtypes:
@@ -75,7 +85,8 @@ def _row_param(name: str, value, batch: int, device: torch.device, lo: float, hi
     if isinstance(value, torch.Tensor):
         if value.shape != (batch,):
             raise ValueError(f"{name} must be a scalar or a tensor of shape [{batch}], got {list(value.shape)}")
-        if integer and (value.dtype.is_floating_point or value.dtype == torch.bool):
+        _check_device(name, value)
+        if integer and (value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool):
             raise TypeError(f"{name} must be an integer tensor, got {value.dtype}")
         if not integer and not value.dtype.is_floating_point:
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
@@ -85,10 +96,11 @@ def _row_param(name: str, value, batch: int, device: torch.device, lo: float, hi
     if isinstance(value, bool) or not isinstance(value, (int, float) if not integer else int):
         kind = "an int" if integer else "a float"
         raise TypeError(f"{name} must be {kind} or a tensor of shape [{batch}], got {type(value).__name__}")
-    if integer:
-        return None, int(value)
+    if integer:  # k <= 0 and k >= V both mean no filter: clamping into int64 changes nothing
+        return None, max(-1, min(int(value), 2**62))
     value = float(value)
-    if not (math.isfinite(value) and lo <= value <= hi):
+    # The kernels take float32: a value beyond its range would become inf there (an invalid row).
+    if not (math.isfinite(value) and lo <= value <= hi and abs(value) <= _FLOAT32_MAX):
         bounds = f"[{lo}, inf)" if hi == math.inf else f"[{lo}, {hi}]"
         raise ValueError(f"{name} must be in {bounds}, got {value}")
     return None, value

@@ -37,6 +37,8 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != dim:
             raise ValueError(f"{name} must have {dim} dimensions, got shape {list(t.shape)}")
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {t.device}")
     batch, n, vocab = draft_probs.shape
     if draft_token_ids.shape != (batch, n):
         raise ValueError(f"draft_token_ids must have shape [{batch}, {n}], got {list(draft_token_ids.shape)}")
