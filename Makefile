@@ -1,7 +1,7 @@
 PYTHON ?= python
 NVCC ?= nvcc
 
-.PHONY: install test bench check-cuda check-wheel check-arm clean
+.PHONY: install test bench check-cuda check-wheel check-arm test-asan clean
 
 # torch first: the CPU wheel on machines without a GPU. --no-build-isolation builds against that torch
 # instead of pulling another one (with its CUDA wheels) into an isolated build environment.
@@ -31,6 +31,11 @@ check-wheel:
 AARCH64_CXX ?= aarch64-linux-gnu-g++
 check-arm:
 	$(PYTHON) tools/check_arm.py --cxx $(AARCH64_CXX)
+
+# The CPU extension built with ASan + UBSan (no recovery) into build/asan, and the CPU kernel tests run on it
+# (tools/asan_test.sh says how: LD_PRELOADed runtimes, leak checks off for the interpreter).
+test-asan:
+	PYTHON=$(PYTHON) tools/asan_test.sh
 
 clean:
 	rm -rf build fastsample/_C*.so *.egg-info

@@ -25,13 +25,24 @@ nvcc_flags = ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo"]
 if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     nvcc_flags += ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90"]
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
+link_flags = ["-fopenmp"]
+# FASTSAMPLE_SANITIZE=address,undefined: a CPU-only sanitizer build (`make test-asan`, tools/asan_test.sh), no
+# recovery so that any report aborts the test run; -O1 -g for usable stacks.
+SANITIZE = os.environ.get("FASTSAMPLE_SANITIZE")
+if SANITIZE:
+    WITH_CUDA = False
+    # -fno-wrapv undoes the -fwrapv of Python's own flags, which would hide signed overflow from UBSan.
+    sanitize_flags = [f"-fsanitize={SANITIZE}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g",
+                      "-fno-wrapv"]
+    cxx_flags = [f for f in cxx_flags if f != "-O3"] + ["-O1"] + sanitize_flags
+    link_flags += sanitize_flags
 
 if WITH_CUDA:
     ext = CUDAExtension("fastsample._C", CPU_SOURCES + CUDA_SOURCES, include_dirs=include_dirs,
-                        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=["-fopenmp"])
+                        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags)
 else:
     ext = CppExtension("fastsample._C", CPU_SOURCES, include_dirs=include_dirs,
-                       extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+                       extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
 
 class KeptBuildExtension(BuildExtension.with_options(use_ninja=True)):

@@ -29,6 +29,8 @@ def _check_row_tensor(name: str, value: torch.Tensor, batch: int, device: torch.
         raise TypeError(f"{name} must be an int64 tensor of shape [{batch}], got dtype {value.dtype}")
     if value.shape != (batch,):
         raise ValueError(f"{name} must have shape [{batch}], got {list(value.shape)}")
+    if value.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {value.device}")
     return value.to(device=device, dtype=torch.int64)
 
 
@@ -40,6 +42,8 @@ def per_row_seed_offset(
     offset: int | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(seed, offset)``, two int64 tensors of shape [batch] on ``device``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     per_row_seed = isinstance(seed, torch.Tensor)
     if per_row_seed:
         seed_t = _check_row_tensor("seed", seed, batch, device)

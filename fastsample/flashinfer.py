@@ -27,9 +27,9 @@ Semantics
   torch's default generator), as FlashInfer does.
 - Integer parameter tensors are cast as FlashInfer's kernels read them: ``top_k`` to int64, ``top_p``,
   ``min_p`` and ``temperature`` to float32; float ``top_k`` scalars are truncated to int.
-- float16 / bfloat16 probabilities are accepted everywhere; fastsample's probs kernels compute in float32, so
-  they are converted to float32 first (as FlashInfer's own Python layer does for sampling); the renorm
-  functions and ``top_k_mask_logits`` return the input's dtype, as FlashInfer's do.
+- float16 / bfloat16 probabilities are accepted everywhere and passed to fastsample's kernels as they are (the
+  kernels widen them to float32, as they do logits); the renorm functions and ``top_k_mask_logits`` return
+  the input's dtype, as FlashInfer's do.
 
 Arguments accepted without effect
 ---------------------------------
@@ -68,12 +68,12 @@ class TopKTieBreak(IntEnum):
 
 
 # ------------------------------------------------------------------------------------------ arguments
-def _as_float32(name: str, x: Tensor) -> Tensor:
+def _checked_probs(name: str, x: Tensor) -> Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _PROB_DTYPES:
         raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
-    return x.float()
+    return x
 
 
 def _int_param(value):
@@ -171,7 +171,7 @@ def sampling_from_probs(probs: Tensor, indices: Optional[Tensor] = None, determi
                         seed: Optional[Union[int, Tensor]] = None, offset: Optional[Union[int, Tensor]] = None,
                         return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """One id per output row from (unnormalised) ``probs``; with ``return_valid``, also the bool validity."""
-    probs = _as_float32("probs", probs)
+    probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
     return _finish(_draw(probs, indices, generator, seed, offset, False), indices, return_valid)
 
@@ -182,7 +182,7 @@ def top_p_sampling_from_probs(probs: Tensor, top_p: Union[Tensor, float], indice
                               offset: Optional[Union[int, Tensor]] = None,
                               return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """One id per output row from the top-p nucleus of ``probs``."""
-    probs = _as_float32("probs", probs)
+    probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
     tokens = _draw(probs, indices, generator, seed, offset, False, top_p=_float_param(top_p))
     return _finish(tokens, indices, return_valid)
@@ -194,7 +194,7 @@ def top_k_sampling_from_probs(probs: Tensor, top_k: Union[Tensor, int], indices:
                               offset: Optional[Union[int, Tensor]] = None,
                               return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """One id per output row from the top-k tokens of ``probs`` (ties at the k-th value kept)."""
-    probs = _as_float32("probs", probs)
+    probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
     tokens = _draw(probs, indices, generator, seed, offset, False, top_k=_int_param(top_k))
     return _finish(tokens, indices, return_valid)
@@ -206,7 +206,7 @@ def min_p_sampling_from_probs(probs: Tensor, min_p: Union[Tensor, float], indice
                               offset: Optional[Union[int, Tensor]] = None,
                               return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """One id per output row from the tokens with p >= min_p * max(p)."""
-    probs = _as_float32("probs", probs)
+    probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
     min_p = _float_param(min_p)
     tokens = _draw(probs, indices, generator, seed, offset, False, min_p=min_p)
@@ -252,7 +252,7 @@ def top_k_top_p_sampling_from_probs(probs: Tensor, top_k: Union[Tensor, int], to
                                     return_valid: bool = False) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Top-k and top-p (``filter_apply_order``) over ``probs``, then one id per output row."""
     _check_order(filter_apply_order)
-    probs = _as_float32("probs", probs)
+    probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
     top_k, top_p = _int_param(top_k), _float_param(top_p)
     if filter_apply_order == "joint":
@@ -264,12 +264,12 @@ def top_k_top_p_sampling_from_probs(probs: Tensor, top_k: Union[Tensor, int], to
 
 def top_p_renorm_probs(probs: Tensor, top_p: Union[Tensor, float], is_deterministic: bool = False) -> Tensor:
     """``probs`` renormalised over each row's top-p nucleus, 0 elsewhere; the input's dtype."""
-    return fs.top_p_renorm_probs(_as_float32("probs", probs), _float_param(top_p)).to(probs.dtype)
+    return fs.top_p_renorm_probs(_checked_probs("probs", probs), _float_param(top_p)).to(probs.dtype)
 
 
 def top_k_renorm_probs(probs: Tensor, top_k: Union[Tensor, int]) -> Tensor:
     """``probs`` renormalised over each row's top-k tokens, 0 elsewhere; the input's dtype."""
-    return fs.top_k_renorm_probs(_as_float32("probs", probs), _int_param(top_k)).to(probs.dtype)
+    return fs.top_k_renorm_probs(_checked_probs("probs", probs), _int_param(top_k)).to(probs.dtype)
 
 
 def top_k_mask_logits(logits: Tensor, top_k: Union[Tensor, int]) -> Tensor:
@@ -293,7 +293,7 @@ def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs,
     int32 [B] tensors; when ``maybe_output_*`` tensors are given, the counts are added to them in place and
     those tensors are returned, as FlashInfer does.
     """
-    draft_probs, target_probs = _as_float32("draft_probs", draft_probs), _as_float32("target_probs", target_probs)
+    draft_probs, target_probs = _checked_probs("draft_probs", draft_probs), _checked_probs("target_probs", target_probs)
     batch, device = draft_probs.shape[0], draft_probs.device
     tokens, accepted, emitted = _fs_chain_speculative_sampling(
         draft_probs, draft_token_ids, target_probs, **_rng(seed, offset, batch, device, generator))

@@ -19,9 +19,19 @@ _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------ validation
+_FLOAT32_MAX = 3.4028234663852886e38
+_DEVICE_TYPES = ("cpu", "cuda")
+
+
+def _check_device(name: str, t: Tensor) -> None:
+    if t.device.type not in _DEVICE_TYPES:
+        raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {t.device}")
+
+
 def _check_matrix(name: str, x, dtypes=_FLOAT_DTYPES) -> Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    _check_device(name, x)
     if x.dim() != 2 or x.shape[1] < 1:
         raise ValueError(f"{name} must have shape [batch, vocab] with vocab >= 1, got {list(x.shape)}")
     if x.dtype not in dtypes:
@@ -35,7 +45,8 @@ def _check_param(name: str, value, batch: int, device: torch.device, lo: float, 
     if isinstance(value, torch.Tensor):
         if value.shape != (batch,):
             raise ValueError(f"{name} must be a scalar or a tensor of shape [{batch}], got {list(value.shape)}")
-        if integer and (value.dtype.is_floating_point or value.dtype == torch.bool):
+        _check_device(name, value)
+        if integer and (value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool):
             raise TypeError(f"{name} must be an integer tensor, got {value.dtype}")
         if not integer and not value.dtype.is_floating_point:
             raise TypeError(f"{name} must be a floating-point tensor, got {value.dtype}")
@@ -45,10 +56,11 @@ def _check_param(name: str, value, batch: int, device: torch.device, lo: float, 
     if isinstance(value, bool) or not isinstance(value, (int, float) if not integer else int):
         kind = "an int" if integer else "a float"
         raise TypeError(f"{name} must be {kind} or a tensor of shape [{batch}], got {type(value).__name__}")
-    if integer:
-        return None, int(value)
+    if integer:  # k <= 0 and k >= V both mean no filter: clamping into int64 changes nothing
+        return None, max(-1, min(int(value), 2**62))
     value = float(value)
-    if not (math.isfinite(value) and lo <= value <= hi):
+    # The kernels take float32: a value beyond its range would become inf there (an invalid row).
+    if not (math.isfinite(value) and lo <= value <= hi and abs(value) <= _FLOAT32_MAX):
         bounds = f"[{lo}, inf)" if hi == math.inf else f"[{lo}, {hi}]"
         raise ValueError(f"{name} must be in {bounds}, got {value}")
     return None, value
@@ -118,7 +130,7 @@ def top_k_mask_logits(logits: Tensor, top_k: int | Tensor, *, backend: str | Non
 
 
 def _renorm(probs, backend, **filters):
-    probs = _check_matrix("probs", probs, (torch.float32,))
+    probs = _check_matrix("probs", probs)
     return ops_for(probs, backend).renorm_probs(probs, *_filters(probs.shape[0], probs.device, **filters))
 
 
@@ -141,8 +153,8 @@ def min_p_renorm_probs(probs: Tensor, min_p: float | Tensor, *, backend: str | N
 
 
 def sampling_from_probs(probs: Tensor, *, generator=None, seed=None, offset=None, backend=None) -> Tensor:
-    """One token per row from unnormalised probabilities (float32 [B, V], >= 0); -1 for an invalid row."""
-    probs = _check_matrix("probs", probs, (torch.float32,))
+    """One token per row from unnormalised probabilities ([B, V] >= 0, float32, float16 or bfloat16); -1 for an invalid row."""
+    probs = _check_matrix("probs", probs)
     return _sample(probs, False, 1.0, 0, 1.0, 0.0, False, generator, seed, offset, backend)
 
 
@@ -155,28 +167,28 @@ def sampling_from_logits(logits: Tensor, *, generator=None, seed=None, offset=No
 def top_k_sampling_from_probs(probs: Tensor, top_k: int | Tensor, *, generator=None, seed=None, offset=None,
                               backend=None) -> Tensor:
     """One token per row from the top-k tokens of ``probs``."""
-    probs = _check_matrix("probs", probs, (torch.float32,))
+    probs = _check_matrix("probs", probs)
     return _sample(probs, False, 1.0, top_k, 1.0, 0.0, False, generator, seed, offset, backend)
 
 
 def top_p_sampling_from_probs(probs: Tensor, top_p: float | Tensor, *, generator=None, seed=None, offset=None,
                               backend=None) -> Tensor:
     """One token per row from the top-p nucleus of ``probs``."""
-    probs = _check_matrix("probs", probs, (torch.float32,))
+    probs = _check_matrix("probs", probs)
     return _sample(probs, False, 1.0, 0, top_p, 0.0, False, generator, seed, offset, backend)
 
 
 def min_p_sampling_from_probs(probs: Tensor, min_p: float | Tensor, *, generator=None, seed=None, offset=None,
                               backend=None) -> Tensor:
     """One token per row from the tokens with p >= min_p * max(p)."""
-    probs = _check_matrix("probs", probs, (torch.float32,))
+    probs = _check_matrix("probs", probs)
     return _sample(probs, False, 1.0, 0, 1.0, min_p, False, generator, seed, offset, backend)
 
 
 def top_k_top_p_sampling_from_probs(probs: Tensor, top_k: int | Tensor, top_p: float | Tensor, *, generator=None,
                                     seed=None, offset=None, backend=None) -> Tensor:
     """Top-k first, then top-p over the renormalised top-k survivors, then one token per row."""
-    probs = _check_matrix("probs", probs, (torch.float32,))
+    probs = _check_matrix("probs", probs)
     return _sample(probs, False, 1.0, top_k, top_p, 0.0, False, generator, seed, offset, backend)
 
 

@@ -15,9 +15,9 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
 
     Parameters
     ----------
-    draft_probs : float32 [B, n, V], the draft model's distribution at each draft position.
+    draft_probs : float32, float16 or bfloat16 [B, n, V], the draft model's distribution at each draft position.
     draft_token_ids : int [B, n], the draft tokens.
-    target_probs : float32 [B, n + 1, V], the target's distribution at each draft position and one beyond.
+    target_probs : float32, float16 or bfloat16 [B, n + 1, V], the target's distribution at each draft position and one beyond.
 
     Returns
     -------
@@ -37,6 +37,8 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dim() != dim:
             raise ValueError(f"{name} must have {dim} dimensions, got shape {list(t.shape)}")
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {t.device}")
     batch, n, vocab = draft_probs.shape
     if draft_token_ids.shape != (batch, n):
         raise ValueError(f"draft_token_ids must have shape [{batch}, {n}], got {list(draft_token_ids.shape)}")
@@ -47,8 +49,8 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
     if vocab < 1:
         raise ValueError(f"draft_probs must have a vocabulary of at least 1, got shape {list(draft_probs.shape)}")
     for name, t in (("draft_probs", draft_probs), ("target_probs", target_probs)):
-        if t.dtype != torch.float32:
-            raise TypeError(f"{name} must be float32, got {t.dtype}")
+        if t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {t.dtype}")
     if not draft_probs.device == draft_token_ids.device == target_probs.device:
         raise ValueError("draft_probs, draft_token_ids and target_probs must be on one device")
     seed_t, offset_t = _rng.per_row_seed_offset(batch, draft_probs.device, generator, seed, offset)

@@ -141,7 +141,12 @@ def _min_p_thresholds(x, w, min_p, tol) -> list[float]:
     near = w[(w >= limit * (1 - tol)) & (w <= limit * (1 + tol))]
     # Each weight in the window, and each end of the window, is a place where the kept set can change.
     limits = [limit, limit * (1 - tol), limit * (1 + tol), *near]
-    return [x[w >= min(t, wmax)].min() for t in limits]
+    thetas = [x[w >= min(t, wmax)].min() for t in limits]
+    # Weights float64 rounds to one value (|x - max| / T below 2^-53 of it) are still ordered by x: a kernel
+    # that compares x with its threshold may keep only the largest x of the window.
+    if near.size:
+        thetas.append(x[(w >= limit * (1 - tol)) & (w <= limit * (1 + tol))].max())
+    return thetas
 
 
 def _thresholds(x, w, top_k, top_p, min_p, tol) -> list[float]:

@@ -240,3 +240,30 @@ def test_sampling_from_probs_distribution(backend):
     row[0, 3] = 0.0
     got = fastsample.sampling_from_probs(row.expand(draws, -1), seed=77, backend=backend)
     assert chi_square_pvalue(got, oracle.distribution(np64(row), False)[0]) > 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_probs(backend, dtype):
+    """float16/bfloat16 probs go to the kernels as they are (widened inside, like logits): tokens equal the
+    oracle's on the half-precision values, renorm returns float32, speculative equals its float32 twin."""
+    vocab = 1000
+    rows = sizes(backend).rows(vocab)
+    probs = make_probs(rows, vocab, "peaked", seed=77).to(dtype)
+    seeds, offsets = oracle_seed_offset(rows, 5, 0)
+    got = fastsample.top_k_top_p_sampling_from_probs(probs, 50, 0.9, seed=5, backend=backend)
+    want, _, cands = oracle.sample_with_candidates(np64(probs), False, top_k=50, top_p=f32(0.9), seed=seeds,
+                                                   offset=offsets)
+    assert_rare(check_tokens(got, want, cands, what=f"{backend} {dtype}"), rows, f"{backend} {dtype} probs")
+
+    renormed = fastsample.top_k_renorm_probs(probs, 50, backend=backend)
+    assert renormed.dtype == torch.float32
+    want_renorm, _ = oracle.renorm_probs(np64(probs), top_k=50)
+    np.testing.assert_allclose(np64(renormed), want_renorm, atol=1e-6, rtol=1e-5)
+
+    draft = make_probs(rows * 2, vocab, "flat", seed=78).reshape(rows, 2, vocab).to(dtype)
+    target = make_probs(rows * 3, vocab, "flat", seed=79).reshape(rows, 3, vocab).to(dtype)
+    ids = torch.randint(0, vocab, (rows, 2), generator=torch.Generator().manual_seed(80))
+    half = fastsample.chain_speculative_sampling(draft, ids, target, seed=3, backend=backend)
+    full = fastsample.chain_speculative_sampling(draft.float(), ids, target.float(), seed=3, backend=backend)
+    for h, f in zip(half, full):
+        assert torch.equal(h, f)

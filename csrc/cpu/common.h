@@ -11,12 +11,11 @@
 namespace fastsample::cpu {
 
 // [B, V] rows as contiguous float32: float16/bfloat16 logits are widened once (the math is float32).
-inline at::Tensor float_rows(const at::Tensor& x, const char* name, bool allow_half) {
+inline at::Tensor float_rows(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 2, name, " must be 2-D [batch, vocab], got shape ", x.sizes());
   const auto dtype = x.scalar_type();
-  const bool ok = dtype == at::kFloat || (allow_half && (dtype == at::kHalf || dtype == at::kBFloat16));
-  TORCH_CHECK(ok, name, allow_half ? " must be float32, float16 or bfloat16" : " must be float32", ", got ",
-              dtype);
+  const bool ok = dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+  TORCH_CHECK(ok, name, " must be float32, float16 or bfloat16, got ", dtype);
   return x.to(at::kFloat).contiguous();
 }
 
@@ -30,9 +29,9 @@ struct InputRows {
   const float* row(int64_t b) const { return data + b * vocab; }
 };
 
-inline InputRows input_rows(const at::Tensor& x_in, const char* name, bool allow_half) {
+inline InputRows input_rows(const at::Tensor& x_in, const char* name) {
   InputRows in;
-  in.x = float_rows(x_in, name, allow_half);
+  in.x = float_rows(x_in, name);
   in.batch = in.x.size(0);
   in.vocab = in.x.size(1);
   in.data = in.x.data_ptr<float>();

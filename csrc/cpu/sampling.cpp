@@ -144,7 +144,7 @@ std::tuple<at::Tensor, at::Tensor> sample(const at::Tensor& x_in, bool is_logits
                                           const std::optional<at::Tensor>& min_p_arr, double min_p_val,
                                           const at::Tensor& seed_in, const at::Tensor& offset_in,
                                           bool return_logprobs) {
-  const InputRows in = input_rows(x_in, is_logits ? "logits" : "probs", is_logits);
+  const InputRows in = input_rows(x_in, is_logits ? "logits" : "probs");
   const int64_t batch = in.batch;
   const auto temperature = row_arg<float>(temperature_arr, temperature_val, batch, "temperature");
   const FilterArgs filters = filter_args(batch, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val);
@@ -168,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> sample(const at::Tensor& x_in, bool is_logits
 at::Tensor renorm_probs(const at::Tensor& probs_in, const std::optional<at::Tensor>& top_k_arr, int64_t top_k_val,
                         const std::optional<at::Tensor>& top_p_arr, double top_p_val,
                         const std::optional<at::Tensor>& min_p_arr, double min_p_val) {
-  const InputRows in = input_rows(probs_in, "probs", false);
+  const InputRows in = input_rows(probs_in, "probs");
   const FilterArgs filters = filter_args(in.batch, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val);
   at::Tensor result = at::empty_like(in.x);
   float* outp = result.data_ptr<float>();

@@ -62,7 +62,7 @@ void softmax_row(const float* x, int64_t n, double temperature, int nseg, float*
 
 at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>& temperature_arr,
                    double temperature_val) {
-  const InputRows in = input_rows(logits_in, "logits", true);
+  const InputRows in = input_rows(logits_in, "logits");
   const auto temperature = row_arg<float>(temperature_arr, temperature_val, in.batch, "temperature");
   at::Tensor out = at::empty_like(in.x);
   float* op = out.data_ptr<float>();
@@ -75,7 +75,7 @@ at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>&
 // log(sum(exp(x))) per row in one read of the logits. NaN rows give NaN, rows with +inf give +inf,
 // rows of -inf give -inf.
 at::Tensor logsumexp(const at::Tensor& logits_in) {
-  const InputRows in = input_rows(logits_in, "logits", true);
+  const InputRows in = input_rows(logits_in, "logits");
   at::Tensor out = at::empty({in.batch}, in.x.options());
   float* op = out.data_ptr<float>();
   for_rows(in.batch, in.nseg, [&](int64_t b) {

@@ -60,13 +60,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling(
     const at::Tensor& seed_in, const at::Tensor& offset_in) {
   TORCH_CHECK(draft_probs_in.dim() == 3, "draft_probs must be [batch, n, vocab], got ", draft_probs_in.sizes());
   const int64_t batch = draft_probs_in.size(0), n = draft_probs_in.size(1), vocab = draft_probs_in.size(2);
-  TORCH_CHECK(draft_probs_in.scalar_type() == at::kFloat, "draft_probs must be float32");
-  TORCH_CHECK(target_probs_in.scalar_type() == at::kFloat, "target_probs must be float32");
+  for (const auto& [t, name] : {std::pair{&draft_probs_in, "draft_probs"}, std::pair{&target_probs_in, "target_probs"}}) {
+    const auto dtype = t->scalar_type();
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, name,
+                " must be float32, float16 or bfloat16, got ", dtype);
+  }
   TORCH_CHECK(target_probs_in.sizes() == at::IntArrayRef({batch, n + 1, vocab}), "target_probs must be [", batch,
               ", ", n + 1, ", ", vocab, "], got ", target_probs_in.sizes());
   TORCH_CHECK(draft_ids_in.sizes() == at::IntArrayRef({batch, n}), "draft_token_ids must be [", batch, ", ", n,
               "], got ", draft_ids_in.sizes());
-  const at::Tensor q = draft_probs_in.contiguous(), p = target_probs_in.contiguous();
+  // float16/bfloat16 probabilities are widened once, as logits are (the math is float32).
+  const at::Tensor q = draft_probs_in.to(at::kFloat).contiguous(), p = target_probs_in.to(at::kFloat).contiguous();
   const at::Tensor ids = draft_ids_in.to(at::kLong).contiguous();
   const at::Tensor seed = seed_rows(seed_in, batch, "seed"), offset = seed_rows(offset_in, batch, "offset");
   at::Tensor output = at::full({batch, n + 1}, -1, ids.options());

@@ -111,10 +111,11 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
       bk[i] = static_cast<int32_t>(std::min((stats.max - v[i]) * per_logit, static_cast<float>(kEstBuckets - 1)));
     }
   } else {
-    const auto top_bits = static_cast<int32_t>(std::bit_cast<uint32_t>(stats.max));
+    const auto top_bits = std::bit_cast<uint32_t>(stats.max);
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
-      const int32_t below = (top_bits - static_cast<int32_t>(std::bit_cast<uint32_t>(v[i]))) >> kEstShift;
+      // Unsigned difference: for a negative v[i] (result discarded below) a signed one would overflow (UB).
+      const int32_t below = static_cast<int32_t>(top_bits - std::bit_cast<uint32_t>(v[i])) >> kEstShift;
       bk[i] = v[i] > 0.0f ? std::min(std::max(below, 0), kEstBuckets - 1) : kEstBuckets - 1;
     }
   }
@@ -326,7 +327,11 @@ void gather(const float* x, int64_t n, float lo, float hi, int nseg, Gathered& o
   if (nseg == 1) return gather_range(x, n, 0, lo, hi, out);
   std::vector<const Gathered*> parts(nseg);
   for_segments(n, nseg, [&](int s, int64_t begin, int64_t end) {
-    thread_local Gathered part;
+    // One buffer per segment, not per thread: a team may get fewer threads than segments (a call from
+    // inside another parallel region runs them all on one thread), and segments must not share one.
+    thread_local std::vector<Gathered> by_segment;
+    if (static_cast<int>(by_segment.size()) < nseg) by_segment.resize(nseg);
+    Gathered& part = by_segment[s];
     part.values.clear();
     part.indices.clear();
     gather_range(x + begin, end - begin, begin, lo, hi, part);
@@ -405,9 +410,14 @@ bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double tar
   return true;
 }
 
-// Each thread's buffers for the central tokens its passes gather: valid until its next pass.
-PassGather central_scratch() {
-  thread_local std::vector<float> values(kCentralCapacity + kLanes);
+// The buffer for the central tokens segment s of a pass gathers, the calling thread's own: valid until its
+// next pass. One per segment (not one per thread): when a team gets fewer threads than segments (a call
+// from inside another parallel region), one thread runs several segments, which must not share a buffer.
+PassGather central_scratch(int s, int nseg) {
+  thread_local std::vector<std::vector<float>> by_segment;
+  if (static_cast<int>(by_segment.size()) < nseg) by_segment.resize(nseg);
+  std::vector<float>& values = by_segment[s];
+  if (values.empty()) values.resize(kCentralCapacity + kLanes);
   return PassGather{values.data(), kCentralCapacity};
 }
 
@@ -429,7 +439,7 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
   for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
     const int64_t k = lo / kPassBlock;
     segs[s].ref = guess_ref;
-    pass.central[s] = central_scratch();
+    pass.central[s] = central_scratch(s, nseg);
     online_bracket_pass(x + lo, hi - lo, is_logits, inv_t, pass.bracket, segs[s], &mass[s * kBracketEdges],
                         BracketBlocks{&pass.above[k], nblocks, &pass.refs[k], &pass.maxima[k], &pass.central_start[k]},
                         pass.central[s]);

@@ -29,7 +29,7 @@ std::vector<Candidate> top_candidates(const float* x, int64_t n, int64_t k, int 
 }
 
 std::tuple<at::Tensor, at::Tensor> top_k(const at::Tensor& x_in, int64_t k, bool sorted) {
-  const InputRows in = input_rows(x_in, "x", true);
+  const InputRows in = input_rows(x_in, "x");
   const int64_t vocab = in.vocab;
   TORCH_CHECK(k >= 0 && k <= vocab, "k must be in [0, ", vocab, "], got ", k);
   at::Tensor indices = at::empty({in.batch, k}, in.x.options().dtype(at::kLong));
@@ -57,7 +57,7 @@ std::tuple<at::Tensor, at::Tensor> top_k(const at::Tensor& x_in, int64_t k, bool
 
 at::Tensor top_k_mask_logits(const at::Tensor& logits_in, const std::optional<at::Tensor>& top_k_arr,
                              int64_t top_k_val) {
-  const InputRows in = input_rows(logits_in, "logits", true);
+  const InputRows in = input_rows(logits_in, "logits");
   const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, in.batch, "top_k");
   // Row thresholds: masked iff x < theta. -inf keeps the row; NaN keeps it too (NaN rows stay unchanged).
   at::Tensor theta = at::empty({in.batch, 1}, in.x.options());

@@ -31,7 +31,6 @@ std::tuple<Tensor, Tensor> sample_cuda(const Tensor& x, bool is_logits, const Op
                                        bool return_logprobs) {
   check_scores(x, "x");
   check_rows(x, "x");
-  if (!is_logits) check_dtype(x, "x (probs)", at::kFloat);
   const c10::cuda::CUDAGuard guard(x.device());
   const cuda::RowParams params = row_params(x, temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr,
                                             top_p_val, min_p_arr, min_p_val);
@@ -59,13 +58,13 @@ std::tuple<Tensor, Tensor> sample_cuda(const Tensor& x, bool is_logits, const Op
   return {tokens, logprobs};
 }
 
-Tensor renorm_probs_cuda(const Tensor& probs, const OptTensor& top_k_arr, int64_t top_k_val,
+Tensor renorm_probs_cuda(const Tensor& probs_in, const OptTensor& top_k_arr, int64_t top_k_val,
                          const OptTensor& top_p_arr, double top_p_val, const OptTensor& min_p_arr,
                          double min_p_val) {
-  check_tensor(probs, "probs", 2);
-  check_dtype(probs, "probs", at::kFloat);
-  TORCH_CHECK_VALUE(probs.size(1) >= 1, "probs must have a vocabulary of at least 1, got shape ", probs.sizes());
-  check_rows(probs, "probs");
+  check_scores(probs_in, "probs");
+  check_rows(probs_in, "probs");
+  // float16/bfloat16 probabilities are widened once (the renorm kernel reads and writes float32).
+  const Tensor probs = probs_in.to(at::kFloat);
   const c10::cuda::CUDAGuard guard(probs.device());
   const cuda::RowParams params =
       row_params(probs, std::nullopt, 1.0, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val);

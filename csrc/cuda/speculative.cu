@@ -8,15 +8,20 @@ namespace fastsample {
 namespace cuda_glue {
 namespace {
 
-std::tuple<Tensor, Tensor, Tensor> chain_speculative_sampling_cuda(const Tensor& draft_probs,
+std::tuple<Tensor, Tensor, Tensor> chain_speculative_sampling_cuda(const Tensor& draft_probs_in,
                                                                    const Tensor& draft_token_ids,
-                                                                   const Tensor& target_probs, const Tensor& seed,
+                                                                   const Tensor& target_probs_in, const Tensor& seed,
                                                                    const Tensor& offset) {
-  check_tensor(draft_probs, "draft_probs", 3);
+  check_tensor(draft_probs_in, "draft_probs", 3);
   check_tensor(draft_token_ids, "draft_token_ids", 2);
-  check_tensor(target_probs, "target_probs", 3);
-  check_dtype(draft_probs, "draft_probs", at::kFloat);
-  check_dtype(target_probs, "target_probs", at::kFloat);
+  check_tensor(target_probs_in, "target_probs", 3);
+  for (const auto& [t, name] : {std::pair{&draft_probs_in, "draft_probs"}, std::pair{&target_probs_in, "target_probs"}}) {
+    const auto dtype = t->scalar_type();
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16, name,
+                     " must have dtype float32, float16 or bfloat16, got ", dtype);
+  }
+  // float16/bfloat16 probabilities are widened once (the kernels read float32).
+  const Tensor draft_probs = draft_probs_in.to(at::kFloat), target_probs = target_probs_in.to(at::kFloat);
   check_dtype(draft_token_ids, "draft_token_ids", at::kLong);
   check_same_device(draft_token_ids, "draft_token_ids", draft_probs);
   check_same_device(target_probs, "target_probs", draft_probs);

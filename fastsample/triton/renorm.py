@@ -42,7 +42,7 @@ def renorm_probs(probs: torch.Tensor, top_k_arr, top_k_val: int, top_p_arr, top_
     """float32 [B, V]: probs renormalised over each row's kept set (docs/ops.md "renorm_probs")."""
     batch, vocab = probs.shape
     kept = KeptSet(probs, False, None, 1.0, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val)
-    out = torch.empty_like(probs)
+    out = torch.empty_like(probs, dtype=torch.float32)
     wrap_triton(write_kernel)[kept.grid.grid](probs, kept.info, kept.mass, *kept.chain_args(), out, batch, vocab,
                                               kept.grid.chunk_len, kept.grid.chunks, **kept.constexprs())
     return out
