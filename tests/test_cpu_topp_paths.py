@@ -129,7 +129,7 @@ def test_each_route_is_taken(kind, top_p, route):
     import fastsample._C  # noqa: F401  (registers the test-only op)
 
     logits = _rows(kind, batch=8)
-    seed, offset = row_seeds(logits.shape[0], 3)
+    seed, offset = oracle_seed_offset(logits.shape[0], 3)
     routes = torch.ops.fastsample_cpu.top_p_routes
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import assert_rare, check_tokens, f32, make_logits, np64, row_seeds
+from conftest import assert_rare, check_tokens, f32, make_logits, np64, oracle_seed_offset
 
 import fastsample
 import fastsample.distributed as fsd
@@ -218,7 +218,7 @@ def _oracle_rows(case: Case, x: torch.Tensor):
     if isinstance(seed, torch.Tensor):
         seeds, offsets = np64(seed), np64(offset)
     else:
-        seeds, offsets = row_seeds(case.batch, seed, offset)
+        seeds, offsets = oracle_seed_offset(case.batch, seed, offset)
     return oracle.sample_with_candidates(np64(x), True, _param(kw.get("temperature", 1.0)),
                                          _param(kw.get("top_k", 0)), _param(kw.get("top_p", 1.0)),
                                          _param(kw.get("min_p", 0.0)), seeds, offsets)
