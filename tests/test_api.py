@@ -121,7 +121,7 @@ def test_top_k_k_must_be_int(backend):
     ("sample", [[0.0] * VOCAB] * BATCH, "logits"),
     ("softmax", torch.zeros(BATCH, VOCAB, dtype=torch.int32), "logits"),
     ("top_k_mask_logits", torch.zeros(BATCH, VOCAB, dtype=torch.bool), "logits"),
-    ("sampling_from_probs", torch.full((BATCH, VOCAB), 0.02, dtype=torch.float16), "probs"),
+    ("sampling_from_probs", torch.full((BATCH, VOCAB), 1, dtype=torch.int32), "probs"),
     ("top_p_renorm_probs", torch.full((BATCH, VOCAB), 0.02, dtype=torch.float64), "probs"),
     ("top_k", torch.zeros(BATCH, VOCAB, dtype=torch.int64), "x"),
 ])

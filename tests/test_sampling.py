@@ -178,7 +178,7 @@ def test_sample_rejects(backend, kwargs, error):
 
 def test_sampling_rejects_bad_inputs(backend):
     with pytest.raises(TypeError):
-        fastsample.sampling_from_probs(torch.ones(2, 5, dtype=torch.float16), backend=backend)
+        fastsample.sampling_from_probs(torch.ones(2, 5, dtype=torch.float64), backend=backend)
     with pytest.raises(TypeError):
         fastsample.sample(torch.ones(2, 5, dtype=torch.int64), backend=backend)
     with pytest.raises(ValueError):

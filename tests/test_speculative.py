@@ -264,7 +264,7 @@ def _good():
 @pytest.mark.parametrize("arg,bad,error", [
     ("draft_probs", torch.full((2, 5), 0.2), ValueError),
     ("draft_probs", torch.full((2, 3, 5), 0.2, dtype=torch.float64), TypeError),
-    ("draft_probs", torch.full((2, 3, 5), 0.2, dtype=torch.bfloat16), TypeError),
+    ("draft_probs", torch.full((2, 3, 5), 1, dtype=torch.int32), TypeError),
     ("draft_probs", [[[0.2] * 5] * 3] * 2, TypeError),
     ("draft_token_ids", torch.zeros(2, 4, dtype=torch.int64), ValueError),
     ("draft_token_ids", torch.zeros(3, 3, dtype=torch.int64), ValueError),
@@ -274,7 +274,7 @@ def _good():
     ("target_probs", torch.full((2, 3, 5), 0.2), ValueError),
     ("target_probs", torch.full((2, 4, 6), 0.2), ValueError),
     ("target_probs", torch.full((1, 4, 5), 0.2), ValueError),
-    ("target_probs", torch.full((2, 4, 5), 0.2, dtype=torch.float16), TypeError),
+    ("target_probs", torch.full((2, 4, 5), 0.2, dtype=torch.float64), TypeError),
 ])
 def test_bad_arguments_raise_naming_the_argument(backend, arg, bad, error):
     q, ids, p = _good()
