@@ -40,7 +40,12 @@ ROOT = TOOLS.parent
 sys.path[:0] = [str(ROOT), str(TOOLS)]
 
 # Kernels allowed to spill, with the reason (kernel names as in the table). Keep it short.
-SPILL_ALLOWED: dict[str, str] = {}
+SPILL_ALLOWED: dict[str, str] = {
+    # 8 bytes (one float64) spilled with LOGPROBS=1 only, once per row at the end of the walk, on sm_80 and
+    # sm_90 since the inverse-CDF walk became the shared triton/cdf.py helpers; not worth a register budget
+    # change before a GPU has timed it (issue 20 measures it).
+    "sampling.pick_kernel": "8 B spill of the logprob's float64 with LOGPROBS=1, once per row",
+}
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fastsample-check-gpu"
 _ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\w+)'")
@@ -246,7 +251,7 @@ def main() -> int:
     parser.add_argument("--nvcc", default="nvcc")
     parser.add_argument("--no-cuda", action="store_true", help="skip the CUDA C++ units")
     parser.add_argument("--no-triton", action="store_true", help="skip the Triton kernels")
-    parser.add_argument("--budget", type=float, default=540, help="seconds for the Triton compilations")
+    parser.add_argument("--budget", type=float, default=840, help="seconds for the Triton compilations")
     args = parser.parse_args()
     start = time.monotonic()
     rows, problems = [], []
