@@ -1,6 +1,7 @@
 """Every Triton kernel specialisation the launchers of fastsample/triton/ pick on a GPU, found without a GPU.
 
-The launchers (softmax, top_k, top_k_mask_logits, renorm_probs, sample, chain_speculative_sampling) are called
+The launchers (softmax, top_k, top_k_mask_logits, renorm_probs, sample, chain_speculative_sampling and the stack
+sampler's processed_logits) are called
 on ``meta`` tensors with ``launch.split`` told that the device is a GPU with a given number of SMs, and
 ``wrap_triton`` replaced by a recorder: each launch yields the kernel, the argument types (Triton signature
 strings), the constexprs (block sizes, chunk padding, flags, levels) and num_warps, exactly as the launcher
@@ -30,7 +31,9 @@ DRAFT_POSITIONS = 4
 TOPK_KS = tuple(1 << i for i in range(1, 13)) + (50,)
 _TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
          torch.int64: "i64", torch.int32: "i32", torch.bool: "i1"}
-_MODULES = ("softmax", "topk", "sampling", "renorm", "speculative", "rowstats", "filters", "radix")
+_MODULES = ("softmax", "topk", "sampling", "renorm", "speculative", "rowstats", "filters", "radix", "stack_sampler")
+# The stack sampler's id lists in the bench's shape: 16 biased ids, 1024 prompt and 256 output tokens.
+STACK_LENGTHS = {"bias": 16, "prompt": 1024, "output": 256}
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,25 @@ def _launch_all(vocab: int, batch: int) -> None:
     target = torch.empty((batch, DRAFT_POSITIONS + 1, vocab), dtype=torch.float32, **meta)
     ids = torch.zeros((batch, DRAFT_POSITIONS), dtype=torch.int64, **meta)
     speculative.chain_speculative_sampling(draft, ids, target, seed, seed)
+    _launch_stack(vocab, batch)
+
+
+def _launch_stack(vocab: int, batch: int) -> None:
+    """The stack sampler's two override kernels with each step (mask, bias, prompt, output) on and off; its
+    draws run the sampling kernels swept above."""
+    from fastsample.triton import stack_sampler
+
+    meta = dict(device="meta")
+    ids = {name: torch.zeros((batch, n), dtype=torch.int64, **meta) for name, n in STACK_LENGTHS.items()}
+    values = torch.zeros((batch, STACK_LENGTHS["bias"]), dtype=torch.float32, **meta)
+    mask = torch.zeros((batch, -(-vocab // 32)), dtype=torch.int32, **meta)
+    per_row = [torch.ones(batch, dtype=torch.float32, **meta) for _ in range(3)]
+    for dtype in LOGIT_DTYPES:
+        logits = torch.empty((batch, vocab), dtype=dtype, **meta)
+        for on in range(16):  # bit 0: mask, 1: bias, 2: prompt, 3: output
+            pick = lambda bit, t: t if on >> bit & 1 else None  # noqa: E731
+            stack_sampler.processed_logits(logits, pick(0, mask), pick(1, ids["bias"]), pick(1, values),
+                                           pick(2, ids["prompt"]), pick(3, ids["output"]), *per_row)
 
 
 def specs(capability: int, vocabs=VOCABS, batches=BATCHES) -> list[Spec]:

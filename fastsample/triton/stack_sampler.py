@@ -7,10 +7,10 @@ the token. Only float64 rounding may differ from the reference (the order in whi
 bias values of one token; the compiler may contract ``f * c + q`` into an FMA on a GPU), which changes the
 float32 result only when the float64 value lies within a float64 ulp of a float32 rounding boundary.
 
-- ``_scatter_overrides`` (one program per row, O(L) work): reads the -1-padded id lists once and scatters
+- ``scatter_overrides_kernel`` (one program per row, O(L) work): reads the -1-padded id lists once and scatters
   them into per-token buffers with atomics: bias sums (float64) and an int32 state (output count, plus a
   bit for "in the prompt"), and flags the row when an id lies outside [-1, V).
-- ``_apply_overrides`` (a program per row and block of V): one read of the logits and the buffers, the
+- ``apply_overrides_kernel`` (a program per row and block of V): one read of the logits and the buffers, the
   bitmask bit of each token, one float32 write of the processed logits.
 - One draw in HF order without logprobs (the common serving call) then runs the fused kernels of the
   ``sample`` op (sampling.py) on the processed logits. Otherwise (vLLM order, n draws, logprobs/ranks/top-N)
@@ -64,7 +64,7 @@ def _scatter_ids(ids_ptr, row, length, vocab, target_ptr, value_ptr, BLOCK: tl.c
 
 
 @triton.jit
-def _scatter_overrides(bias_ids_ptr, bias_values_ptr, bias_len, prompt_ptr, prompt_len, output_ptr, output_len,
+def scatter_overrides_kernel(bias_ids_ptr, bias_values_ptr, bias_len, prompt_ptr, prompt_len, output_ptr, output_len,
                        bias_sum_ptr, counts_ptr, bad_ptr, vocab, HAS_BIAS: tl.constexpr,
                        HAS_PROMPT: tl.constexpr, HAS_OUTPUT: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -79,7 +79,7 @@ def _scatter_overrides(bias_ids_ptr, bias_values_ptr, bias_len, prompt_ptr, prom
 
 
 @triton.jit
-def _apply_overrides(x_ptr, y_ptr, mask_ptr, words, bias_sum_ptr, counts_ptr, rep_ptr, freq_ptr, pres_ptr,
+def apply_overrides_kernel(x_ptr, y_ptr, mask_ptr, words, bias_sum_ptr, counts_ptr, rep_ptr, freq_ptr, pres_ptr,
                      vocab, HAS_MASK: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_PENALTY: tl.constexpr,
                      BLOCK: tl.constexpr):
     row = tl.program_id(0)
@@ -125,7 +125,7 @@ def processed_logits(x: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bi
     dummy = bad  # a valid pointer for lists that are not given (never read: their flag is off)
     pick = lambda t, on: t.contiguous() if on else dummy  # noqa: E731
     if has_bias or has_penalty:
-        wrap_triton(_scatter_overrides)[(batch,)](
+        wrap_triton(scatter_overrides_kernel)[(batch,)](
             pick(bias_ids, has_bias), pick(bias_values, has_bias), bias_ids.shape[1] if has_bias else 0,
             pick(prompt_ids, has_prompt), prompt_ids.shape[1] if has_prompt else 0,
             pick(output_ids, has_output), output_ids.shape[1] if has_output else 0,
@@ -134,7 +134,7 @@ def processed_logits(x: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bi
     block = INTERPRETER_BLOCK_V if device.type == "cpu" else BLOCK_V
     block = min(block, max(16, triton.next_power_of_2(vocab)))
     has_mask = allowed_mask is not None
-    wrap_triton(_apply_overrides)[(batch, triton.cdiv(vocab, block))](
+    wrap_triton(apply_overrides_kernel)[(batch, triton.cdiv(vocab, block))](
         x, y, allowed_mask.contiguous() if has_mask else dummy, allowed_mask.shape[1] if has_mask else 0, bias_sum,
         counts, rep, freq, pres, vocab, HAS_MASK=has_mask, HAS_BIAS=has_bias, HAS_PENALTY=has_penalty,
         BLOCK=block)
