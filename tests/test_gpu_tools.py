@@ -1,6 +1,6 @@
 """The GPU tooling's code paths that run without a GPU: the Triton specialisation sweep of tools/check_gpu.py,
-its ptxas parser, tools/gpu_check.py's per-backend test counts, and the bench's GPU suite and provider
-selection with CUDA absent. Nothing here times or compiles anything."""
+its ptxas parser, tools/gpu_check.py's per-backend test counts, tools/flashinfer_wheels.py's wheel trimming,
+and the bench's GPU suite and provider selection with CUDA absent. Nothing here times or compiles anything."""
 import argparse
 import importlib
 import importlib.util
@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "tools")]
 
 import check_gpu  # noqa: E402
+import flashinfer_wheels  # noqa: E402
 import gpu_check  # noqa: E402
 import triton_specs  # noqa: E402
 from bench import gpu as bench_gpu  # noqa: E402
@@ -139,3 +140,45 @@ def test_bench_providers_without_cuda(capsys):
         assert cpu[gpu_only] == "needs a CUDA device"
     assert main(["--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_flashinfer_wheel_keeps_python_and_the_sampling_sources(tmp_path):
+    """The trimmed wheel keeps every Python file and the JIT sources of sampling and top-k, drops the other
+    modules' CUDA sources, and its RECORD lists exactly the files it holds, with their hashes."""
+    import hashlib
+    import base64
+    import zipfile
+
+    files = {
+        "flashinfer/__init__.py": b"x = 1\n", "flashinfer/jit/sampling.py": b"y = 2\n",
+        "flashinfer/gemm/kernel.cu": b"// gemm", "flashinfer/experimental/cake/data.json": b"{}",
+        "flashinfer/data/csrc/sampling.cu": b"// s", "flashinfer/data/csrc/sampling_utils.h": b"// h",
+        "flashinfer/data/csrc/gemm.cu": b"// g", "flashinfer/data/csrc/nv_internal/x.h": b"// n",
+        "flashinfer/data/include/flashinfer/sampling.cuh": b"// i", "flashinfer/data/cccl/cub/cub.cuh": b"// c",
+        "flashinfer/data/cutlass/include/cutlass.h": b"// t",
+        "flashinfer_python-0.0.dist-info/METADATA": b"Name: flashinfer-python\n",
+        "flashinfer_python-0.0.dist-info/RECORD": b"stale\n",
+    }
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    wheel = tmp_path / "in" / "flashinfer_python-0.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    with zipfile.ZipFile(flashinfer_wheels.trim(wheel, tmp_path / "out")) as z:
+        kept = set(z.namelist())
+        record = z.read("flashinfer_python-0.0.dist-info/RECORD").decode().split()
+    dropped = {"flashinfer/gemm/kernel.cu", "flashinfer/data/csrc/gemm.cu", "flashinfer/data/csrc/nv_internal/x.h",
+               "flashinfer/data/cutlass/include/cutlass.h"}
+    assert kept == set(files) - dropped
+    listed = {line.split(",")[0]: line for line in record}
+    assert set(listed) == kept
+    digest = base64.urlsafe_b64encode(hashlib.sha256(b"// s").digest()).rstrip(b"=").decode()
+    assert listed["flashinfer/data/csrc/sampling.cu"] == f"flashinfer/data/csrc/sampling.cu,sha256={digest},4"
+
+
+def test_flashinfer_install_does_nothing_without_wheels(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", "before")
+    assert flashinfer_wheels.install(tmp_path, tmp_path / "site") is None
+    assert not (tmp_path / "site").exists()
+    assert __import__("os").environ["PYTHONPATH"] == "before"

@@ -2,9 +2,11 @@
 a summary.
 
 Steps (each logged to its own file; the run goes on after a failing step and the summary says what failed):
-1. environment: Python, torch, CUDA, Triton, nvcc, compute-sanitizer, the GPU (or, loudly, that there is none);
+1. environment: Python, torch, CUDA, Triton, nvcc, compute-sanitizer, FlashInfer, the GPU (or, loudly, that there
+   is none); FlashInfer is installed from .whl/ first when it does not import (tools/flashinfer_wheels.py);
 2. build: ``setup.py build_ext --inplace`` against the torch already installed (nothing is pip-installed), CUDA
    for the present GPU only (TORCH_CUDA_ARCH_LIST from torch.cuda.get_device_capability()), MAX_JOBS = all cores;
+   FlashInfer's sampling and top-k kernels compile beside it;
 3. tests: the whole suite (``--quick``: the op families), counted per backend from pytest's JUnit XML;
 4. compute-sanitizer memcheck and racecheck over tools/sanitize_ops.py (every CUDA op once, small and large V);
 5. the GPU benchmark (bench/gpu.py's suite: B in 1, 32, 256, V in 128256, 151936, float32 and bfloat16;
@@ -20,6 +22,7 @@ Usage: ``python tools/gpu_check.py [--out DIR] [--logs DIR] [--quick]``.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import os
 import re
@@ -33,11 +36,14 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+import flashinfer_wheels  # noqa: E402
 QUICK_TESTS = ["tests/test_softmax.py", "tests/test_topk.py", "tests/test_topp.py", "tests/test_minp.py",
                "tests/test_sampling.py", "tests/test_speculative.py", "tests/test_cuda.py", "tests/test_rng.py"]
 BENCH = "import sys; from bench.run import main; sys.exit(main(sys.argv[1:]))"
 # Step time limits in seconds (full run, --quick run); together they bound the whole command.
 LIMITS = {"build": (600, 600), "tests": (1500, 600), "sanitizer": (300, 180), "bench": (600, 240)}
+FLASHINFER_WAIT = 240  # seconds the run waits for FlashInfer's kernels after its own build
 
 
 class Run:
@@ -93,6 +99,10 @@ def environment() -> tuple[dict, str | None]:
         info["nvcc"] = "not found"
     info["compute-sanitizer"] = shutil.which("compute-sanitizer") or "not found"
     info["cores"] = str(os.cpu_count())
+    try:
+        info["flashinfer"] = importlib.metadata.version("flashinfer-python")
+    except importlib.metadata.PackageNotFoundError:
+        info["flashinfer"] = "not installed (tools/flashinfer_wheels.py brings it)"
     # The GPU machines have no network: what the tests and the bench import must already be there.
     missing = [m for m in ("numpy", "scipy", "pytest", "hypothesis", "ninja", "transformers", "matplotlib")
                if importlib.util.find_spec(m) is None]
@@ -105,18 +115,36 @@ def environment() -> tuple[dict, str | None]:
 
 
 def build(run: Run, gpu: str | None) -> None:
+    """Builds the extension; on a GPU FlashInfer's kernels compile beside it (its log is appended to
+    build.log) so that the benchmark times no compilation."""
     import torch
 
     env = {"MAX_JOBS": str(os.cpu_count() or 1)}
+    flashinfer = None
     if gpu:
         major, minor = torch.cuda.get_device_capability()
         env["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+        if importlib.util.find_spec("flashinfer") is not None:
+            flashinfer = flashinfer_wheels.warm_up((major, minor), run.logs / "flashinfer.tmp")
     if gpu and not shutil.which("nvcc"):
         run.notes.append("nvcc not found: the extension is built without CUDA, the cuda backend is absent")
     rc = run.step("build", [sys.executable, "setup.py", "build_ext", "--inplace", "-j", env["MAX_JOBS"]], "build.log",
                   env)
     if rc != 0:
         run.failed.append("build")
+    if flashinfer is not None:
+        start = time.monotonic()
+        try:
+            status = "ok" if flashinfer.wait(timeout=FLASHINFER_WAIT) == 0 else "failed (the bench skips it)"
+        except subprocess.TimeoutExpired:
+            os.killpg(flashinfer.pid, signal.SIGKILL)
+            status = f"not done {FLASHINFER_WAIT} s after the build (stopped)"
+        run.notes.append(f"FlashInfer's kernels compiled beside the build: {status}, "
+                         f"{time.monotonic() - start:.0f} s after it")
+        tmp = run.logs / "flashinfer.tmp"
+        with open(run.logs / "build.log", "a") as f:
+            f.write("\n[gpu-check] FlashInfer's sampling and top-k modules:\n" + tmp.read_text())
+        tmp.unlink()
 
 
 def per_backend(junit: Path) -> dict[str, Counter]:
@@ -224,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(ROOT))
     run, start = Run(args), time.monotonic()
 
+    installed = flashinfer_wheels.install()  # from .whl/ (tools/flashinfer_wheels.py), before anything imports
     info, gpu = environment()
+    if installed:
+        run.notes.append(installed)
     print("[gpu-check] " + ", ".join(f"{k} {v}" for k, v in info.items()), flush=True)
     if not gpu:
         print("[gpu-check] NO GPU PRESENT: torch.cuda.is_available() is False. Building and testing on the CPU "
