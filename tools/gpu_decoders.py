@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import importlib.util
-import math
 import os
 import signal
 import sys
@@ -53,7 +53,7 @@ PAD = 0
 CONFIGS = {
     "full": dict(vocab=128256, hidden=512, intermediate=1408, layers=4, heads=8, kv_heads=2, chi_rows=4000),
     "small": dict(vocab=128256, hidden=64, intermediate=128, layers=2, heads=2, kv_heads=1, chi_rows=1000),
-    "tiny": dict(vocab=1000, hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, chi_rows=1000),
+    "tiny": dict(vocab=1000, hidden=32, intermediate=64, layers=2, heads=2, kv_heads=1, chi_rows=500),
 }
 # Seconds per part; together they stay under --limit's default (the build, with --build, has its own limit in
 # tools/gpu_check.py).
@@ -237,15 +237,20 @@ def check_greedy_and_beam(report: Report, model, ids, mask, dtype, hf: bool, new
     from fastsample.decoding import beam_search, greedy_decode
     from fastsample.processors import NoRepeatNGram, RepetitionPenalty
 
+    p = ids.shape[1]
+    ours = greedy_decode(model, ids, mask, max_new_tokens=new)
+    seqs, cols = ids, mask
+    for _ in range(new):  # the model-agnostic reference: argmax of a no-cache forward over the whole row
+        scores = torch.stack([full_scores(model)(seqs[r:r + 1], cols[r:r + 1]) for r in range(len(seqs))])
+        seqs = torch.cat([seqs, scores.argmax(-1, keepdim=True)], 1)
+        cols = torch.cat([cols, torch.ones_like(cols[:, :1])], 1)
+    compare_tokens(report, "greedy == no-cache argmax loop", ours, seqs, p, mask, full_scores(model), dtype)
     if not hf:
         report.check("decoders", "greedy == HF generate", "skipped: transformers is not installed")
         report.check("decoders", "beam == HF generate", "skipped: transformers is not installed")
-        greedy_decode(model, ids, mask, max_new_tokens=new)
         return
-    p = ids.shape[1]
     common = dict(input_ids=ids, attention_mask=mask, do_sample=False, pad_token_id=PAD, eos_token_id=None,
                   max_new_tokens=new)
-    ours = greedy_decode(model, ids, mask, max_new_tokens=new)
     compare_tokens(report, "greedy == HF generate", ours, model.generate(**common), p, mask, full_scores(model),
                    dtype)
     procs = [RepetitionPenalty(1.3), NoRepeatNGram(3)]
@@ -279,7 +284,8 @@ def check_sampling(report: Report, model, ids, mask, cfg: dict, hf: bool, new: i
     again = sample_decode(model, ids, mask, seed=seeds, **kwargs)
     report.check("decoders", "sample: per-row seeds reproduce", "ok" if torch.equal(out, again) else "FAIL")
     perm = torch.arange(batch - 1, -1, -1, device=dev)
-    permuted = sample_decode(model, ids[perm], mask[perm], seed=seeds[perm], **{**kwargs, "temperature": temperature[perm]})
+    permuted = sample_decode(model, ids[perm], mask[perm], seed=seeds[perm],
+                             **{**kwargs, "temperature": temperature[perm]})
     report.check("decoders", "sample: rows independent of the batch (reversed rows)",
                  "ok" if torch.equal(permuted, out[perm]) else "FAIL")
     t0 = torch.where(torch.arange(batch, device=dev) % 2 == 0, 0.0, 1.0)
@@ -389,8 +395,8 @@ def traced_sampling(sync_warnings: list | None):
         return real["decode_loop"](models, input_ids, attention_mask, max_new_tokens, step, *rest)
 
     sample_module.decode_loop = decode_loop
-    sample_module.sample, sample_module.filter_logits = traced(real["sample"], "fastsample.sample"), \
-        traced(real["filter_logits"], "filter_logits")
+    sample_module.sample = traced(real["sample"], "fastsample.sample")
+    sample_module.filter_logits = traced(real["filter_logits"], "filter_logits")
     try:
         yield
     finally:
@@ -411,7 +417,8 @@ def syncs_in_ranges(events) -> tuple[dict, dict, int]:
         if e.name not in SYNC_EVENTS and not dtoh:
             continue
         name = e.name + (" (DtoH copy)" if dtoh else "")
-        around = [r for r in ranges if r.time_range.start <= e.time_range.start and e.time_range.end <= r.time_range.end]
+        span = e.time_range
+        around = [r for r in ranges if r.time_range.start <= span.start and span.end <= r.time_range.end]
         if around:
             innermost = min(around, key=lambda r: r.time_range.end - r.time_range.start).name
             inside.setdefault(innermost, {}).setdefault(name, 0)
@@ -588,8 +595,8 @@ def environment(device: torch.device, hf: bool) -> dict:
 
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "torch CUDA": torch.version.cuda or "none"}
     for module in ("triton", "transformers"):
-        spec = importlib.util.find_spec(module)
-        info[module] = __import__(module).__version__ if spec else "NOT INSTALLED"
+        found = importlib.util.find_spec(module) is not None
+        info[module] = importlib.metadata.version(module) if found else "NOT INSTALLED"
     if device.type == "cuda":
         cap = torch.cuda.get_device_capability()
         info["gpu"] = f"{torch.cuda.get_device_name()} (sm_{cap[0]}{cap[1]})"
