@@ -4,6 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -11,6 +12,16 @@ sys.path[:0] = [str(REPO), str(REPO / "tools")]
 
 import gpu_decoders  # noqa: E402
 from fastsample.decoding import sample_decode  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny model's ops are far too small to gain from threads, and on a busy machine OpenMP's waits make the
+    rehearsal several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def profile(fn):
