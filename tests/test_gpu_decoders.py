@@ -109,3 +109,17 @@ def test_rehearsal_without_transformers(tmp_path, monkeypatch):
     assert "transformers: NOT INSTALLED" in summary and "skipped: transformers is not installed" in summary
     assert "| speculative greedy (gamma 3) == target greedy | ok |" in summary
     assert "| 2 |" in summary.split("## timing")[1]
+
+
+def test_build_reuses_gpu_check_build_step(tmp_path, monkeypatch):
+    """--build runs tools/gpu_check.py's build step (nothing is built here: its runner is replaced)."""
+    import gpu_check
+
+    calls = []
+    monkeypatch.setattr(gpu_check.Run, "step", lambda self, name, cmd, log, env=None, **kw: calls.append(
+        (name, cmd, log, self.logs)) or 0)
+    assert gpu_decoders.build(tmp_path, None) is True
+    (name, cmd, log, logs), = calls
+    assert name == "build" and cmd[1:3] == ["setup.py", "build_ext"] and (logs, log) == (tmp_path, "build.log")
+    monkeypatch.setattr(gpu_check.Run, "step", lambda self, *args, **kw: 1)
+    assert gpu_decoders.build(tmp_path, None) is False

@@ -466,7 +466,9 @@ def part_syncs(report: Report, model, cfg: dict) -> None:
         report.log(prof.key_averages().table(sort_by="cpu_time_total", row_limit=25))
         found = "; ".join(f"{r}: " + ", ".join(f"{n} x{c}" for n, c in ev.items()) for r, ev in inside.items())
         other = ", ".join(f"{n} x{c}" for n, c in outside.items()) or "none"
-        if cuda:
+        if steps != 4:  # without the ranges every count below would be a vacuous zero
+            report.check("syncs", f"{label}: sampling ranges", "FAIL", f"{steps} traced steps, expected 4")
+        elif cuda:
             report.check("syncs", f"{label}: syncs inside sampling ({steps} steps)", "FAIL" if inside else "ok",
                          found or "none")
             report.check("syncs", f"{label}: set_sync_debug_mode warnings", "FAIL" if caught else "ok",
