@@ -17,16 +17,17 @@ Token-for-token comparisons in bfloat16 can part at a near-tie (two scores close
 differs between the two paths); such a divergence is reported with its score gap as "near-tie" and does not
 fail, a divergence at a larger gap fails.
 
-Without a GPU it runs the same parts on the CPU (float32, ``--config small``) and says which checks need a
-GPU: a rehearsal. Without transformers a stand-in model (``ToyLM``) runs the decoders and the HF parts are
-skipped, loudly. The extension must already be built for the device (``make gpu-check`` does it), or pass
+Without a GPU it runs the same parts on the CPU (float32 or ``--dtype bfloat16``, ``--config small``; the graph
+part runs its decode loop without the capture) and says which checks need a GPU: a rehearsal. Without
+transformers a stand-in model (``ToyLM``) runs the decoders and the HF parts are skipped, loudly. The extension must already be built for the device (``make gpu-check`` does it), or pass
 ``--build`` to build it here first with tools/gpu_check.py's build step.
 
 Files in --out: gpu-decoders-<device>.md (the summary, to commit), gpu-decoders-<device>.log, and build.log
 with --build. Exit status 0 when every check passed (skipped ones aside), 1 otherwise, 124 when the whole run
 hit --limit.
 
-Usage: ``python tools/gpu_decoders.py --out DIR [--config full|small|tiny] [--batches 1 32 128] [--build]``.
+Usage: ``python tools/gpu_decoders.py --out DIR [--build] [--config full|small|tiny] [--dtype bfloat16]``
+(``--help`` for the rest).
 """
 from __future__ import annotations
 
