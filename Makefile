@@ -57,3 +57,9 @@ compat:
 # Vocab-parallel sampling over torch.distributed: 2 ranks (gloo on CPU, NCCL with >= 2 GPUs), V = 128256.
 bench-distributed: install
 	$(PYTHON) -m bench.distributed
+
+# gpu-decoders: on a machine with a GPU, after gpu-check's build (or BUILD=1), every decoder on a random Llama
+# vs HF generate, host syncs inside sampling, CUDA-graph replay, sampling's share of a step (issue 21).
+.PHONY: gpu-decoders
+gpu-decoders:
+	$(PYTHON) tools/gpu_decoders.py --out $(or $(OUT),bench/results/gpu-decoders) $(if $(BUILD),--build)
