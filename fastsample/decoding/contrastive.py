@@ -44,7 +44,8 @@ def contrastive_decode(expert, amateur, input_ids: Tensor, attention_mask: Tenso
     Parameters
     ----------
     expert, amateur : two models of the protocol in ``fastsample.decoding.model`` sharing one vocabulary.
-    alpha : plausibility threshold in [0, 1]; 1 keeps only the expert's best token (expert greedy), 0 keeps all.
+    alpha : plausibility threshold in [0, 1]; 1 keeps only the expert's best tokens (expert greedy, except that
+        among tokens tied at the expert's maximum the contrast picks, not the lowest id), 0 keeps all.
     beta : None for Li et al.'s log-probability difference, else O'Brien & Lewis's weight (0: expert greedy).
     amateur_temperature : divides the amateur's logits (> 0).
     num_beams, length_penalty, early_stopping, num_return_sequences : as in ``beam_search``; the beam score is
