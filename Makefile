@@ -27,7 +27,8 @@ check-wheel:
 	$(PYTHON) tools/check_wheel.py
 
 # Cross-compiles the CPU sources for aarch64 (compile only, against the installed torch's headers); needs
-# g++-aarch64-linux-gnu (Debian/Ubuntu), no Arm machine.
+# g++-aarch64-linux-gnu (Debian/Ubuntu), no Arm machine. With qemu-aarch64 (qemu-user) it also runs the NEON
+# loops on fixed inputs and compares them with the AVX2 ones (tools/vec_check.cpp).
 AARCH64_CXX ?= aarch64-linux-gnu-g++
 check-arm:
 	$(PYTHON) tools/check_arm.py --cxx $(AARCH64_CXX)

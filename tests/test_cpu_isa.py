@@ -1,10 +1,11 @@
 """The CPU kernels' vector paths (csrc/cpu/isa.h): hand-written AVX-512 loops, AVX2 + FMA loops (vec_loops.h
-over vec_avx2.h), and the generic auto-vectorised loops every machine can run. The library picks the best
-path the CPU has when it loads; FASTSAMPLE_ISA=avx512|avx2|generic asks for another (never more than the
-CPU has) and FASTSAMPLE_NO_AVX512=1 still means generic. The main suite runs the default path; here a
-child process reruns the CPU kernel tests that reach the vector loops (exp and stats passes, the top-p
-bracket pass and gathers, sampling, softmax, renorm) on each other path this CPU has, against the oracle,
-and the tokens of every path are compared with each other directly.
+over vec_avx2.h), NEON loops on aarch64 (vec_loops.h over vec_neon.h), and the generic auto-vectorised loops
+every machine can run. The library picks the best path the CPU has when it loads;
+FASTSAMPLE_ISA=avx512|avx2|neon|generic asks for another (never more than the CPU has) and
+FASTSAMPLE_NO_AVX512=1 still means generic. The main suite runs the default path; here a child process
+reruns the CPU kernel tests that reach the vector loops (exp and stats passes, the top-p bracket pass and
+gathers, sampling, softmax, renorm) on each other path this CPU has, against the oracle, and the tokens
+of every path are compared with each other directly.
 """
 import os
 import pathlib
@@ -19,7 +20,7 @@ import fastsample._C  # noqa: F401  (registers torch.ops.fastsample_cpu)
 
 TESTS = pathlib.Path(__file__).parent
 FILES = ["test_cpu_topp_paths.py", "test_cpu_segments.py", "test_softmax.py", "test_topp.py", "test_sampling.py"]
-PATHS = ["avx512", "avx2", "generic"]
+PATHS = ["avx512", "avx2", "neon", "generic"]
 
 
 def _child(env_extra: dict, code: str) -> str:
@@ -36,13 +37,15 @@ def _path_in(env_extra: dict) -> str:
 
 def test_default_path_is_the_best_the_cpu_has():
     default = torch.ops.fastsample_cpu.isa()
-    assert default in ("avx512", "avx2", "generic")
+    assert default in ("avx512", "avx2", "neon", "generic")
     assert _path_in({"FASTSAMPLE_NO_AVX512": "1"}) == "generic"
     assert _path_in({"FASTSAMPLE_ISA": "generic"}) == "generic"
     if default == "avx512":
         assert _path_in({"FASTSAMPLE_ISA": "avx2"}) == "avx2"
-    if default in ("avx2", "generic"):  # a path the CPU lacks falls back to its best
+    if default in ("avx2", "neon", "generic"):  # a path the CPU lacks falls back to its best
         assert _path_in({"FASTSAMPLE_ISA": "avx512"}) == default
+    if default != "neon":
+        assert _path_in({"FASTSAMPLE_ISA": "neon"}) == default
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -11,6 +11,8 @@ Isa best_isa() {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+#elif defined(__aarch64__)
+  return Isa::kNeon;  // part of every ARMv8-A core
 #endif
   return Isa::kGeneric;
 }
@@ -44,6 +46,7 @@ const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";
     case Isa::kAvx2: return "avx2";
+    case Isa::kNeon: return "neon";
     case Isa::kGeneric: return "generic";
   }
   return "generic";

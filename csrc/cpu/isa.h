@@ -1,15 +1,16 @@
 // Which instruction set the CPU kernels' hand-written vector loops use, picked once when the library loads:
-// the best the CPU has, capped by FASTSAMPLE_ISA=avx512|avx2|generic (a path the CPU lacks falls back
+// the best the CPU has, capped by FASTSAMPLE_ISA=avx512|avx2|neon|generic (a path the CPU lacks falls back
 // to the best it has). FASTSAMPLE_NO_AVX512=1 means generic, as before FASTSAMPLE_ISA existed. "generic" is
 // the auto-vectorised loops (multiversioned on x86-64), which every machine can run: tests force each
-// path in turn, and every path gives the oracle's tokens. Arm (aarch64) runs the generic loops, which the
-// compiler vectorises with NEON; it has no hand-written path yet.
+// path in turn, and every path gives the oracle's tokens. x86-64 has avx512 (its own loops) and avx2
+// (vec_loops.h over vec_avx2.h); aarch64 has neon (vec_loops.h over vec_neon.h), which every ARMv8-A core
+// runs.
 #pragma once
 #include <atomic>
 
 namespace fastsample::cpu {
 
-enum class Isa { kGeneric, kAvx2, kAvx512 };
+enum class Isa { kGeneric, kAvx2, kAvx512, kNeon };
 
 // The path the CPU and the environment ask for (isa.cpp).
 Isa pick_isa();
@@ -26,10 +27,9 @@ inline Isa cpu_isa() { return active_isa().load(std::memory_order_relaxed); }
 // use. Only between calls of the kernels: a kernel running meanwhile may mix paths within a row.
 Isa set_isa(const char* name);
 
-// Its name: "avx512", "avx2" or "generic".
+// Its name: "avx512", "avx2", "neon" or "generic".
 const char* isa_name(Isa isa);
 
 inline bool use_avx512() { return cpu_isa() == Isa::kAvx512; }
-inline bool use_avx2() { return cpu_isa() == Isa::kAvx2; }
 
 }  // namespace fastsample::cpu

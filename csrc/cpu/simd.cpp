@@ -28,21 +28,23 @@ inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt
   return s;
 }
 
-// online_pass's block in one AVX-512 or AVX2 read (logits): sets w, s (the weight sum) and bmax. False, with
-// nothing changed, where it cannot run or stand.
+// online_pass's block in one read (logits), on AVX-512 or a path of vec_paths.h: sets w, s (the weight sum)
+// and bmax. False, with nothing changed, where it cannot run or stand.
 inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, OnlinePass& st, float* w, float& s,
                         float& bmax) {
-#if FS_X86_GCC
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-  s = use_avx512() ? exp_weights_avx512<true, false>(xb, len, st.ref, inv_t, -kInf, w, &seen)
-                   : exp_weights_seen_avx2(xb, len, st.ref, inv_t, w, &seen);
+#if FS_X86_GCC
+  if (use_avx512()) {
+    s = exp_weights_avx512<true, false>(xb, len, st.ref, inv_t, -kInf, w, &seen);
+  } else
+#endif
+  {
+    s = vec_path()->exp_weights_seen(xb, len, st.ref, inv_t, w, &seen);
+  }
   if (!fused_block_stands(seen, is_exp, st)) return false;
   bmax = seen.max;
   return true;
-#else
-  return false;
-#endif
 }
 
 }  // namespace
@@ -150,10 +152,31 @@ __attribute__((target("avx512f"))) void gather_range_avx512(const float* x, int6
 }
 #endif
 
+// The gather of a path of vec_paths.h, a chunk at a time: room is made for a whole chunk (plus the vector
+// loop's spare entries) before it, then trimmed. resize grows the capacity geometrically, so the vectors
+// are reallocated O(log n) times.
+void gather_range_vec(const VecPath& vp, const float* x, int64_t n, int64_t base, float lo, float hi,
+                      Gathered& out) {
+  constexpr int64_t kChunk = 4096;
+  auto k = static_cast<int64_t>(out.values.size());
+  for (int64_t i = 0; i < n; i += kChunk) {
+    const int64_t len = std::min(kChunk, n - i);
+    const auto need = static_cast<size_t>(k + len + kVecRoom);
+    if (need > out.values.size()) {
+      out.values.resize(need);
+      out.indices.resize(need);
+    }
+    k = vp.gather_span(x + i, len, base + i, lo, hi, out.values.data(), out.indices.data(), k);
+  }
+  out.values.resize(k);
+  out.indices.resize(k);
+}
+
 void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
 #if FS_X86_GCC
   if (use_avx512()) return gather_range_avx512(x, n, base, lo, hi, out);
 #endif
+  if (const VecPath* vp = vec_path()) return gather_range_vec(*vp, x, n, base, lo, hi, out);
   gather_range_generic(x, n, base, lo, hi, out);
 }
 

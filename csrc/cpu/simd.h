@@ -4,9 +4,9 @@
 // They are compiled once per instruction set (AVX-512, AVX2+FMA, baseline x86-64) by GCC function
 // multiversioning and the best clone is picked when the library loads, so one build runs on any x86-64
 // and still uses the wide units where they exist. Loops are written for the auto-vectoriser: fixed-size
-// blocks, no early exits inside a block, `omp simd` reductions. The hottest ones (exp, row stats, gathers)
-// also have AVX-512 intrinsics versions (primitives in simd_avx512.h), picked at run time
-// (FASTSAMPLE_NO_AVX512=1 keeps the generic ones).
+// blocks, no early exits inside a block, `omp simd` reductions. The hottest ones (exp, row stats, gathers,
+// the top-p bracket block) also have hand-written vector versions, picked at run time (isa.h): AVX-512
+// intrinsics (simd_avx512.h), and the loops of vec_loops.h over AVX2 or NEON primitives (vec_paths.h).
 #pragma once
 #include <cmath>
 #include <cstdint>

@@ -1,7 +1,7 @@
-// The AVX2 + FMA instantiation of vec_loops.h. Everything after the pragma is compiled for AVX2 + FMA (the
-// standard headers come first, so that no inline function of theirs is compiled for it); the library
-// calls in only where the CPU has them (isa.h).
-#include "simd_avx2.h"
+// The AVX2 + FMA instantiation of vec_loops.h (vec_paths.h's kAvx2Path). Everything after the pragma is
+// compiled for AVX2 + FMA (the standard headers come first, so that no inline function of theirs is
+// compiled for it); the library calls in only where the CPU has them (isa.h).
+#include "vec_paths.h"
 
 #if FS_X86_GCC
 #include <cstdint>
@@ -15,6 +15,7 @@
 #include "vec_loops.h"
 
 namespace fastsample::cpu {
+namespace {
 
 float exp_weights_avx2(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
   return theta == -kInf ? vec::exp_weights<Avx2, false, false>(x, n, ref, inv_t, theta, w, nullptr)
@@ -32,6 +33,11 @@ float bracket_block_avx2(const float* xb, int64_t len, int64_t real, bool is_exp
   return seen ? vec::bracket_block<Avx2, true>(xb, len, real, is_exp, ref, inv_t, br, sums, g, seen)
               : vec::bracket_block<Avx2, false>(xb, len, real, is_exp, ref, inv_t, br, sums, g, nullptr);
 }
+
+}  // namespace
+
+const VecPath kAvx2Path = {exp_weights_avx2, exp_weights_seen_avx2, span_stats_avx2, bracket_block_avx2,
+                           vec::gather_span<Avx2>};
 
 }  // namespace fastsample::cpu
 

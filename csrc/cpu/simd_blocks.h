@@ -8,8 +8,8 @@
 
 #include "isa.h"
 #include "simd.h"
-#include "simd_avx2.h"
 #include "simd_avx512.h"
+#include "vec_paths.h"
 
 namespace fastsample::cpu {
 
@@ -94,8 +94,8 @@ inline float exp_weights(const float* x, int64_t n, float ref, float inv_t, floa
     return theta == -kInf ? exp_weights_avx512<false, false>(x, n, ref, inv_t, theta, w, nullptr)
                           : exp_weights_avx512<false, true>(x, n, ref, inv_t, theta, w, nullptr);
   }
-  if (use_avx2()) return exp_weights_avx2(x, n, ref, inv_t, theta, w);
 #endif
+  if (const VecPath* vp = vec_path()) return vp->exp_weights(x, n, ref, inv_t, theta, w);
   return exp_weights_generic(x, n, ref, inv_t, theta, w);
 }
 
@@ -115,8 +115,8 @@ inline SpanStats span_stats_generic(const float* x, int64_t n) {
 inline SpanStats span_stats_dispatch(const float* x, int64_t n) {
 #if FS_X86_GCC
   if (use_avx512()) return span_stats_avx512(x, n);
-  if (use_avx2()) return span_stats_avx2(x, n);
 #endif
+  if (const VecPath* vp = vec_path()) return vp->span_stats(x, n);
   return span_stats_generic(x, n);
 }
 
@@ -161,14 +161,10 @@ inline float block_weights(const float* xb, int64_t len, const OnlinePass& st, b
   return s;
 }
 
-// Whether a block of logits can be weighed before its stats are known (the fused AVX-512 and AVX2 loops),
-// against the reference as it stands.
+// Whether a block of logits can be weighed before its stats are known (the fused AVX-512 loops and those of
+// vec_paths.h), against the reference as it stands.
 inline bool fusable(const OnlinePass& st, bool is_exp) {
-#if FS_X86_GCC
-  return (use_avx512() || use_avx2()) && is_exp && weighable(st, is_exp);
-#else
-  return false;
-#endif
+  return (use_avx512() || vec_path() != nullptr) && is_exp && weighable(st, is_exp);
 }
 
 // Whether a block weighed before its stats were known (the fused loops, against the reference as

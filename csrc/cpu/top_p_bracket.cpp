@@ -6,9 +6,9 @@
 #include <algorithm>
 #include <cstring>
 
-#include "simd_avx2.h"
 #include "simd_avx512.h"
 #include "simd_blocks.h"
+#include "vec_paths.h"
 
 namespace fastsample::cpu {
 namespace {
@@ -89,7 +89,8 @@ __attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float*
 #endif
 
 // One block of online_bracket_pass, after its stats (xb padded to kPassBlock past `real` tokens): adds to
-// st.sum, fills sums and gathers into g; w is scratch. AVX-512 keeps the weights in registers.
+// st.sum, fills sums and gathers into g; w is scratch. AVX-512 keeps the weights in registers, the paths of
+// vec_paths.h in a buffer of their own.
 inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
                                 OnlinePass& st, float* sums, PassGather& g, float* w) {
 #if FS_X86_GCC
@@ -97,33 +98,36 @@ inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, floa
     st.sum += weigh_bracket_block_avx512<false>(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
     return;
   }
-  if (use_avx2() && weighable(st, is_exp)) {
-    st.sum += bracket_block_avx2(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
+#endif
+  if (const VecPath* vp = vec_path(); vp != nullptr && weighable(st, is_exp)) {
+    st.sum += vp->bracket_block(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
     return;
   }
-#endif
   st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
   bracket_block(xb, w, kPassBlock, real, br, sums, g);
 }
 
-// The same block in one AVX-512 read (logits with a reference), its max taken alongside: the separate
-// stats loop cost as much as an eighth of the pass. Sets bmax. False, with g.count possibly advanced and
-// nothing else changed, where it cannot run or its block must be weighed again (as in online_pass).
+// The same block in one read (logits with a reference, on AVX-512 or a path of vec_paths.h), its max taken
+// alongside: the separate stats loop cost as much as an eighth of the pass. Sets bmax. False, with g.count
+// possibly advanced and nothing else changed, where it cannot run or its block must be weighed again (as
+// in online_pass).
 inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
                                 OnlinePass& st, float* sums, PassGather& g, float& bmax) {
-#if FS_X86_GCC
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-  const float s = use_avx512()
-                      ? weigh_bracket_block_avx512<true>(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen)
-                      : bracket_block_avx2(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
+  float s;
+#if FS_X86_GCC
+  if (use_avx512()) {
+    s = weigh_bracket_block_avx512<true>(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
+  } else
+#endif
+  {
+    s = vec_path()->bracket_block(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
+  }
   if (!fused_block_stands(seen, is_exp, st)) return false;
   st.sum += s;
   bmax = seen.max;
   return true;
-#else
-  return false;
-#endif
 }
 
 }  // namespace

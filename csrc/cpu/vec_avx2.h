@@ -30,9 +30,11 @@ struct Avx2 {
   static void store_first(float* p, M lanes, F v) { _mm256_maskstore_ps(p, _mm256_castps_si256(lanes), v); }
 
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F add_where(F acc, M m, F v) { return _mm256_add_ps(acc, keep(m, v)); }  // acc + v where m, else acc
   static F keep(M m, F v) { return _mm256_and_ps(m, v); }  // v where m, else 0
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }  // a where m, else b
   static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
+  static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
   static M nan(F v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static M both(M a, M b) { return _mm256_and_ps(a, b); }
   static M either(M a, M b) { return _mm256_or_ps(a, b); }
@@ -80,25 +82,39 @@ struct Avx2 {
   // Writes v's lanes set in `bits` to dst, packed, and returns how many: all 8 lanes are stored (dst needs
   // room for 8), the chosen ones first, by a permutation looked up from the mask.
   static int compress_store(float* dst, uint32_t bits_set, F v) {
-    _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, compress_index(bits_set)));
+    _mm256_storeu_ps(dst, _mm256_permutevar8x32_ps(v, compress_permutation(bits_set)));
     return __builtin_popcount(bits_set);
+  }
+  // Writes base + l for each lane l set in `bits_set` to dst, packed: all 8 slots are stored (dst needs room
+  // for 8), from the same table's lane numbers widened to int64.
+  static void compress_index(int64_t* dst, uint32_t bits_set, int64_t base) {
+    const uint64_t packed = kCompressLanes.packed[bits_set];
+    const __m256i at = _mm256_set1_epi64x(base);
+    const __m256i low = _mm256_cvtepu8_epi64(_mm_cvtsi64_si128(static_cast<int64_t>(packed)));
+    const __m256i high = _mm256_cvtepu8_epi64(_mm_cvtsi64_si128(static_cast<int64_t>(packed >> 32)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm256_add_epi64(low, at));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 4), _mm256_add_epi64(high, at));
   }
 
  private:
-  // The permutation that packs the lanes set in an 8-bit mask: their indices in order, a byte each, from a
-  // table of 256 words (pdep/pext would do without it, but are microcoded on AMD before Zen 3).
-  static __m256i compress_index(uint32_t bits_set) {
-    static constexpr auto kTable = [] {
-      struct { uint64_t packed[256]; } t{};
-      for (uint32_t m = 0; m < 256; ++m) {
-        int at = 0;
-        for (uint32_t l = 0; l < 8; ++l) {
-          if (m >> l & 1u) t.packed[m] |= static_cast<uint64_t>(l) << (8 * at++);
-        }
+  // For each 8-bit mask, the indices of its set lanes in order, a byte each (pdep/pext would do without a
+  // table, but are microcoded on AMD before Zen 3).
+  struct CompressTable {
+    uint64_t packed[256];
+  };
+  static constexpr CompressTable kCompressLanes = [] {
+    CompressTable t{};
+    for (uint32_t m = 0; m < 256; ++m) {
+      int at = 0;
+      for (uint32_t l = 0; l < 8; ++l) {
+        if (m >> l & 1u) t.packed[m] |= static_cast<uint64_t>(l) << (8 * at++);
       }
-      return t;
-    }();
-    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(kTable.packed[bits_set])));
+    }
+    return t;
+  }();
+  // The permutation that packs the lanes set in an 8-bit mask.
+  static __m256i compress_permutation(uint32_t bits_set) {
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(kCompressLanes.packed[bits_set])));
   }
 };
 

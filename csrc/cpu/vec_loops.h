@@ -1,11 +1,12 @@
-// The hot loops written once over a vector type V (vec_avx2.h: 8 lanes; the AVX-512 path keeps its own
-// 16-lane loops in simd_blocks.h and top_p_bracket.cpp, not yet moved onto V). Each is instantiated in a
-// file compiled for V's instruction set (simd_avx2.cpp) and reached through simd_isa.h.
+// The hot loops written once over a vector type V (vec_avx2.h: 8 lanes, vec_neon.h: 4; the AVX-512 path keeps
+// its own 16-lane loops in simd_blocks.h and top_p_bracket.cpp, not yet moved onto V). Each is instantiated
+// in a file compiled for V's instruction set (simd_avx2.cpp, simd_neon.cpp) and reached through the table
+// of vec_paths.h.
 //
 // V provides: F (a vector of kWidth floats) and M (a lane mask); set1, zero, load, store, first(rem),
-// all(), none(), load_first / store_first (masked), add, keep(m, v), select(m, a, b), ge, nan, both, either, but_not, bits,
-// max_seen / min_seen (a NaN in the new value leaves the running one), exp<kTheta>, the folds sum, max,
-// min, and compress_store.
+// all(), none(), load_first / store_first (masked), add, add_where(acc, m, v), keep(m, v), select(m, a, b),
+// ge, lt, nan, both, either, but_not, bits, max_seen / min_seen (a NaN in the new value leaves the running
+// one), exp<kTheta>, the folds sum, max, min, and compress_store / compress_index.
 #pragma once
 #include <cstdint>
 
@@ -82,34 +83,56 @@ SpanStats span_stats(const float* x, int64_t n) {
   return {mx, mn, has_nan};
 }
 
-// One block of the top-p bracket pass (top_p_bracket.cpp), weights kept in registers: sums[j] = weight of
-// the tokens with x >= edges[j], the central region's values (first `real` tokens only) compressed into
-// g, and the block's weight sum returned. len is a multiple of 2 * kWidth. kSee: the block max and
-// whether it may hold NaN into *seen (min not taken), as weigh_bracket_block_avx512.
+// One block of the top-p bracket pass (top_p_bracket.cpp): sums[j] = weight of the tokens with
+// x >= edges[j], the central region's values (first `real` tokens only) compressed into g, and the block's
+// weight sum returned. len is a multiple of kWidth, at most kPassBlock. kSee: the block max and whether it
+// may hold NaN into *seen (min not taken), as weigh_bracket_block_avx512.
+// Logits take two loops over the block: the exps first, into a buffer that stays in L1 (two vectors a
+// step, as exp_weights), then the edges' sums and the gather from it. Fused into one loop, the exp's
+// constants, the edges and their sums need more registers than AVX2 has, and the spills cost more than
+// the buffer. Probs are their own weights: the second loop alone.
 template <class V, bool kSee>
 float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, float ref, float inv_t, const Bracket& br,
                     float* sums, PassGather& g, SpanStats* seen) {
   using F = typename V::F;
   constexpr int64_t kW = V::kWidth;
+  float buf[kPassBlock];
+  const float* w = xb;
+  F vmax = V::set1(-kInf);
+  if (is_exp) {
+    const F vref = V::set1(ref), vinv = V::set1(inv_t), no_theta = V::set1(-kInf);
+    int64_t i = 0;
+    for (; i + 2 * kW <= len; i += 2 * kW) {
+      const F v0 = V::load(xb + i), v1 = V::load(xb + i + kW);
+      if constexpr (kSee) vmax = V::max_seen(v1, V::max_seen(v0, vmax));
+      V::store(buf + i, V::template exp<false>(v0, V::all(), vref, vinv, no_theta));
+      V::store(buf + i + kW, V::template exp<false>(v1, V::all(), vref, vinv, no_theta));
+    }
+    for (; i < len; i += kW) {
+      const F v = V::load(xb + i);
+      if constexpr (kSee) vmax = V::max_seen(v, vmax);
+      V::store(buf + i, V::template exp<false>(v, V::all(), vref, vinv, no_theta));
+    }
+    w = buf;
+  } else if constexpr (kSee) {
+    for (int64_t i = 0; i < len; i += kW) vmax = V::max_seen(V::load(xb + i), vmax);
+  }
   F acc[kBracketEdges], edge[kBracketEdges];
   for (int j = 0; j < kBracketEdges; ++j) {
     acc[j] = V::zero();
     edge[j] = V::set1(br.edges[j]);
   }
-  const F vref = V::set1(ref), vinv = V::set1(inv_t), no_theta = V::set1(-kInf);
-  F total = V::zero(), vmax = no_theta;
+  F total = V::zero();
   int64_t count = g.count;
   float* const values = g.values;  // locals: the stores below could alias g's fields for all GCC knows
   const int64_t capacity = g.capacity;
   for (int64_t i = 0; i < len; i += kW) {
-    const F v = V::load(xb + i);
-    if constexpr (kSee) vmax = V::max_seen(v, vmax);
-    const F wv = is_exp ? V::template exp<false>(v, V::all(), vref, vinv, no_theta) : v;
+    const F v = V::load(xb + i), wv = V::load(w + i);
     total = V::add(total, wv);
     typename V::M ge[kBracketEdges];
     for (int j = 0; j < kBracketEdges; ++j) {
       ge[j] = V::ge(v, edge[j]);
-      acc[j] = V::add(acc[j], V::keep(ge[j], wv));
+      acc[j] = V::add_where(acc[j], ge[j], wv);
     }
     const int64_t rem = real - i;
     uint32_t central = V::bits(V::but_not(ge[kCentralLow], ge[kCentralHigh]));
@@ -121,6 +144,33 @@ float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, flo
   const float s = V::sum(total);
   if constexpr (kSee) *seen = {V::max(vmax), kInf, s != s};
   return s;
+}
+
+// Appends the tokens of x[0, n) with lo <= x < hi (index base + position) to values / indices from entry k
+// on, in index order, and returns the new count: a compare and a compress per vector, no branch per token
+// (they are few and spread at random). Each step writes kWidth entries past the count: the buffers need
+// room for the gathered tokens plus kWidth.
+template <class V>
+int64_t gather_span(const float* x, int64_t n, int64_t base, float lo, float hi, float* values, int64_t* indices,
+                    int64_t k) {
+  using F = typename V::F;
+  constexpr int64_t kW = V::kWidth;
+  const F vlo = V::set1(lo), vhi = V::set1(hi);
+  int64_t i = 0;
+  for (; i + kW <= n; i += kW) {
+    const F v = V::load(x + i);
+    const uint32_t in = V::bits(V::both(V::ge(v, vlo), V::lt(v, vhi)));
+    V::compress_index(indices + k, in, base + i);
+    k += V::compress_store(values + k, in, v);
+  }
+  if (i < n) {  // the tail: lanes past the end read 0 and are left out
+    const auto lanes = V::first(n - i);
+    const F v = V::load_first(x + i, lanes);
+    const uint32_t in = V::bits(V::both(lanes, V::both(V::ge(v, vlo), V::lt(v, vhi))));
+    V::compress_index(indices + k, in, base + i);
+    k += V::compress_store(values + k, in, v);
+  }
+  return k;
 }
 
 }  // namespace fastsample::cpu::vec
