@@ -1,8 +1,9 @@
 """The stack sampler (fastsample.sample_stack, docs/ops.md "sample_stack") against tests/oracle.py.
 
-Backends: "cpu" (C++), "torch" (reference_stack.py) and "triton" (triton/stack_sampler.py, run by the
-interpreter on CPU tensors here, so its tests use vocabularies of at most 1000 tokens). The CUDA route is
-tested at the end.
+Backends: "cpu" (C++), "torch" (reference_stack.py), "triton" (triton/stack_sampler.py, run by the
+interpreter on CPU tensors here, so its tests use vocabularies of at most 1000 tokens) and "cuda"
+(stack_cuda.py over the CUDA kernels: on a GPU only; its composition is also tested on the CPU with a
+stand-in for the kernel). The CUDA route is tested at the end.
 """
 import math
 
@@ -21,8 +22,25 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LOGPROB_TOL = dict(atol=3e-5, rtol=1e-5)
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
+CUDA_KERNELS = torch.cuda.is_available() and _ops.AVAILABLE and fastsample.stack_cuda.available()
+
+
+def _on_gpu(fn):
+    """sample_stack with its tensor arguments moved to the GPU and its results moved back."""
+    def call(*args, **kwargs):
+        move = lambda v: v.cuda() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        out = fn(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
+        return type(out)(*(None if t is None else t.cpu() for t in out))
+
+    return call
+
+
+@pytest.fixture(params=[*BACKENDS, pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and fastsample._C built with its CUDA "
+                                                                 "kernels")])])
+def backend(request, monkeypatch):
+    if request.param == "cuda":
+        monkeypatch.setattr(fastsample, "sample_stack", _on_gpu(fastsample.sample_stack))
     return request.param
 
 
@@ -336,19 +354,58 @@ def test_negative_penalties_and_bad_tensor_entries(backend):
     assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
 
 
-def test_cuda_route_is_triton_by_default_and_an_error_when_asked_for(monkeypatch):
-    """There is no CUDA C++ kernel of sample_stack: CUDA tensors go to the Triton kernels when no backend is
-    named (docs/ops.md), and backend="cuda" is a NotImplementedError, never a silent fallback. No GPU here, so
+def test_cuda_route(monkeypatch):
+    """CUDA tensors take the CUDA C++ kernels (stack_cuda.py) when the extension has them, else Triton when no
+    backend is named; backend="cuda" without them is a RuntimeError, never a silent fallback. No GPU here, so
     the device is faked by making the backend resolution answer "cuda"."""
-    from fastsample import stack
+    from fastsample import stack, stack_cuda
 
     monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
     monkeypatch.delenv("FASTSAMPLE_BACKEND", raising=False)
     x = torch.randn(2, 40)
-    assert not torch._C._dispatch_has_kernel_for_dispatch_key("fastsample::sample_stack", "CUDA")
+    monkeypatch.setattr(stack_cuda, "available", lambda: False)
     assert stack._backend(x, None).__name__ == "fastsample.triton.stack_sampler"
-    with pytest.raises(NotImplementedError, match="backend='triton'"):
+    with pytest.raises(RuntimeError, match="backend='triton'"):
         stack._backend(x, "cuda")
+    monkeypatch.setattr(stack_cuda, "available", lambda: True)
+    assert stack._backend(x, None) is stack_cuda and stack._backend(x, "cuda") is stack_cuda
+
+
+def _kernel_stand_in(x, mask, bias_ids, bias_values, prompt, output, rep_arr, rep_val, freq_arr, freq_val, pres_arr,
+                     pres_val):
+    """What the CUDA kernels of stack_processed_logits compute, from reference_stack's steps 1-3 (CPU tensors)."""
+    from fastsample.reference import _per_row_tensor
+    from fastsample.reference_stack import processed_logits
+
+    param = lambda arr, val: _per_row_tensor(arr, val, x.shape[0], torch.float32, x.device)  # noqa: E731
+    rep, freq, pres = param(rep_arr, rep_val), param(freq_arr, freq_val), param(pres_arr, pres_val)
+    y, bad = processed_logits(x.float(), mask, bias_ids, bias_values, prompt, output, rep, freq, pres)
+    ok = (rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite() & ~x.isnan().any(dim=1)
+    return y, bad | ~ok
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05),
+                                dict(temperature=0.0), dict(order="vllm", top_p=0.8, min_p=0.1, num_samples=2,
+                                                            logprobs="processed", top_logprobs=3)])
+def test_cuda_composition_on_cpu_with_a_kernel_stand_in(monkeypatch, kw):
+    """stack_cuda.py's steps 4-7 (the `sample` op's fused path, or the torch steps) and its use of the kernel's
+    invalid-row flags, run on the CPU with a stand-in for the CUDA kernel; the kernel itself runs on a GPU only."""
+    from fastsample import stack, stack_cuda
+
+    monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
+    monkeypatch.setattr(stack_cuda, "available", lambda: True)
+    monkeypatch.setattr(stack_cuda, "_processed_logits", _kernel_stand_in)
+    flips = total = 0
+    for i, steps in enumerate(STEPS):
+        x, args = _case(12, 300, seed=40 + i, **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
+        x[3, 7] = float("nan")
+        if steps[2]:
+            args["repetition_penalty"] = torch.tensor([1.3] * 11 + [0.0])
+        f, n = _run_and_check("cuda", x, args, f"cuda composition {steps} {kw}", **kw)
+        got = fastsample.sample_stack(x, **args, **kw, seed=1, backend="cuda")
+        assert (got.tokens[3] == -1).all() and (not steps[2] or (got.tokens[11] == -1).all())
+        flips, total = flips + f, total + n
+    assert_rare(flips, total, "cuda composition")
 
 
 # ---------------------------------------------------------------------------------- registration, compile
