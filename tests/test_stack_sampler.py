@@ -455,8 +455,10 @@ def test_empty_batch_and_one_token_vocab(backend):
 # ------------------------------------------------------------------------------------ GPU (skipped here)
 # The Triton interpreter cannot run on fake tensors, so tracing the Triton op is checked on a GPU only.
 @pytest.mark.gpu
+@pytest.mark.parametrize("gpu_backend", ["triton", pytest.param("cuda", marks=pytest.mark.skipif(
+    not CUDA_KERNELS, reason="fastsample._C built without its CUDA kernels"))])
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
+def test_gpu_compile_fullgraph_and_cuda_graph_match_eager(gpu_backend):
     x, args = _case(4, 32000, seed=12)
     x, args = x.cuda(), {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     seed, offset = torch.arange(4, device="cuda") + 100, torch.zeros(4, dtype=torch.int64, device="cuda")
@@ -464,7 +466,7 @@ def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
     def step(x, seed, offset):
         return tuple(fastsample.sample_stack(x, **args, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05,
                                              num_samples=2, logprobs="processed", top_logprobs=3, seed=seed,
-                                             offset=offset, backend="triton"))
+                                             offset=offset, backend=gpu_backend))
 
     eager = step(x, seed, offset)
     want = _oracle(x.cpu(), {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in args.items()},
@@ -481,3 +483,16 @@ def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
     torch.cuda.synchronize()
     for got, ref in zip(captured, eager):
         assert torch.equal(got, ref) or torch.allclose(got, ref, equal_nan=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and fastsample._C built with its CUDA kernels")
+def test_gpu_opcheck_of_the_cuda_overrides_op():
+    x, args = _case(3, 70, seed=1)
+    cuda = lambda t: t.cuda() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    op = torch.ops.fastsample.stack_processed_logits.default
+    for dtype in DTYPES:
+        torch.library.opcheck(op, tuple(map(cuda, (
+            x.to(dtype), args["allowed_mask"], args["bias_ids"], args["bias_values"], args["prompt_ids"],
+            args["output_ids"], None, 1.2, torch.tensor([0.1, 0.0, 0.3]), 0.0, None, 0.1))))
+    torch.library.opcheck(op, (x.cuda(), None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0))
