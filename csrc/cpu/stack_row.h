@@ -1,8 +1,8 @@
 // Pieces of the CPU stack sampler (stack_sampler.cpp, docs/ops.md "sample_stack") that see one row.
 //
 // The grammar mask, the logit bias and the penalties never produce a modified copy of the logits: a row's
-// bias and history ids are first resolved into a table of overrides (token id -> its summed bias, count and
-// seen flag, O(L) for L ids), and every pass over the row rebuilds the processed logits of one
+// bias and history ids are first resolved into a short list of overrides (token id -> its processed logit,
+// sorted by id, O(L + V / kStackBlock) for L ids), and every pass over the row rebuilds the processed logits of one
 // block of kStackBlock tokens at a time in a per-thread scratch: x where the mask allows, -inf elsewhere,
 // then the overrides that fall into the block. Exactness: a processed logit is the float32 rounding of the
 // float64 formula of docs/ops.md, the same number in every pass and in the reference.
@@ -46,62 +46,63 @@ inline float override_logit(const Override& o, float x, const Penalties& pen) {
   return static_cast<float>(z);
 }
 
-// A row's bias, prompt and output ids resolved into one override per token, O(L) for L listed ids: a
-// per-thread slot index over the vocabulary (int32, -1 = no override) finds a token's entry, and a bitmap
-// of the vocabulary marks the overridden tokens so that a pass finds those of a 64-token word with one load.
-// Both stay allocated per thread across rows and calls (O(V) once), and only the entries a row touched are
-// reset (by `clear`, also on the early returns: the destructor of the row's Resolved calls it).
-class OverrideTable {
- public:
-  // Fills the table from the lists; returns false when an id lies outside [-1, V) (the row is then invalid).
-  bool resolve(const IdList& bias, const IdList& prompt, const IdList& output, int64_t vocab) {
-    clear();
-    if (static_cast<int64_t>(slot_.size()) < vocab) {
-      slot_.assign(vocab, -1);
-      bits_.assign((vocab + 63) / 64, 0);
-    }
-    return add(bias, 0, vocab) && add(prompt, 1, vocab) && add(output, 2, vocab);
-  }
-  void clear() {
-    for (const Override& o : entries_) {
-      slot_[o.id] = -1;
-      bits_[o.id / 64] = 0;
-    }
-    entries_.clear();
-  }
-  // The overridden tokens among [64 w, 64 w + 64): bit i = token 64 w + i.
-  uint64_t word(int64_t w) const { return bits_[w]; }
-  const Override& at(int64_t id) const { return entries_[slot_[id]]; }
-  bool empty() const { return entries_.empty(); }
+// Resolves a row's bias, prompt and output ids into overrides sorted by id, one per token.
+// Returns false when an id lies outside [-1, V) (the row is then invalid).
+// The buffers of resolve_overrides, kept per thread across rows (fresh pages for every row cost more than the work).
+struct ResolveScratch {
+  std::vector<Override> entries, sorted;
+  std::vector<int32_t> start, next;
+};
 
- private:
-  // kind 0: bias (values added, in list order), 1: prompt (seen), 2: output (seen, counted).
-  bool add(const IdList& list, int kind, int64_t vocab) {
+inline bool resolve_overrides(const IdList& bias, const IdList& prompt, const IdList& output, int64_t vocab,
+                              ResolveScratch& scratch, std::vector<Override>& out) {
+  using Entry = Override;
+  std::vector<Entry>& entries = scratch.entries;
+  entries.clear();
+  entries.reserve(bias.len + prompt.len + output.len);
+  auto add = [&](const IdList& list, int kind) {
     for (int64_t j = 0; j < list.len; ++j) {
       const int64_t id = list.ids[j];
       if (id == -1) continue;
       if (id < -1 || id >= vocab) return false;
-      int32_t& slot = slot_[id];
-      if (slot < 0) {
-        slot = static_cast<int32_t>(entries_.size());
-        entries_.push_back({id, 0.0, 0, false});
-        bits_[id / 64] |= uint64_t{1} << (id % 64);
-      }
-      Override& o = entries_[slot];
-      if (kind == 0) {
-        o.bias += static_cast<double>(list.values[j]);
-      } else {
-        o.seen = true;
-        o.count += kind == 2;
-      }
+      entries.push_back({id, kind == 0 ? static_cast<double>(list.values[j]) : 0.0, kind == 2, kind != 0});
     }
     return true;
+  };
+  out.clear();
+  if (!add(bias, 0) || !add(prompt, 1) || !add(output, 2)) return false;
+  // Counting sort by block (O(L + V / kStackBlock), where a comparison sort of a 1k-token history cost as
+  // much as the pass over the logits), then a short sort inside each block.
+  const int64_t blocks = (vocab + kStackBlock - 1) / kStackBlock;
+  std::vector<int32_t>& start = scratch.start;
+  start.assign(blocks + 1, 0);
+  for (const Entry& e : entries) ++start[e.id / kStackBlock + 1];
+  for (int64_t b = 0; b < blocks; ++b) start[b + 1] += start[b];
+  std::vector<Entry>& sorted = scratch.sorted;
+  sorted.resize(entries.size());
+  scratch.next.assign(start.begin(), start.end() - 1);
+  for (const Entry& e : entries) sorted[scratch.next[e.id / kStackBlock]++] = e;
+  auto by_id = [](const Entry& a, const Entry& b) { return a.id < b.id; };
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (start[b + 1] - start[b] > 16) {  // a history crowded into one block: no quadratic insertion sort
+      std::sort(sorted.begin() + start[b], sorted.begin() + start[b + 1], by_id);
+      continue;
+    }
+    for (int32_t i = start[b] + 1; i < start[b + 1]; ++i) {
+      for (int32_t j = i; j > start[b] && sorted[j - 1].id > sorted[j].id; --j) std::swap(sorted[j - 1], sorted[j]);
+    }
   }
-
-  std::vector<int32_t> slot_;
-  std::vector<uint64_t> bits_;
-  std::vector<Override> entries_;
-};
+  for (size_t j = 0; j < sorted.size();) {
+    Entry e = sorted[j];
+    for (++j; j < sorted.size() && sorted[j].id == e.id; ++j) {
+      e.bias += sorted[j].bias;
+      e.count += sorted[j].count;
+      e.seen = e.seen || sorted[j].seen;
+    }
+    out.push_back(e);
+  }
+  return true;
+}
 
 // The items >= the m-th largest value seen (ties at the boundary all kept), collected while a pass streams
 // by: a push compares with a threshold that only rises, so after the first blocks few tokens get in.

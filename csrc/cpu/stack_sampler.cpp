@@ -53,16 +53,17 @@ struct RowSource {
   const T* x;
   const uint32_t* mask;  // null: all allowed
   int64_t vocab;
-  const OverrideTable& overrides;
+  const std::vector<Override>& overrides;
   const Penalties& pen;
   bool override_nan = false;  // an allowed override token's processed logit was NaN
   bool x_nan = false;         // a raw logit was NaN
+  size_t cursor = 0;          // the first override at or after the last block's start
   float xbuf[kStackBlock], ybuf[kStackBlock];
 
   bool allowed(int64_t i) const { return !mask || ((mask[i / 32] >> (i % 32)) & 1u); }
 
-  // y of tokens [lo, lo + n) (lo a multiple of kStackBlock); xf receives the block's raw logits as float,
-  // sub_max the maxima of y's sub-blocks; x_nan records a NaN in the raw logits.
+  // y of tokens [lo, lo + n); xf receives the block's raw logits as float, sub_max the maxima of y's
+  // sub-blocks; x_nan records a NaN in the raw logits.
   const float* block(int64_t lo, int64_t n, const float*& xf, float* sub_max) {
     if constexpr (std::is_same_v<T, float>) {
       xf = x + lo;
@@ -70,40 +71,35 @@ struct RowSource {
       for (int64_t i = 0; i < n; ++i) xbuf[i] = to_float(x[lo + i]);
       xf = xbuf;
     }
-    static_assert(kStackBlock % 64 == 0, "a block holds whole bitmap words");
-    const int64_t w0 = lo / 64, words = (n + 63) / 64;
-    uint64_t any = 0;
-    for (int64_t w = 0; w < words; ++w) any |= overrides.word(w0 + w);
+    // Passes read blocks in order: the cursor moves forward, a jump back (a draw) searches again.
+    if (cursor > 0 && overrides[cursor - 1].id >= lo) cursor = 0;
+    while (cursor < overrides.size() && overrides[cursor].id < lo) ++cursor;
+    auto it = overrides.begin() + cursor;
+    const bool touched = it != overrides.end() && it->id < lo + n;
     if (mask) {
       masked_block(xf, mask + lo / 32, n, ybuf, sub_max, x_nan);
     } else {
       block_stats(xf, n, sub_max, x_nan);
-      if (!any) return xf;
+      if (!touched) return xf;
       std::copy(xf, xf + n, ybuf);
     }
-    for (int64_t w = 0; any && w < words; ++w) {
-      for (uint64_t bits = overrides.word(w0 + w); bits; bits &= bits - 1) {
-        apply(64 * w + __builtin_ctzll(bits), lo, n, xf, sub_max);
+    for (; it != overrides.end() && it->id < lo + n; ++it) {
+      if (!allowed(it->id)) continue;
+      const int64_t i = it->id - lo;
+      const float y = override_logit(*it, xf[i], pen), before = ybuf[i];
+      override_nan = override_nan || y != y;
+      ybuf[i] = y;
+      const int64_t s = i / kSubBlock;
+      if (!(before == sub_max[s] && y < before)) {
+        sub_max[s] = y > sub_max[s] ? y : sub_max[s];
+        continue;
       }
+      // The override lowered the sub-block's max token (rare): take that sub-block's max again.
+      float m = -kInf;
+      for (int64_t k = s * kSubBlock; k < std::min(n, (s + 1) * kSubBlock); ++k) m = ybuf[k] > m ? ybuf[k] : m;
+      sub_max[s] = m;
     }
     return ybuf;
-  }
-
-  // Writes the processed logit of override token lo + i into ybuf[i], keeping sub_max right.
-  void apply(int64_t i, int64_t lo, int64_t n, const float* xf, float* sub_max) {
-    if (!allowed(lo + i)) return;
-    const float y = override_logit(overrides.at(lo + i), xf[i], pen), before = ybuf[i];
-    override_nan = override_nan || y != y;
-    ybuf[i] = y;
-    const int64_t s = i / kSubBlock;
-    if (!(before == sub_max[s] && y < before)) {
-      sub_max[s] = y > sub_max[s] ? y : sub_max[s];
-      return;
-    }
-    // The override lowered the sub-block's max token (rare): take that sub-block's max again.
-    float m = -kInf;
-    for (int64_t k = s * kSubBlock; k < std::min(n, (s + 1) * kSubBlock); ++k) m = ybuf[k] > m ? ybuf[k] : m;
-    sub_max[s] = m;
   }
 
   // f(lo, n, y, xf, sub_max) for every block, in order.
@@ -199,12 +195,9 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   const bool params_ok = a.temperature >= 0.0f && a.temperature < kInf && a.top_p >= 0.0f && a.top_p <= 1.0f &&
                          a.min_p >= 0.0f && a.min_p <= 1.0f && pen.repetition > 0 && std::isfinite(pen.repetition) &&
                          std::isfinite(pen.frequency) && std::isfinite(pen.presence);
-  thread_local OverrideTable overrides;
-  struct Reset {  // the table holds only this row's entries, whichever way the row returns
-    OverrideTable& t;
-    ~Reset() { t.clear(); }
-  } reset{overrides};
-  if (!params_ok || !overrides.resolve(bias, prompt, output, vocab)) return invalid();
+  thread_local ResolveScratch scratch;
+  thread_local std::vector<Override> overrides;
+  if (!params_ok || !resolve_overrides(bias, prompt, output, vocab, scratch, overrides)) return invalid();
   RowSource<T> src{x, mask, vocab, overrides, pen};
 
   // Pass 1: row max, NaN, the top-k (or top-N) collector, raw stats.
