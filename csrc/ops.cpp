@@ -48,8 +48,9 @@ TORCH_LIBRARY(fastsample, m) {
       "Tensor offset, int logprobs_mode, int top_n) -> (Tensor tokens, Tensor logprobs, Tensor ranks, "
       "Tensor top_ids, Tensor top_logprobs)");
   // Steps 1-3 of sample_stack (mask -> bias -> penalties) as processed float32 logits [B, V], and bool [B]: rows
-  // that are invalid whatever follows (an id outside [-1, V), a NaN logit, a penalty out of range). CUDA only:
-  // the CUDA route of sample_stack (fastsample/stack_cuda.py) composes it with `sample`.
+  // that are invalid whatever follows (an id outside [-1, V), a NaN logit, a penalty out of range). The CUDA
+  // route of sample_stack (fastsample/stack_cuda.py) composes it with `sample`; its CPU kernel lets that route
+  // be tested without a GPU (the CPU sampler itself is fused and never builds this copy).
   m.def(
       "stack_processed_logits(Tensor logits, Tensor? allowed_mask, Tensor? bias_ids, Tensor? bias_values, "
       "Tensor? prompt_ids, Tensor? output_ids, Tensor? repetition_arr, float repetition_val, "

@@ -371,30 +371,17 @@ def test_cuda_route(monkeypatch):
     assert stack._backend(x, None) is stack_cuda and stack._backend(x, "cuda") is stack_cuda
 
 
-def _kernel_stand_in(x, mask, bias_ids, bias_values, prompt, output, rep_arr, rep_val, freq_arr, freq_val, pres_arr,
-                     pres_val):
-    """What the CUDA kernels of stack_processed_logits compute, from reference_stack's steps 1-3 (CPU tensors)."""
-    from fastsample.reference import _per_row_tensor
-    from fastsample.reference_stack import processed_logits
-
-    param = lambda arr, val: _per_row_tensor(arr, val, x.shape[0], torch.float32, x.device)  # noqa: E731
-    rep, freq, pres = param(rep_arr, rep_val), param(freq_arr, freq_val), param(pres_arr, pres_val)
-    y, bad = processed_logits(x.float(), mask, bias_ids, bias_values, prompt, output, rep, freq, pres)
-    ok = (rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite() & ~x.isnan().any(dim=1)
-    return y, bad | ~ok
-
-
 @pytest.mark.parametrize("kw", [dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05),
                                 dict(temperature=0.0), dict(order="vllm", top_p=0.8, min_p=0.1, num_samples=2,
                                                             logprobs="processed", top_logprobs=3)])
-def test_cuda_composition_on_cpu_with_a_kernel_stand_in(monkeypatch, kw):
-    """stack_cuda.py's steps 4-7 (the `sample` op's fused path, or the torch steps) and its use of the kernel's
-    invalid-row flags, run on the CPU with a stand-in for the CUDA kernel; the kernel itself runs on a GPU only."""
+def test_cuda_composition_on_cpu(monkeypatch, kw):
+    """stack_cuda.py (stack_processed_logits, then the `sample` op's fused path or the torch steps, and the
+    invalid-row flags) run on CPU tensors, where both ops have CPU kernels; on a GPU the `backend` fixture's
+    "cuda" runs every test of this file through the CUDA kernels."""
     from fastsample import stack, stack_cuda
 
     monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
     monkeypatch.setattr(stack_cuda, "available", lambda: True)
-    monkeypatch.setattr(stack_cuda, "_processed_logits", _kernel_stand_in)
     flips = total = 0
     for i, steps in enumerate(STEPS):
         x, args = _case(12, 300, seed=40 + i, **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
@@ -406,6 +393,35 @@ def test_cuda_composition_on_cpu_with_a_kernel_stand_in(monkeypatch, kw):
         assert (got.tokens[3] == -1).all() and (not steps[2] or (got.tokens[11] == -1).all())
         flips, total = flips + f, total + n
     assert_rare(flips, total, "cuda composition")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not CUDA_KERNELS, reason="needs a GPU and fastsample._C built with its CUDA kernels")])])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_processed_logits_op_equals_the_transcription(device, dtype):
+    """stack_processed_logits (the first op of the CUDA route) bit for bit against the float64 transcription
+    rounded to float32 once, with its invalid-row flags (NaN logit, out-of-range id, r <= 0)."""
+    gen = torch.Generator().manual_seed(21)
+    rows, vocab = 6, 1000
+    x = make_logits(rows, vocab, "flat", 21).to(dtype)
+    mask = _rand_mask(rows, vocab, gen, allow=0.7)
+    bias_ids, prompt, output = _ids(rows, 5, vocab, gen), _ids(rows, 40, vocab, gen), _ids(rows, 30, vocab, gen)
+    output[3, :4] = vocab - 1
+    bias_ids[3, :3] = 7  # a repeated bias id: its values add up
+    bias_values = torch.randn(rows, 5, generator=gen)
+    x[4, 9] = float("nan")
+    prompt[5, 0] = vocab  # out of range: an invalid row
+    rep = torch.tensor([1.5, 1.5, 0.0, 1.5, 1.5, 1.5])
+    dev = lambda t: t.to(device)  # noqa: E731
+    y, bad = torch.ops.fastsample.stack_processed_logits(
+        dev(x), dev(mask), dev(bias_ids), dev(bias_values), dev(prompt), dev(output), dev(rep), 0.0, None,
+        f32(0.3), None, f32(-0.7))
+    assert np64(bad).tolist() == [False, False, True, False, True, True]
+    in_range = np.where(np64(prompt) < vocab, np64(prompt), -1)
+    want = _transcription(np64(x.float()), np64(mask) & 0xFFFFFFFF, np64(bias_ids), np64(bias_values), in_range,
+                          np64(output), 1.5, f32(0.3), f32(-0.7)).astype(np.float32)
+    rows_ok = [0, 1, 3]  # row 2's penalty differs (r = 0), 4 holds the NaN, 5 the out-of-range id
+    np.testing.assert_array_equal(np64(y)[rows_ok], want[rows_ok])
 
 
 # ---------------------------------------------------------------------------------- registration, compile
