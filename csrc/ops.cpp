@@ -47,4 +47,13 @@ TORCH_LIBRARY(fastsample, m) {
       "float top_p_val, Tensor? min_p_arr, float min_p_val, bool vllm_order, int num_samples, Tensor seed, "
       "Tensor offset, int logprobs_mode, int top_n) -> (Tensor tokens, Tensor logprobs, Tensor ranks, "
       "Tensor top_ids, Tensor top_logprobs)");
+  // Steps 1-3 of sample_stack (mask -> bias -> penalties) as processed float32 logits [B, V], and bool [B]: rows
+  // that are invalid whatever follows (an id outside [-1, V), a NaN logit, a penalty out of range). The CUDA
+  // route of sample_stack (fastsample/stack_cuda.py) composes it with `sample`; its CPU kernel lets that route
+  // be tested without a GPU (the CPU sampler itself is fused and never builds this copy).
+  m.def(
+      "stack_processed_logits(Tensor logits, Tensor? allowed_mask, Tensor? bias_ids, Tensor? bias_values, "
+      "Tensor? prompt_ids, Tensor? output_ids, Tensor? repetition_arr, float repetition_val, "
+      "Tensor? frequency_arr, float frequency_val, Tensor? presence_arr, float presence_val) -> "
+      "(Tensor processed, Tensor bad)");
 }

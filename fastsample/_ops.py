@@ -128,3 +128,13 @@ if AVAILABLE:
                 logits.new_empty((lp_rows, num_samples), dtype=torch.int64),
                 logits.new_empty((batch, top_n), dtype=torch.int64),
                 logits.new_empty((batch, top_n), dtype=torch.float32))
+
+
+if AVAILABLE:
+
+    @torch.library.register_fake("fastsample::stack_processed_logits")
+    def _stack_processed_logits_fake(logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids,
+                                     repetition_arr, repetition_val, frequency_arr, frequency_val, presence_arr,
+                                     presence_val):
+        return (logits.new_empty(logits.shape, dtype=torch.float32),
+                logits.new_empty((logits.shape[0],), dtype=torch.bool))

@@ -3,8 +3,9 @@
 grammar bitmask -> logit bias -> repetition/frequency/presence penalties -> temperature (T = 0 greedy) ->
 min-p/top-k/top-p (HF or vLLM v1 order) -> n draws -> logprobs, ranks and top-N. Arguments are checked here
 on the host without reading tensor values; the backends implement the op `sample_stack`
-(fastsample/_ops.py: C++ CPU; fastsample/triton/stack_sampler.py: Triton; fastsample/reference_stack.py: pure
-torch). There is no CUDA C++ kernel: CUDA tensors go to Triton unless backend="cuda" is asked for, which raises.
+(fastsample/_ops.py: C++ CPU; fastsample/stack_cuda.py: CUDA C++; fastsample/triton/stack_sampler.py: Triton;
+fastsample/reference_stack.py: pure torch). CUDA tensors take the CUDA C++ kernels when the extension has them,
+else Triton (docs/design.md section 2).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _ops, _rng
+from . import _ops, _rng, stack_cuda
 from .backends import resolve_backend
 from .sampling import _check_matrix, _check_param, _filters
 
@@ -39,11 +40,12 @@ def _backend(x: Tensor, backend: str | None):
         from . import reference_stack
 
         return reference_stack
-    if name == "cpu" or (name == "cuda" and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "fastsample::sample_stack", "CUDA")):
+    if name == "cpu":
         if not _ops.AVAILABLE:
             raise RuntimeError(f"backend {name!r} needs the compiled extension fastsample._C ({_ops.IMPORT_ERROR})")
         return _ops
+    if name == "cuda" and _ops.AVAILABLE and stack_cuda.available():
+        return stack_cuda
     if name == "triton":
         from .triton import stack_sampler
 
@@ -52,8 +54,8 @@ def _backend(x: Tensor, backend: str | None):
         from .triton import stack_sampler  # the default route of CUDA tensors (docs/ops.md)
 
         return stack_sampler
-    raise NotImplementedError(f"sample_stack has no {name!r} kernel yet (it has 'cpu', 'triton' and 'torch'); pass "
-                              f"backend='triton' (or 'torch') to run it on {x.device}")
+    raise RuntimeError(f"backend {name!r} was requested but fastsample._C was built without CUDA kernels; pass "
+                       f"backend='triton' (or 'torch') to run sample_stack on {x.device}")
 
 
 def _ids(name: str, ids, batch: int, device: torch.device) -> Tensor | None:
@@ -124,8 +126,8 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
         the raw logits). Also returns each sampled token's rank under the same mode.
     top_logprobs : int N >= 0, the N most probable tokens per row under `logprobs` (needs `logprobs`).
     generator, seed, offset : random-number control (docs/design.md section 4).
-    backend : "cpu", "triton" or "torch". CUDA tensors run the Triton kernels by default; "cuda" (no CUDA C++
-        kernel yet) is a NotImplementedError.
+    backend : "cpu", "cuda", "triton" or "torch". CUDA tensors run the CUDA C++ kernels when the extension was
+        built with them, else the Triton kernels; "cuda" without them is a RuntimeError.
 
     Returns
     -------

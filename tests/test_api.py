@@ -434,6 +434,7 @@ def _opcheck_cases():
         # the stack sampler's own cases, with masks and histories, are in test_stack_sampler.py
         "sample_stack": [(logits, None, None, None, None, ids, None, 1.2, None, 0.1, None, 0.0, t_arr, NAN, k_arr, 0,
                           None, 0.9, None, 0.05, True, 2, seed, offset, 1, 3)],
+        "stack_processed_logits": [(logits, None, None, None, None, ids, None, 1.2, None, 0.1, None, 0.0)],
     }
 
 

@@ -1,8 +1,9 @@
 """The stack sampler (fastsample.sample_stack, docs/ops.md "sample_stack") against tests/oracle.py.
 
-Backends: "cpu" (C++), "torch" (reference_stack.py) and "triton" (triton/stack_sampler.py, run by the
-interpreter on CPU tensors here, so its tests use vocabularies of at most 1000 tokens). The CUDA route is
-tested at the end.
+Backends: "cpu" (C++), "torch" (reference_stack.py), "triton" (triton/stack_sampler.py, run by the
+interpreter on CPU tensors here, so its tests use vocabularies of at most 1000 tokens) and "cuda"
+(stack_cuda.py over the CUDA kernels: on a GPU only; its composition is also tested on the CPU with a
+stand-in for the kernel). The CUDA route is tested at the end.
 """
 import math
 
@@ -21,8 +22,25 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LOGPROB_TOL = dict(atol=3e-5, rtol=1e-5)
 
 
-@pytest.fixture(params=BACKENDS)
-def backend(request):
+CUDA_KERNELS = torch.cuda.is_available() and _ops.AVAILABLE and fastsample.stack_cuda.available()
+
+
+def _on_gpu(fn):
+    """sample_stack with its tensor arguments moved to the GPU and its results moved back."""
+    def call(*args, **kwargs):
+        move = lambda v: v.cuda() if isinstance(v, torch.Tensor) else v  # noqa: E731
+        out = fn(*map(move, args), **{k: move(v) for k, v in kwargs.items()})
+        return type(out)(*(None if t is None else t.cpu() for t in out))
+
+    return call
+
+
+@pytest.fixture(params=[*BACKENDS, pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and fastsample._C built with its CUDA "
+                                                                 "kernels")])])
+def backend(request, monkeypatch):
+    if request.param == "cuda":
+        monkeypatch.setattr(fastsample, "sample_stack", _on_gpu(fastsample.sample_stack))
     return request.param
 
 
@@ -336,19 +354,74 @@ def test_negative_penalties_and_bad_tensor_entries(backend):
     assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
 
 
-def test_cuda_route_is_triton_by_default_and_an_error_when_asked_for(monkeypatch):
-    """There is no CUDA C++ kernel of sample_stack: CUDA tensors go to the Triton kernels when no backend is
-    named (docs/ops.md), and backend="cuda" is a NotImplementedError, never a silent fallback. No GPU here, so
+def test_cuda_route(monkeypatch):
+    """CUDA tensors take the CUDA C++ kernels (stack_cuda.py) when the extension has them, else Triton when no
+    backend is named; backend="cuda" without them is a RuntimeError, never a silent fallback. No GPU here, so
     the device is faked by making the backend resolution answer "cuda"."""
-    from fastsample import stack
+    from fastsample import stack, stack_cuda
 
     monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
     monkeypatch.delenv("FASTSAMPLE_BACKEND", raising=False)
     x = torch.randn(2, 40)
-    assert not torch._C._dispatch_has_kernel_for_dispatch_key("fastsample::sample_stack", "CUDA")
+    monkeypatch.setattr(stack_cuda, "available", lambda: False)
     assert stack._backend(x, None).__name__ == "fastsample.triton.stack_sampler"
-    with pytest.raises(NotImplementedError, match="backend='triton'"):
+    with pytest.raises(RuntimeError, match="backend='triton'"):
         stack._backend(x, "cuda")
+    monkeypatch.setattr(stack_cuda, "available", lambda: True)
+    assert stack._backend(x, None) is stack_cuda and stack._backend(x, "cuda") is stack_cuda
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05),
+                                dict(temperature=0.0), dict(order="vllm", top_p=0.8, min_p=0.1, num_samples=2,
+                                                            logprobs="processed", top_logprobs=3)])
+def test_cuda_composition_on_cpu(monkeypatch, kw):
+    """stack_cuda.py (stack_processed_logits, then the `sample` op's fused path or the torch steps, and the
+    invalid-row flags) run on CPU tensors, where both ops have CPU kernels; on a GPU the `backend` fixture's
+    "cuda" runs every test of this file through the CUDA kernels."""
+    from fastsample import stack, stack_cuda
+
+    monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
+    monkeypatch.setattr(stack_cuda, "available", lambda: True)
+    flips = total = 0
+    for i, steps in enumerate(STEPS):
+        x, args = _case(12, 300, seed=40 + i, **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
+        x[3, 7] = float("nan")
+        if steps[2]:
+            args["repetition_penalty"] = torch.tensor([1.3] * 11 + [0.0])
+        f, n = _run_and_check("cuda", x, args, f"cuda composition {steps} {kw}", **kw)
+        got = fastsample.sample_stack(x, **args, **kw, seed=1, backend="cuda")
+        assert (got.tokens[3] == -1).all() and (not steps[2] or (got.tokens[11] == -1).all())
+        flips, total = flips + f, total + n
+    assert_rare(flips, total, "cuda composition")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not CUDA_KERNELS, reason="needs a GPU and fastsample._C built with its CUDA kernels")])])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_processed_logits_op_equals_the_transcription(device, dtype):
+    """stack_processed_logits (the first op of the CUDA route) bit for bit against the float64 transcription
+    rounded to float32 once, with its invalid-row flags (NaN logit, out-of-range id, r <= 0)."""
+    gen = torch.Generator().manual_seed(21)
+    rows, vocab = 6, 1000
+    x = make_logits(rows, vocab, "flat", 21).to(dtype)
+    mask = _rand_mask(rows, vocab, gen, allow=0.7)
+    bias_ids, prompt, output = _ids(rows, 5, vocab, gen), _ids(rows, 40, vocab, gen), _ids(rows, 30, vocab, gen)
+    output[3, :4] = vocab - 1
+    bias_ids[3, :3] = 7  # a repeated bias id: its values add up
+    bias_values = torch.randn(rows, 5, generator=gen)
+    x[4, 9] = float("nan")
+    prompt[5, 0] = vocab  # out of range: an invalid row
+    rep = torch.tensor([1.5, 1.5, 0.0, 1.5, 1.5, 1.5])
+    dev = lambda t: t.to(device)  # noqa: E731
+    y, bad = torch.ops.fastsample.stack_processed_logits(
+        dev(x), dev(mask), dev(bias_ids), dev(bias_values), dev(prompt), dev(output), dev(rep), 0.0, None,
+        f32(0.3), None, f32(-0.7))
+    assert np64(bad).tolist() == [False, False, True, False, True, True]
+    in_range = np.where(np64(prompt) < vocab, np64(prompt), -1)
+    want = _transcription(np64(x.float()), np64(mask) & 0xFFFFFFFF, np64(bias_ids), np64(bias_values), in_range,
+                          np64(output), 1.5, f32(0.3), f32(-0.7)).astype(np.float32)
+    rows_ok = [0, 1, 3]  # row 2's penalty differs (r = 0), 4 holds the NaN, 5 the out-of-range id
+    np.testing.assert_array_equal(np64(y)[rows_ok], want[rows_ok])
 
 
 # ---------------------------------------------------------------------------------- registration, compile
@@ -398,8 +471,10 @@ def test_empty_batch_and_one_token_vocab(backend):
 # ------------------------------------------------------------------------------------ GPU (skipped here)
 # The Triton interpreter cannot run on fake tensors, so tracing the Triton op is checked on a GPU only.
 @pytest.mark.gpu
+@pytest.mark.parametrize("gpu_backend", ["triton", pytest.param("cuda", marks=pytest.mark.skipif(
+    not CUDA_KERNELS, reason="fastsample._C built without its CUDA kernels"))])
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
+def test_gpu_compile_fullgraph_and_cuda_graph_match_eager(gpu_backend):
     x, args = _case(4, 32000, seed=12)
     x, args = x.cuda(), {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in args.items()}
     seed, offset = torch.arange(4, device="cuda") + 100, torch.zeros(4, dtype=torch.int64, device="cuda")
@@ -407,7 +482,7 @@ def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
     def step(x, seed, offset):
         return tuple(fastsample.sample_stack(x, **args, temperature=0.7, top_k=20, top_p=0.9, min_p=0.05,
                                              num_samples=2, logprobs="processed", top_logprobs=3, seed=seed,
-                                             offset=offset, backend="triton"))
+                                             offset=offset, backend=gpu_backend))
 
     eager = step(x, seed, offset)
     want = _oracle(x.cpu(), {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in args.items()},
@@ -424,3 +499,16 @@ def test_gpu_triton_compile_fullgraph_and_cuda_graph_match_eager():
     torch.cuda.synchronize()
     for got, ref in zip(captured, eager):
         assert torch.equal(got, ref) or torch.allclose(got, ref, equal_nan=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and fastsample._C built with its CUDA kernels")
+def test_gpu_opcheck_of_the_cuda_overrides_op():
+    x, args = _case(3, 70, seed=1)
+    cuda = lambda t: t.cuda() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    op = torch.ops.fastsample.stack_processed_logits.default
+    for dtype in DTYPES:
+        torch.library.opcheck(op, tuple(map(cuda, (
+            x.to(dtype), args["allowed_mask"], args["bias_ids"], args["bias_values"], args["prompt_ids"],
+            args["output_ids"], None, 1.2, torch.tensor([0.1, 0.0, 0.3]), 0.0, None, 0.1))))
+    torch.library.opcheck(op, (x.cuda(), None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0))

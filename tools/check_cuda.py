@@ -68,6 +68,8 @@ INSTANTIATIONS = {
     + "cudaError_t (*check_renorm)(const RenormArgs&, void*, cudaStream_t) = renorm_probs;\n",
     "topk.cuh": _per_type("template cudaError_t top_k<{T}>(const TopKArgs<{T}>&, void*, cudaStream_t);\n")
     + _per_type("template cudaError_t top_k_mask_logits<{T}>(const MaskArgs<{T}>&, void*, cudaStream_t);\n"),
+    "stack_sampler.cuh": _per_type("template cudaError_t stack_overrides<{T}>(const StackOverrideArgs<{T}>&, void*, "
+                                   "cudaStream_t);\n"),
     "speculative.cuh": "cudaError_t (*check_speculative)(const SpecArgs&, void*, cudaStream_t) = "
     "chain_speculative_sampling;\n",
 }

@@ -60,6 +60,27 @@ def calls(batch: int, vocab: int, device: str = "cuda", backend: str = "cuda"):
     target = torch.softmax(torch.randn(batch, n + 1, vocab, device=device), dim=-1)
     ids = torch.randint(0, vocab, (batch, n), device=device)
     yield "chain_speculative_sampling", lambda: f.chain_speculative_sampling(draft, ids, target, **kw)
+    yield from stack_calls(batch, vocab, device, backend)
+
+
+def stack_calls(batch: int, vocab: int, device: str, backend: str):
+    """sample_stack with every step on (mask, bias, penalties with an out-of-range id in the last row), through
+    the fused path (one draw, HF order) and the other (vLLM order, n draws, logprobs and top-N)."""
+    words = (vocab + 31) // 32
+    mask = torch.randint(-2**31, 2**31 - 1, (batch, words), dtype=torch.int32, device=device)
+    hist = lambda n: torch.randint(-1, vocab, (batch, n), device=device)  # noqa: E731
+    output = hist(256)
+    output[-1, 0] = vocab  # an invalid row, not an out-of-bounds access
+    common = dict(allowed_mask=mask, bias_ids=hist(16), bias_values=torch.randn(batch, 16, device=device),
+                  prompt_ids=hist(1024), output_ids=output, repetition_penalty=1.1, frequency_penalty=0.2,
+                  presence_penalty=torch.full((batch,), 0.1, device=device), temperature=0.8, top_k=min(50, vocab),
+                  top_p=0.9, min_p=0.05, backend=backend, seed=1234)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits_for(batch, vocab, dtype, device)
+        tag = str(dtype).removeprefix("torch.")
+        yield f"sample_stack one draw {tag}", lambda x=x: fastsample.sample_stack(x, **common)
+        yield f"sample_stack vllm n=2 logprobs {tag}", lambda x=x: fastsample.sample_stack(
+            x, **common, order="vllm", num_samples=2, logprobs="processed", top_logprobs=3)
 
 
 def main() -> int:
