@@ -150,15 +150,15 @@ std::tuple<at::Tensor, at::Tensor> sample(const at::Tensor& x_in, bool is_logits
   const FilterArgs filters = filter_args(batch, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val);
   const at::Tensor seed = seed_rows(seed_in, batch, "seed"), offset = seed_rows(offset_in, batch, "offset");
   at::Tensor tokens = at::empty({batch}, in.x.options().dtype(at::kLong));
-  at::Tensor logprobs = at::empty({return_logprobs ? batch : 0}, in.x.options());
+  at::Tensor logprobs = at::empty({return_logprobs ? batch : 0}, in.float_options());
   const int64_t *seeds = seed.data_ptr<int64_t>(), *offsets = offset.data_ptr<int64_t>();
   int64_t* out = tokens.data_ptr<int64_t>();
   float* lp = logprobs.data_ptr<float>();
 
-  for_rows(batch, in.nseg, [&](int64_t b) {
+  for_input_rows(in, [&](int64_t b, const float* xb) {
     const RowParams params = filters.row(b, is_logits, is_logits ? static_cast<float>(temperature[b]) : 1.0f);
-    const RowPlan plan = plan_row(in.row(b), in.vocab, params, in.nseg, return_logprobs);
-    const Drawn d = draw(plan, in.row(b), in.vocab, seeds[b], offsets[b], in.nseg);
+    const RowPlan plan = plan_row(xb, in.vocab, params, in.nseg, return_logprobs);
+    const Drawn d = draw(plan, xb, in.vocab, seeds[b], offsets[b], in.nseg);
     out[b] = d.token;
     if (return_logprobs) lp[b] = static_cast<float>(d.logprob);
   });
@@ -170,11 +170,10 @@ at::Tensor renorm_probs(const at::Tensor& probs_in, const std::optional<at::Tens
                         const std::optional<at::Tensor>& min_p_arr, double min_p_val) {
   const InputRows in = input_rows(probs_in, "probs");
   const FilterArgs filters = filter_args(in.batch, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val);
-  at::Tensor result = at::empty_like(in.x);
+  at::Tensor result = at::empty({in.batch, in.vocab}, in.float_options());
   float* outp = result.data_ptr<float>();
 
-  for_rows(in.batch, in.nseg, [&](int64_t b) {
-    const float* xb = in.row(b);
+  for_input_rows(in, [&](int64_t b, const float* xb) {
     float* ob = outp + b * in.vocab;
     const RowPlan plan = plan_row(xb, in.vocab, filters.row(b, false, 1.0f), in.nseg, false);
     if (plan.kind != RowPlan::kThreshold || plan.listed) {

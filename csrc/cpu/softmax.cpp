@@ -64,10 +64,10 @@ at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>&
                    double temperature_val) {
   const InputRows in = input_rows(logits_in, "logits");
   const auto temperature = row_arg<float>(temperature_arr, temperature_val, in.batch, "temperature");
-  at::Tensor out = at::empty_like(in.x);
+  at::Tensor out = at::empty({in.batch, in.vocab}, in.float_options());
   float* op = out.data_ptr<float>();
-  for_rows(in.batch, in.nseg, [&](int64_t b) {
-    softmax_row(in.row(b), in.vocab, temperature[b], in.nseg, op + b * in.vocab);
+  for_input_rows(in, [&](int64_t b, const float* xb) {
+    softmax_row(xb, in.vocab, temperature[b], in.nseg, op + b * in.vocab);
   });
   return out;
 }
@@ -76,11 +76,11 @@ at::Tensor softmax(const at::Tensor& logits_in, const std::optional<at::Tensor>&
 // rows of -inf give -inf.
 at::Tensor logsumexp(const at::Tensor& logits_in) {
   const InputRows in = input_rows(logits_in, "logits");
-  at::Tensor out = at::empty({in.batch}, in.x.options());
+  at::Tensor out = at::empty({in.batch}, in.float_options());
   float* op = out.data_ptr<float>();
-  for_rows(in.batch, in.nseg, [&](int64_t b) {
+  for_input_rows(in, [&](int64_t b, const float* xb) {
     const OnlinePass row = first_pass(in.vocab, in.nseg, 1.0f, [&](int64_t lo, int64_t hi, OnlinePass& pass) {
-      online_pass(in.row(b) + lo, hi - lo, true, 1.0f, pass, PassBlocks{});
+      online_pass(xb + lo, hi - lo, true, 1.0f, pass, PassBlocks{});
     });
     if (row.has_nan) {
       op[b] = std::numeric_limits<float>::quiet_NaN();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <memory>
 
 #include "common.h"
 #include "fastsample/philox.h"
@@ -55,6 +56,28 @@ int64_t sample_final(const float* p, const float* q, int64_t vocab, double u) {
   return v >= 0 ? v : last;
 }
 
+// Probability rows [R, V] in their own dtype (float32, float16 or bfloat16), read as float32.
+struct ProbRows {
+  const at::Tensor& t;
+  int64_t vocab;
+  ProbRows(const at::Tensor& t, int64_t vocab) : t(t), vocab(vocab) {}
+  float value(int64_t r, int64_t v) const {
+    const int64_t i = r * vocab + v;
+    switch (t.scalar_type()) {
+      case at::kFloat: return t.const_data_ptr<float>()[i];
+      case at::kHalf: return static_cast<float>(t.const_data_ptr<c10::Half>()[i]);
+      default: return static_cast<float>(t.const_data_ptr<c10::BFloat16>()[i]);
+    }
+  }
+  // Row r as float32: in place for float32 input, else widened into buf.
+  const float* row(int64_t r, std::unique_ptr<float[]>& buf) const {
+    if (t.scalar_type() == at::kFloat) return t.const_data_ptr<float>() + r * vocab;
+    buf.reset(new float[vocab]);
+    widen_row(t, r, 0, vocab, buf.get());
+    return buf.get();
+  }
+};
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling(
     const at::Tensor& draft_probs_in, const at::Tensor& draft_ids_in, const at::Tensor& target_probs_in,
     const at::Tensor& seed_in, const at::Tensor& offset_in) {
@@ -69,39 +92,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> chain_speculative_sampling(
               ", ", n + 1, ", ", vocab, "], got ", target_probs_in.sizes());
   TORCH_CHECK(draft_ids_in.sizes() == at::IntArrayRef({batch, n}), "draft_token_ids must be [", batch, ", ", n,
               "], got ", draft_ids_in.sizes());
-  // float16/bfloat16 probabilities are widened once, as logits are (the math is float32).
-  const at::Tensor q = draft_probs_in.to(at::kFloat).contiguous(), p = target_probs_in.to(at::kFloat).contiguous();
+  // Read in their own dtype (the math is float32): the acceptance tests read one entry per position, and only
+  // the final token's rows are widened (float16/bfloat16), never a float32 copy of the inputs.
+  const at::Tensor q = draft_probs_in.contiguous(), p = target_probs_in.contiguous();
   const at::Tensor ids = draft_ids_in.to(at::kLong).contiguous();
   const at::Tensor seed = seed_rows(seed_in, batch, "seed"), offset = seed_rows(offset_in, batch, "offset");
   at::Tensor output = at::full({batch, n + 1}, -1, ids.options());
   at::Tensor accepted = at::zeros({batch}, ids.options()), emitted = at::zeros({batch}, ids.options());
-  const float *qp = q.data_ptr<float>(), *pp = p.data_ptr<float>();
+  const ProbRows qrows(q, vocab), prows(p, vocab);
   const int64_t *idp = ids.data_ptr<int64_t>(), *seeds = seed.data_ptr<int64_t>(), *offsets = offset.data_ptr<int64_t>();
   int64_t *outp = output.data_ptr<int64_t>(), *accp = accepted.data_ptr<int64_t>(), *emp = emitted.data_ptr<int64_t>();
 
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t b = 0; b < batch; ++b) {
+  for_rows(batch, 1, [&](int64_t b) {
     int64_t first_reject = n, passed = 0;
     for (int64_t i = 0; i < n; ++i) {
       const int64_t x = idp[b * n + i];
       bool pass = false;
       if (x >= 0 && x < vocab) {
         const double u = philox_uniform(seeds[b], offsets[b], static_cast<uint32_t>(i));
-        const double qx = qp[(b * n + i) * vocab + x], px = pp[(b * (n + 1) + i) * vocab + x];
+        const double qx = qrows.value(b * n + i, x), px = prows.value(b * (n + 1) + i, x);
         pass = u * qx < px;  // NaN compares false: fails
       }
       passed += pass;
       if (!pass && first_reject == n) first_reject = i;
     }
     // The final token uses draw n: residual norm(max(0, p - q)) after a rejection, else the bonus from p_n.
-    const float* pe = pp + (b * (n + 1) + first_reject) * vocab;
-    const float* qe = first_reject < n ? qp + (b * n + first_reject) * vocab : nullptr;
+    std::unique_ptr<float[]> p_buf, q_buf;  // the widened rows of float16/bfloat16 input
+    const float* pe = prows.row(b * (n + 1) + first_reject, p_buf);
+    const float* qe = first_reject < n ? qrows.row(b * n + first_reject, q_buf) : nullptr;
     const double u = philox_uniform(seeds[b], offsets[b], static_cast<uint32_t>(n));
     for (int64_t i = 0; i < first_reject; ++i) outp[b * (n + 1) + i] = idp[b * n + i];
     outp[b * (n + 1) + first_reject] = sample_final(pe, qe, vocab, u);
     accp[b] = passed;
     emp[b] = first_reject;
-  }
+  });
   return {output, accepted, emitted};
 }
 

@@ -450,6 +450,10 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
 // a pragma).
 template <class F>
 void for_each_row(int64_t batch, F&& f) {
+  if (in_forked_child()) {  // no OpenMP team after fork (fork_guard.cpp)
+    for (int64_t b = 0; b < batch; ++b) f(b);
+    return;
+  }
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t b = 0; b < batch; ++b) f(b);
 }

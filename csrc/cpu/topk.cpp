@@ -34,44 +34,68 @@ std::tuple<at::Tensor, at::Tensor> top_k(const at::Tensor& x_in, int64_t k, bool
   TORCH_CHECK(k >= 0 && k <= vocab, "k must be in [0, ", vocab, "], got ", k);
   at::Tensor indices = at::empty({in.batch, k}, in.x.options().dtype(at::kLong));
   int64_t* ip = indices.data_ptr<int64_t>();
-  for_rows(in.batch, k == 0 ? 1 : in.nseg, [&](int64_t b) {
-    if (k == 0) return;
-    const float* xb = in.row(b);
-    int64_t* out = ip + b * k;
-    bool has_nan = false;
-    std::vector<Candidate> cands = top_candidates(xb, vocab, k, in.nseg, has_nan);
-    int64_t filled = 0;
-    if (has_nan) {  // NaN ranks above +inf, as in torch.topk: NaNs first, in index order
-      for (int64_t i = 0; i < vocab && filled < k; ++i) {
-        if (xb[i] != xb[i]) out[filled++] = i;
+  if (k > 0) {
+    for_input_rows(in, [&](int64_t b, const float* xb) {
+      int64_t* out = ip + b * k;
+      bool has_nan = false;
+      std::vector<Candidate> cands = top_candidates(xb, vocab, k, in.nseg, has_nan);
+      int64_t filled = 0;
+      if (has_nan) {  // NaN ranks above +inf, as in torch.topk: NaNs first, in index order
+        for (int64_t i = 0; i < vocab && filled < k; ++i) {
+          if (xb[i] != xb[i]) out[filled++] = i;
+        }
       }
-    }
-    std::sort(cands.begin(), cands.end(), [](const Candidate& a, const Candidate& c) {
-      return a.x > c.x || (a.x == c.x && a.index < c.index);
+      // Only the first k - filled in (value descending, index ascending) order: a row of ties has every
+      // token as a candidate, and sorting all of them would cost V log V per row.
+      const auto wanted = std::min(cands.size(), static_cast<size_t>(k - filled));
+      const auto before = [](const Candidate& a, const Candidate& c) {
+        return a.x > c.x || (a.x == c.x && a.index < c.index);
+      };
+      std::partial_sort(cands.begin(), cands.begin() + wanted, cands.end(), before);
+      for (size_t j = 0; j < wanted; ++j) out[filled++] = cands[j].index;
     });
-    for (size_t j = 0; filled < k && j < cands.size(); ++j) out[filled++] = cands[j].index;
-  });
+  }
   (void)sorted;  // always sorted: "unspecified order" allows it, and callers mostly want it
-  return {x_in.contiguous().gather(1, indices), indices};
+  return {in.x.gather(1, indices), indices};
+}
+
+// out[lo, hi) = x with every token whose float32 value is below theta set to -inf. T is the input's dtype
+// (the kept tokens are copied as they are, bit for bit).
+template <class T>
+void write_masked(const float* xf, const T* x, int64_t lo, int64_t hi, float theta, T* out) {
+  const T neg_inf = static_cast<T>(-std::numeric_limits<float>::infinity());
+  for (int64_t i = lo; i < hi; ++i) out[i] = xf[i] < theta ? neg_inf : x[i];
 }
 
 at::Tensor top_k_mask_logits(const at::Tensor& logits_in, const std::optional<at::Tensor>& top_k_arr,
                              int64_t top_k_val) {
   const InputRows in = input_rows(logits_in, "logits");
   const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, in.batch, "top_k");
-  // Row thresholds: masked iff x < theta. -inf keeps the row; NaN keeps it too (NaN rows stay unchanged).
-  at::Tensor theta = at::empty({in.batch, 1}, in.x.options());
-  float* tp = theta.data_ptr<float>();
-  for_rows(in.batch, in.nseg, [&](int64_t b) {
+  at::Tensor out = at::empty_like(in.x);
+  const auto dtype = in.x.scalar_type();
+  // Each row is written while its float32 values are at hand: no [B, V] mask or copy beside the output.
+  for_input_rows(in, [&](int64_t b, const float* xb) {
+    // The row's threshold: masked iff x < theta. -inf keeps the row; NaN keeps it too (NaN rows stay unchanged).
     const auto k = static_cast<int64_t>(top_k[b]);
-    tp[b] = -std::numeric_limits<float>::infinity();
-    if (k <= 0 || k >= in.vocab) return;
-    bool has_nan = false;
-    std::vector<Candidate> cands = top_candidates(in.row(b), in.vocab, k, in.nseg, has_nan);
-    tp[b] = has_nan ? std::numeric_limits<float>::quiet_NaN() : kth_largest(cands, k);
+    float theta = -std::numeric_limits<float>::infinity();
+    if (k > 0 && k < in.vocab) {
+      bool has_nan = false;
+      std::vector<Candidate> cands = top_candidates(xb, in.vocab, k, in.nseg, has_nan);
+      theta = has_nan ? std::numeric_limits<float>::quiet_NaN() : kth_largest(cands, k);
+    }
+    const int64_t row = b * in.vocab;  // int64: B * V may exceed 2^31
+    for_segments(in.vocab, in.nseg, [&](int, int64_t lo, int64_t hi) {
+      if (dtype == at::kFloat) {
+        write_masked(xb, in.x.const_data_ptr<float>() + row, lo, hi, theta, out.data_ptr<float>() + row);
+      } else if (dtype == at::kHalf) {
+        write_masked(xb, in.x.const_data_ptr<c10::Half>() + row, lo, hi, theta, out.data_ptr<c10::Half>() + row);
+      } else {
+        write_masked(xb, in.x.const_data_ptr<c10::BFloat16>() + row, lo, hi, theta,
+                     out.data_ptr<c10::BFloat16>() + row);
+      }
+    });
   });
-  const at::Tensor logits = logits_in.contiguous();
-  return at::where(in.x < theta, at::full({}, -std::numeric_limits<float>::infinity(), logits.options()), logits);
+  return out;
 }
 
 }  // namespace
