@@ -83,7 +83,8 @@ if AVAILABLE:
 
     @torch.library.register_fake("fastsample::renorm_probs")
     def _renorm_probs_fake(probs, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val):
-        return torch.empty_like(probs)
+        # float32 for every probs dtype: half-precision probs are widened and the result stays float32.
+        return torch.empty(probs.shape, dtype=torch.float32, device=probs.device)
 
     @torch.library.register_fake("fastsample::sample")
     def _sample_fake(x, is_logits, temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr, top_p_val,
