@@ -36,8 +36,8 @@ def _planted(dtype):
 @pytest.mark.skipif(os.environ.get("FASTSAMPLE_BIG") != "1", reason="8 GiB and minutes: FASTSAMPLE_BIG=1 runs it")
 @pytest.mark.skipif(_available_bytes() < 11 * GIB, reason="needs 11 GiB of free memory")
 def test_cpu_tokens_beyond_2_pow_31_elements():
-    """Tokens of planted rows past element 2^31 (a run on 2 shared cores: about 10 minutes of CPU, 8.3 GiB
-    peak RSS; rows of ties under top-k, like the zero rows here, are the slow part: every token is a candidate)."""
+    """Tokens of planted rows past element 2^31 (on 2 idle cores: 4 minutes, 8 minutes of CPU, 8.3 GiB peak
+    RSS; rows of ties under top-k, like the zero rows here, are the slow part: every token is a candidate)."""
     x, ones, infs = _planted(torch.float32)  # 8 GiB; float32 so that no op widens a copy of it
     assert x.numel() > 2**31 and x.is_contiguous()
     rows = sorted([*ones, *infs, 16380, 12000])

@@ -76,12 +76,13 @@ def trim(wheel: Path, out: Path) -> Path:
 
 
 def _download(spec: str, dest: Path) -> Path:
+    """Downloads one wheel for the GPU machine's Python into ``dest`` (a folder of its own) and returns it."""
     before = set(dest.iterdir())
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
            "3.12", "--implementation", "cp", *(f"--platform={p}" for p in PLATFORMS), "-d", str(dest), spec]
     subprocess.run(cmd, check=True)
-    new = sorted(set(dest.iterdir()) - before)
-    return new[0] if new else next(dest.glob(spec.split("=")[0].split("<")[0].replace("-", "_") + "-*.whl"))
+    (wheel,) = set(dest.iterdir()) - before
+    return wheel
 
 
 def fetch(dest: Path, version: str) -> list[Path]:
@@ -93,13 +94,13 @@ def fetch(dest: Path, version: str) -> list[Path]:
             meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
         tvm = next(line.split(":", 1)[1].strip() for line in meta.splitlines()
                    if line.startswith("Requires-Dist: apache-tvm-ffi") and "extra" not in line)
-        wheels = [trim(flashinfer, dest), shutil.copy(_download(tvm.replace(" ", ""), Path(tmp)), dest)]
-    total = sum(Path(w).stat().st_size for w in wheels)
+        wheels = [trim(flashinfer, dest), Path(shutil.copy(_download(tvm.replace(" ", ""), Path(tmp)), dest))]
+    total = sum(w.stat().st_size for w in wheels)
     for w in wheels:
-        print(f"{Path(w).stat().st_size / 2**20:6.1f} MiB  {w}")
+        print(f"{w.stat().st_size / 2**20:6.1f} MiB  {w}")
     if total > CARRY_LIMIT:
         raise SystemExit(f"{total / 2**20:.1f} MiB: over the {CARRY_LIMIT >> 20} MiB the device tool carries")
-    return [Path(w) for w in wheels]
+    return wheels
 
 
 def install(wheels: Path = WHEELS, site: Path = SITE) -> str | None:
