@@ -2,7 +2,7 @@
 //
 // The grammar mask, the logit bias and the penalties never produce a modified copy of the logits: a row's
 // bias and history ids are first resolved into a short list of overrides (token id -> its processed logit,
-// sorted by id, O(L + V / kStackBlock) for L ids), and every pass over the row rebuilds the processed logits of one
+// sorted by id, O(L) per radix digit for L ids), and every pass over the row rebuilds the processed logits of one
 // block of kStackBlock tokens at a time in a per-thread scratch: x where the mask allows, -inf elsewhere,
 // then the overrides that fall into the block. Exactness: a processed logit is the float32 rounding of the
 // float64 formula of docs/ops.md, the same number in every pass and in the reference.
@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <limits>
 #include <vector>
+
+#include "select.h"
 
 namespace fastsample::cpu::stack {
 
@@ -46,74 +48,29 @@ inline float override_logit(const Override& o, float x, const Penalties& pen) {
   return static_cast<float>(z);
 }
 
-// Resolves a row's bias, prompt and output ids into overrides sorted by id, one per token.
-// Returns false when an id lies outside [-1, V) (the row is then invalid).
 // The buffers of resolve_overrides, kept per thread across rows (fresh pages for every row cost more than the work).
 struct ResolveScratch {
-  std::vector<Override> entries, sorted;
-  std::vector<int32_t> start, next;
+  std::vector<uint64_t> keys, swap;
+  std::vector<uint32_t> counts;
 };
 
-inline bool resolve_overrides(const IdList& bias, const IdList& prompt, const IdList& output, int64_t vocab,
-                              ResolveScratch& scratch, std::vector<Override>& out) {
-  using Entry = Override;
-  std::vector<Entry>& entries = scratch.entries;
-  entries.clear();
-  entries.reserve(bias.len + prompt.len + output.len);
-  auto add = [&](const IdList& list, int kind) {
-    for (int64_t j = 0; j < list.len; ++j) {
-      const int64_t id = list.ids[j];
-      if (id == -1) continue;
-      if (id < -1 || id >= vocab) return false;
-      entries.push_back({id, kind == 0 ? static_cast<double>(list.values[j]) : 0.0, kind == 2, kind != 0});
-    }
-    return true;
-  };
-  out.clear();
-  if (!add(bias, 0) || !add(prompt, 1) || !add(output, 2)) return false;
-  // Counting sort by block (O(L + V / kStackBlock), where a comparison sort of a 1k-token history cost as
-  // much as the pass over the logits), then a short sort inside each block.
-  const int64_t blocks = (vocab + kStackBlock - 1) / kStackBlock;
-  std::vector<int32_t>& start = scratch.start;
-  start.assign(blocks + 1, 0);
-  for (const Entry& e : entries) ++start[e.id / kStackBlock + 1];
-  for (int64_t b = 0; b < blocks; ++b) start[b + 1] += start[b];
-  std::vector<Entry>& sorted = scratch.sorted;
-  sorted.resize(entries.size());
-  scratch.next.assign(start.begin(), start.end() - 1);
-  for (const Entry& e : entries) sorted[scratch.next[e.id / kStackBlock]++] = e;
-  auto by_id = [](const Entry& a, const Entry& b) { return a.id < b.id; };
-  for (int64_t b = 0; b < blocks; ++b) {
-    if (start[b + 1] - start[b] > 16) {  // a history crowded into one block: no quadratic insertion sort
-      std::sort(sorted.begin() + start[b], sorted.begin() + start[b + 1], by_id);
-      continue;
-    }
-    for (int32_t i = start[b] + 1; i < start[b + 1]; ++i) {
-      for (int32_t j = i; j > start[b] && sorted[j - 1].id > sorted[j].id; --j) std::swap(sorted[j - 1], sorted[j]);
-    }
-  }
-  for (size_t j = 0; j < sorted.size();) {
-    Entry e = sorted[j];
-    for (++j; j < sorted.size() && sorted[j].id == e.id; ++j) {
-      e.bias += sorted[j].bias;
-      e.count += sorted[j].count;
-      e.seen = e.seen || sorted[j].seen;
-    }
-    out.push_back(e);
-  }
-  return true;
+// Resolves a row's bias, prompt and output ids into overrides sorted by id, one per token, a token's bias
+// values summed in list order. Returns false when an id lies outside [-1, V) (the row is then invalid).
+bool resolve_overrides(const IdList& bias, const IdList& prompt, const IdList& output, int64_t vocab,
+                       ResolveScratch& scratch, std::vector<Override>& out);
+
+// Sorts by value descending, ties to the lower id.
+inline void sort_descending(std::vector<Candidate>& items) {
+  std::sort(items.begin(), items.end(),
+            [](const Candidate& a, const Candidate& b) { return a.x > b.x || (a.x == b.x && a.index < b.index); });
 }
 
 // The items >= the m-th largest value seen (ties at the boundary all kept), collected while a pass streams
 // by: a push compares with a threshold that only rises, so after the first blocks few tokens get in.
 struct Collector {
-  struct Item {
-    float v;
-    int64_t id;
-  };
   int64_t m = 0;  // 0: inactive
   float threshold = -kInf;
-  std::vector<Item> items;
+  std::vector<Candidate> items;
 
   void start(int64_t m_) {
     m = m_;
@@ -128,18 +85,14 @@ struct Collector {
   // Drops the items below the m-th largest; the limit grows with what ties keep, so pushes stay amortised O(1).
   void prune() {
     if (static_cast<int64_t>(items.size()) <= m) return;
-    std::nth_element(items.begin(), items.begin() + (m - 1), items.end(),
-                     [](const Item& a, const Item& b) { return a.v > b.v; });
-    threshold = items[m - 1].v;
-    items.erase(std::remove_if(items.begin(), items.end(), [&](const Item& it) { return it.v < threshold; }),
-                items.end());
+    threshold = kth_largest(items, m);
+    drop_below(items, threshold);
     limit_ = std::max(limit_, 2 * items.size());
   }
   // Prunes and sorts by value descending, ties to the lower id.
   void finish() {
     prune();
-    std::sort(items.begin(), items.end(),
-              [](const Item& a, const Item& b) { return a.v > b.v || (a.v == b.v && a.id < b.id); });
+    sort_descending(items);
   }
 
  private:
@@ -156,5 +109,9 @@ void masked_block(const float* x, const uint32_t* words, int64_t n, float* y, fl
 
 // The max of each sub-block of x[0, n) (NaN ignored; -inf past n), and whether x holds a NaN.
 void block_stats(const float* x, int64_t n, float* sub_max, bool& x_has_nan);
+
+// The same maxima over the tokens whose bit is set in the words (all of them when words is null): the
+// maxima of masked_block's y, without writing y.
+void masked_stats(const float* x, const uint32_t* words, int64_t n, float* sub_max, bool& x_has_nan);
 
 }  // namespace fastsample::cpu::stack

@@ -1,12 +1,12 @@
 // CPU stack sampler (docs/ops.md "sample_stack"): mask -> bias -> penalties -> temperature -> filters ->
 // n draws -> logprobs, ranks and top-N, one row per OpenMP thread.
 //
-// Exactness invariant: every decision is taken on the processed logits y that stack_row.h rebuilds block by
-// block (float32, identical in every pass), and every filter keeps y >= a row threshold. The first pass
-// reads the logits once: row max, NaN check, and a Collector of the tokens >= the k-th largest y (top-k on)
-// or the N-th (top-N logprobs). With top-k on, everything after that pass works on those few tokens in
-// double. Without top-k, top-p takes a weight histogram pass and a gather of the one bucket holding the
-// boundary, and the draw a pass of per-block kept weights; each pass rebuilds y again.
+// Exactness invariant: every decision is taken on the processed logits y that stack_row.h rebuilds block by block
+// (float32, identical in every pass), and every filter keeps y >= a row threshold. The first pass reads the logits
+// once for the exact max of y in every sub-block (row max, NaN check), then rebuilds only the sub-blocks that can hold
+// the tokens >= the k-th largest y (top-k on) or the N-th (top-N logprobs). With top-k on, everything after that pass
+// works on those few tokens in double. Without top-k, top-p takes a weight histogram pass and a gather of the one
+// bucket holding the boundary, and the draw a pass of per-block kept weights; each pass rebuilds y again.
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -62,15 +62,17 @@ struct RowSource {
 
   bool allowed(int64_t i) const { return !mask || ((mask[i / 32] >> (i % 32)) & 1u); }
 
+  // The raw logits of tokens [lo, lo + n) as float.
+  const float* raw_logits(int64_t lo, int64_t n) {
+    if constexpr (std::is_same_v<T, float>) return x + lo;
+    for (int64_t i = 0; i < n; ++i) xbuf[i] = to_float(x[lo + i]);
+    return xbuf;
+  }
+
   // y of tokens [lo, lo + n); xf receives the block's raw logits as float, sub_max the maxima of y's
   // sub-blocks; x_nan records a NaN in the raw logits.
   const float* block(int64_t lo, int64_t n, const float*& xf, float* sub_max) {
-    if constexpr (std::is_same_v<T, float>) {
-      xf = x + lo;
-    } else {
-      for (int64_t i = 0; i < n; ++i) xbuf[i] = to_float(x[lo + i]);
-      xf = xbuf;
-    }
+    xf = raw_logits(lo, n);
     // Passes read blocks in order: the cursor moves forward, a jump back (a draw) searches again.
     if (cursor > 0 && overrides[cursor - 1].id >= lo) cursor = 0;
     while (cursor < overrides.size() && overrides[cursor].id < lo) ++cursor;
@@ -100,6 +102,71 @@ struct RowSource {
       sub_max[s] = m;
     }
     return ybuf;
+  }
+
+  // Pass 1's read: the exact max of y in every sub-block of the row, into sub_max (room for kSubBlocks per block; -inf
+  // past the vocabulary), and in every block, into block_max; calls raw(lo, n, xf) on each block's raw logits. The
+  // masked maxima of the raw logits come without writing y (masked_stats); each allowed override then raises its sub-
+  // block's max to its processed logit. That is exact unless an override lowered the token that held the max (a token
+  // whose logit was >= the running max): then the block is rebuilt whole (rare).
+  template <class F>
+  void exact_sub_maxima(float* sub_max, float* block_max, F&& raw) {
+    size_t j = 0;
+    for (int64_t lo = 0; lo < vocab; lo += kStackBlock) {
+      const int64_t n = std::min(kStackBlock, vocab - lo);
+      const float* xf = raw_logits(lo, n);
+      float* sm = sub_max + lo / kSubBlock;
+      masked_stats(xf, mask ? mask + lo / 32 : nullptr, n, sm, x_nan);
+      bool lowered = false;
+      for (; j < overrides.size() && overrides[j].id < lo + n; ++j) {
+        if (!allowed(overrides[j].id)) continue;
+        const int64_t i = overrides[j].id - lo;
+        const float y = override_logit(overrides[j], xf[i], pen);
+        override_nan = override_nan || y != y;
+        float& m = sm[i / kSubBlock];
+        lowered = lowered || (xf[i] >= m && y < xf[i]);
+        m = y > m ? y : m;
+      }
+      if (lowered) block(lo, n, xf, sm);
+      block_max[lo / kStackBlock] = *std::max_element(sm, sm + kSubBlocks);
+      raw(lo, n, xf);
+    }
+  }
+
+  // Every token whose y is >= the k-th largest y of the row (ties kept; all of them when fewer than k are > -inf),
+  // sorted by y descending, ties to the lower id. sub_max (`subs` of them) and block_max: exact_sub_maxima's.
+  // Invariant: the threshold never exceeds the row's k-th largest y. It starts at the k-th largest block max (those k
+  // blocks hold k tokens >= it; for k much below the block count that is close to the k-th largest y, at a quarter of
+  // the selection's cost over sub-blocks), so only the sub-blocks whose max reaches it are rebuilt, about k of them; a
+  // full buffer raises it to the buffer's k-th largest.
+  void collect(const float* sub_max, int64_t subs, const float* block_max, int64_t k, std::vector<Candidate>& out) {
+    float threshold = -kInf;
+    const int64_t blocks = (vocab + kStackBlock - 1) / kStackBlock;
+    if (blocks >= k) {
+      thread_local std::vector<Candidate> maxima;
+      maxima.resize(blocks);
+      for (int64_t b = 0; b < blocks; ++b) maxima[b] = {block_max[b], b};
+      threshold = kth_largest(maxima, k);
+    }
+    size_t capacity = static_cast<size_t>(k < 256 ? 1024 : 4 * k);
+    out.clear();
+    for (int64_t s = 0; s < subs; ++s) {
+      if (!(sub_max[s] >= threshold && sub_max[s] > -kInf)) continue;
+      const int64_t lo = s * kSubBlock, n = std::min(kSubBlock, vocab - lo);
+      const float* xf;
+      float unused[kSubBlocks];
+      const float* y = block(lo, n, xf, unused);
+      for (int64_t i = 0; i < n; ++i) {
+        if (!(y[i] >= threshold && y[i] > -kInf)) continue;
+        out.push_back({y[i], lo + i});
+        if (out.size() < capacity) continue;
+        threshold = kth_largest(out, k);
+        drop_below(out, threshold);
+        if (out.size() > capacity / 2) capacity *= 2;  // many ties at the threshold: grow instead
+      }
+    }
+    if (static_cast<int64_t>(out.size()) > k) drop_below(out, kth_largest(out, k));
+    sort_descending(out);
   }
 
   // f(lo, n, y, xf, sub_max) for every block, in order.
@@ -200,37 +267,33 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   if (!params_ok || !resolve_overrides(bias, prompt, output, vocab, scratch, overrides)) return invalid();
   RowSource<T> src{x, mask, vocab, overrides, pen};
 
-  // Pass 1: row max, NaN, the top-k (or top-N) collector, raw stats.
+  // Pass 1: the sub-block maxima (row max, NaN) and raw stats; then the top-k (or top-N) tokens.
   const bool top_k_on = a.top_k > 0 && a.top_k < vocab;
-  Collector best, raw_best;
-  best.start(top_k_on ? a.top_k : (a.mode == 1 ? a.top_n : 0));
+  const int64_t subs = (vocab + kSubBlock - 1) / kSubBlock, best_m = top_k_on ? a.top_k : (a.mode == 1 ? a.top_n : 0);
+  thread_local std::vector<float> sub_max, block_max;
+  block_max.resize((vocab + kStackBlock - 1) / kStackBlock);
+  sub_max.resize(block_max.size() * kSubBlocks);
+  Collector raw_best;
   if (a.mode == 2 && a.top_n > 0) raw_best.start(a.top_n);
   RawStats raw;
-  float row_max = -kInf;
-  src.scan([&](int64_t lo, int64_t n, const float* y, const float* xf, const float* sub_max) {
-    for (int s = 0; s < kSubBlocks; ++s) {
-      row_max = std::max(row_max, sub_max[s]);
-      if (best.m == 0 || !(sub_max[s] >= best.threshold && sub_max[s] > -kInf)) continue;
-      for (int64_t i = s * kSubBlock; i < std::min(n, (s + 1) * kSubBlock); ++i) {
-        if (y[i] >= best.threshold && y[i] > -kInf) best.push(y[i], lo + i);
-      }
-    }
-    if (a.mode == 2) {
-      raw.add(xf, n);
-      if (raw_best.m > 0) {
-        for (int64_t i = 0; i < n; ++i) {
-          if (xf[i] >= raw_best.threshold) raw_best.push(xf[i], lo + i);
-        }
-      }
+  src.exact_sub_maxima(sub_max.data(), block_max.data(), [&](int64_t lo, int64_t n, const float* xf) {
+    if (a.mode != 2) return;
+    raw.add(xf, n);
+    if (raw_best.m == 0) return;
+    for (int64_t i = 0; i < n; ++i) {
+      if (xf[i] >= raw_best.threshold) raw_best.push(xf[i], lo + i);
     }
   });
+  const float row_max = *std::max_element(block_max.begin(), block_max.end());
   if (src.x_nan || src.override_nan || !(row_max > -kInf)) return invalid();
-  if (best.m > 0) best.finish();
+  thread_local std::vector<Candidate> best;  // the top-k (or top-N) tokens, by value descending
+  best.clear();
+  if (best_m > 0) src.collect(sub_max.data(), subs, block_max.data(), best_m, best);
   if (raw_best.m > 0) raw_best.finish();
 
   // The kept set, as (value, id) sorted by value descending with ties to the lower id when listed, and each
   // kept token's logprob under the processed distribution.
-  std::vector<Collector::Item> kept;  // listed kept tokens (equal-share rows, top-k rows)
+  std::vector<Candidate> kept;  // listed kept tokens (equal-share rows, top-k rows)
   std::vector<double> kept_lp;
   bool listed = true;
   float theta = -kInf;
@@ -241,9 +304,9 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   auto weight_f = [&](float v) { return v >= theta ? exp_nonpositive((v - row_max) * inv_t) : 0.0f; };
 
   if (a.temperature == 0.0f || row_max == kInf) {  // the maxima share the mass equally
-    if (best.m > 0) {
-      for (const auto& it : best.items) {
-        if (it.v == row_max) kept.push_back(it);
+    if (best_m > 0) {
+      for (const auto& it : best) {
+        if (it.x == row_max) kept.push_back(it);
       }
     } else {
       src.scan([&](int64_t lo, int64_t n, const float* y, const float*, const float*) {
@@ -256,8 +319,8 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   } else if (top_k_on) {
     const float theta_m = min_p_threshold(m, t, a.min_p);
     std::vector<std::pair<float, double>> s;  // top-p's survivors, weights in double
-    for (const auto& it : best.items) {
-      if (!a.vllm_order || it.v >= theta_m) s.push_back({it.v, std::exp((static_cast<double>(it.v) - m) / t)});
+    for (const auto& it : best) {
+      if (!a.vllm_order || it.x >= theta_m) s.push_back({it.x, std::exp((static_cast<double>(it.x) - m) / t)});
     }
     double s_total = 0.0;
     for (const auto& e : s) s_total += e.second;
@@ -265,10 +328,10 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
                               ? walk_groups(s.size(), [&](size_t i) { return s[i]; }, a.top_p * s_total, 0.0)
                               : -kInf;
     theta = std::max(theta_p, theta_m);
-    for (const auto& it : best.items) {
-      if (it.v < theta) break;
+    for (const auto& it : best) {
+      if (it.x < theta) break;
       kept.push_back(it);
-      kept_lp.push_back((static_cast<double>(it.v) - m) / t);
+      kept_lp.push_back((static_cast<double>(it.x) - m) / t);
     }
     double w = 0.0;
     for (double l : kept_lp) w += std::exp(l);
@@ -330,12 +393,12 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   }
 
   // The draws.
-  std::vector<Collector::Item> by_id(kept);
-  std::sort(by_id.begin(), by_id.end(), [](const auto& p, const auto& q) { return p.id < q.id; });
+  std::vector<Candidate> by_id(kept);
+  std::sort(by_id.begin(), by_id.end(), [](const auto& p, const auto& q) { return p.index < q.index; });
   std::vector<double> by_id_w(by_id.size());
   if (listed) {
     for (size_t i = 0; i < by_id.size(); ++i) {
-      by_id_w[i] = a.temperature == 0.0f || row_max == kInf ? 1.0 : std::exp((by_id[i].v - m) / t);
+      by_id_w[i] = a.temperature == 0.0f || row_max == kInf ? 1.0 : std::exp((by_id[i].x - m) / t);
     }
   }
   const double listed_total = std::accumulate(by_id_w.begin(), by_id_w.end(), 0.0);
@@ -345,8 +408,8 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
     const double u = philox_uniform(a.seed, a.offset, static_cast<uint32_t>(j));
     int64_t token = -1;
     if (a.temperature == 0.0f) {
-      token = by_id.front().id;
-      token_y[j] = by_id.front().v;
+      token = by_id.front().index;
+      token_y[j] = by_id.front().x;
     } else if (listed) {
       const double target = u * listed_total;
       double cum = 0.0;
@@ -357,8 +420,8 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
         cum += by_id_w[i];
         if (cum > target) break;
       }
-      token = by_id[pick].id;
-      token_y[j] = by_id[pick].v;
+      token = by_id[pick].index;
+      token_y[j] = by_id[pick].x;
     } else {
       const double target = u * total;
       double cum = 0.0;
@@ -388,16 +451,16 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   if (a.mode == 0) return;
 
   // Logprobs, ranks and top-N.
-  auto kept_logprob = [&](const Collector::Item& it, size_t index) {
-    return listed ? kept_lp[index] : std::log(weight_f(it.v) / total);
+  auto kept_logprob = [&](const Candidate& it, size_t index) {
+    return listed ? kept_lp[index] : std::log(weight_f(it.x) / total);
   };
   if (a.mode == 1) {
     for (int64_t j = 0; j < a.n; ++j) {
       int64_t rank = 0;
       if (listed) {
-        for (size_t i = 0; i < kept.size() && kept[i].v >= token_y[j]; ++i) ++rank;
+        for (size_t i = 0; i < kept.size() && kept[i].x >= token_y[j]; ++i) ++rank;
         for (size_t i = 0; i < kept.size(); ++i) {
-          if (kept[i].id == out.tokens[j]) token_lp[j] = kept_lp[i];
+          if (kept[i].index == out.tokens[j]) token_lp[j] = kept_lp[i];
         }
       } else {
         src.scan([&](int64_t, int64_t n, const float* y, const float*, const float*) {
@@ -408,14 +471,14 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
       out.ranks[j] = rank;
     }
     if (a.top_n > 0) {
-      const std::vector<Collector::Item>& order = listed ? kept : best.items;
+      const std::vector<Candidate>& order = listed ? kept : best;
       int64_t filled = 0;
       std::vector<int64_t> kept_ids;
       for (size_t i = 0; i < order.size() && filled < a.top_n; ++i) {
-        if (!listed && order[i].v < theta) break;
-        out.top_ids[filled] = order[i].id;
+        if (!listed && order[i].x < theta) break;
+        out.top_ids[filled] = order[i].index;
         out.top_values[filled] = static_cast<float>(kept_logprob(order[i], i));
-        kept_ids.push_back(order[i].id);
+        kept_ids.push_back(order[i].index);
         ++filled;
       }
       if (filled < a.top_n) {
@@ -441,8 +504,8 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
     out.ranks[j] = rank;
   }
   for (int64_t j = 0; j < a.top_n; ++j) {
-    out.top_ids[j] = raw_best.items[j].id;
-    out.top_values[j] = static_cast<float>(raw.logprob(raw_best.items[j].v));
+    out.top_ids[j] = raw_best.items[j].index;
+    out.top_values[j] = static_cast<float>(raw.logprob(raw_best.items[j].x));
   }
 }
 
