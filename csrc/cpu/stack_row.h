@@ -65,41 +65,8 @@ inline void sort_descending(std::vector<Candidate>& items) {
             [](const Candidate& a, const Candidate& b) { return a.x > b.x || (a.x == b.x && a.index < b.index); });
 }
 
-// The items >= the m-th largest value seen (ties at the boundary all kept), collected while a pass streams
-// by: a push compares with a threshold that only rises, so after the first blocks few tokens get in.
-struct Collector {
-  int64_t m = 0;  // 0: inactive
-  float threshold = -kInf;
-  std::vector<Candidate> items;
-
-  void start(int64_t m_) {
-    m = m_;
-    threshold = -kInf;
-    items.clear();
-    limit_ = static_cast<size_t>(std::max<int64_t>(2 * m_, 64));
-  }
-  void push(float v, int64_t id) {
-    items.push_back({v, id});
-    if (items.size() >= limit_) prune();
-  }
-  // Drops the items below the m-th largest; the limit grows with what ties keep, so pushes stay amortised O(1).
-  void prune() {
-    if (static_cast<int64_t>(items.size()) <= m) return;
-    threshold = kth_largest(items, m);
-    drop_below(items, threshold);
-    limit_ = std::max(limit_, 2 * items.size());
-  }
-  // Prunes and sorts by value descending, ties to the lower id.
-  void finish() {
-    prune();
-    sort_descending(items);
-  }
-
- private:
-  size_t limit_ = 64;
-};
-
-// A block is scanned for the collector in sub-blocks of this many tokens whose maxima reach its threshold.
+// The first pass keeps the exact max of y in sub-blocks of this many tokens; only those that reach the top-k
+// threshold are rebuilt and searched.
 constexpr int64_t kSubBlock = 64;
 constexpr int kSubBlocks = kStackBlock / kSubBlock;
 

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <type_traits>
 
 #include "common.h"
@@ -135,37 +136,23 @@ struct RowSource {
 
   // Every token whose y is >= the k-th largest y of the row (ties kept; all of them when fewer than k are > -inf),
   // sorted by y descending, ties to the lower id. sub_max (`subs` of them) and block_max: exact_sub_maxima's.
-  // Invariant: the threshold never exceeds the row's k-th largest y. It starts at the k-th largest block max (those k
-  // blocks hold k tokens >= it; for k much below the block count that is close to the k-th largest y, at a quarter of
-  // the selection's cost over sub-blocks), so only the sub-blocks whose max reaches it are rebuilt, about k of them; a
-  // full buffer raises it to the buffer's k-th largest.
+  // Exact by TopKBuffer's invariant (select.h). The threshold starts at the k-th largest block max (for k much below
+  // the block count that is close to the k-th largest y, at a quarter of the selection's cost over sub-blocks), so
+  // only the sub-blocks whose max reaches it are rebuilt, about k of them.
   void collect(const float* sub_max, int64_t subs, const float* block_max, int64_t k, std::vector<Candidate>& out) {
-    float threshold = -kInf;
-    const int64_t blocks = (vocab + kStackBlock - 1) / kStackBlock;
-    if (blocks >= k) {
-      thread_local std::vector<Candidate> maxima;
-      maxima.resize(blocks);
-      for (int64_t b = 0; b < blocks; ++b) maxima[b] = {block_max[b], b};
-      threshold = kth_largest(maxima, k);
-    }
-    size_t capacity = static_cast<size_t>(k < 256 ? 1024 : 4 * k);
     out.clear();
+    TopKBuffer top(k, kth_block_max(block_max, (vocab + kStackBlock - 1) / kStackBlock, k, out), out);
     for (int64_t s = 0; s < subs; ++s) {
-      if (!(sub_max[s] >= threshold && sub_max[s] > -kInf)) continue;
+      if (!(sub_max[s] >= top.threshold() && sub_max[s] > -kInf)) continue;
       const int64_t lo = s * kSubBlock, n = std::min(kSubBlock, vocab - lo);
       const float* xf;
       float unused[kSubBlocks];
       const float* y = block(lo, n, xf, unused);
       for (int64_t i = 0; i < n; ++i) {
-        if (!(y[i] >= threshold && y[i] > -kInf)) continue;
-        out.push_back({y[i], lo + i});
-        if (out.size() < capacity) continue;
-        threshold = kth_largest(out, k);
-        drop_below(out, threshold);
-        if (out.size() > capacity / 2) capacity *= 2;  // many ties at the threshold: grow instead
+        if (y[i] >= top.threshold() && y[i] > -kInf) top.push(y[i], lo + i);
       }
     }
-    if (static_cast<int64_t>(out.size()) > k) drop_below(out, kth_largest(out, k));
+    top.finish();
     sort_descending(out);
   }
 
@@ -273,15 +260,17 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   thread_local std::vector<float> sub_max, block_max;
   block_max.resize((vocab + kStackBlock - 1) / kStackBlock);
   sub_max.resize(block_max.size() * kSubBlocks);
-  Collector raw_best;
-  if (a.mode == 2 && a.top_n > 0) raw_best.start(a.top_n);
+  thread_local std::vector<Candidate> raw_best;  // raw mode's top-N tokens
+  raw_best.clear();
+  std::optional<TopKBuffer> raw_top;
+  if (a.mode == 2 && a.top_n > 0) raw_top.emplace(a.top_n, -kInf, raw_best);
   RawStats raw;
   src.exact_sub_maxima(sub_max.data(), block_max.data(), [&](int64_t lo, int64_t n, const float* xf) {
     if (a.mode != 2) return;
     raw.add(xf, n);
-    if (raw_best.m == 0) return;
+    if (!raw_top) return;
     for (int64_t i = 0; i < n; ++i) {
-      if (xf[i] >= raw_best.threshold) raw_best.push(xf[i], lo + i);
+      if (xf[i] >= raw_top->threshold()) raw_top->push(xf[i], lo + i);
     }
   });
   const float row_max = *std::max_element(block_max.begin(), block_max.end());
@@ -289,7 +278,10 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   thread_local std::vector<Candidate> best;  // the top-k (or top-N) tokens, by value descending
   best.clear();
   if (best_m > 0) src.collect(sub_max.data(), subs, block_max.data(), best_m, best);
-  if (raw_best.m > 0) raw_best.finish();
+  if (raw_top) {
+    raw_top->finish();
+    sort_descending(raw_best);
+  }
 
   // The kept set, as (value, id) sorted by value descending with ties to the lower id when listed, and each
   // kept token's logprob under the processed distribution.
@@ -504,8 +496,8 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
     out.ranks[j] = rank;
   }
   for (int64_t j = 0; j < a.top_n; ++j) {
-    out.top_ids[j] = raw_best.items[j].index;
-    out.top_values[j] = static_cast<float>(raw.logprob(raw_best.items[j].x));
+    out.top_ids[j] = raw_best[j].index;
+    out.top_values[j] = static_cast<float>(raw.logprob(raw_best[j].x));
   }
 }
 
