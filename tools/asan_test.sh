@@ -31,6 +31,6 @@ sys.exit(0 if c.__file__.startswith('$PWD/$BUILD/lib/') else 'not the sanitized 
 # --capture=sys: pytest leaves file descriptor 2 alone, so a sanitizer report (written there just before the
 # abort) reaches the log instead of a capture file that dies with the process.
 FILES=(test_softmax.py test_topk.py test_topp.py test_minp.py test_sampling.py test_speculative.py test_api.py
-       test_cpu_segments.py test_cpu_topp_paths.py test_sanitizer_findings.py)
+       test_cpu_segments.py test_cpu_topp_paths.py test_sanitizer_findings.py test_stack_sampler.py)
 "$PYTHON" -P -m pytest -q -x -p no:cacheprovider --capture=sys -k "cpu and not opcheck and not compile" \
   "${FILES[@]/#/tests/}" "$@"
