@@ -8,8 +8,7 @@
 // order; untouched tokens are x, masked tokens -inf.
 #include <cmath>
 
-#include "common.h"
-#include "stack_row.h"
+#include "stack_inputs.h"
 
 namespace fastsample::cpu::stack {
 namespace {
@@ -35,72 +34,23 @@ void process_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& 
   }
 }
 
-// f(b) for every row, rows spread over the OpenMP threads (outside the dtype-dispatch macro, which cannot hold
-// a pragma).
-template <class F>
-void for_each_row(int64_t batch, F&& f) {
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t b = 0; b < batch; ++b) f(b);
-}
-
-at::Tensor id_rows(const std::optional<at::Tensor>& t, int64_t batch, const char* name) {
-  if (!t.has_value()) return at::Tensor();
-  TORCH_CHECK_VALUE(t->dim() == 2 && t->size(0) == batch, name, " must have shape [", batch, ", L], got ",
-                    t->sizes());
-  TORCH_CHECK_TYPE(t->scalar_type() == at::kLong, name, " must be int64, got ", t->scalar_type());
-  return t->contiguous();
-}
-
-IdList row_list(const at::Tensor& ids, const at::Tensor& values, int64_t b) {
-  if (!ids.defined()) return {};
-  const int64_t len = ids.size(1);
-  return {ids.data_ptr<int64_t>() + b * len, values.defined() ? values.data_ptr<float>() + b * len : nullptr, len};
-}
-
 std::tuple<at::Tensor, at::Tensor> stack_processed_logits(
-    const at::Tensor& logits_in, const std::optional<at::Tensor>& allowed_mask,
-    const std::optional<at::Tensor>& bias_ids_in, const std::optional<at::Tensor>& bias_values_in,
-    const std::optional<at::Tensor>& prompt_ids_in, const std::optional<at::Tensor>& output_ids_in,
-    const std::optional<at::Tensor>& repetition_arr, double repetition_val,
-    const std::optional<at::Tensor>& frequency_arr, double frequency_val,
+    const at::Tensor& logits, const std::optional<at::Tensor>& allowed_mask, const std::optional<at::Tensor>& bias_ids,
+    const std::optional<at::Tensor>& bias_values, const std::optional<at::Tensor>& prompt_ids,
+    const std::optional<at::Tensor>& output_ids, const std::optional<at::Tensor>& repetition_arr,
+    double repetition_val, const std::optional<at::Tensor>& frequency_arr, double frequency_val,
     const std::optional<at::Tensor>& presence_arr, double presence_val) {
-  TORCH_CHECK_VALUE(logits_in.dim() == 2, "logits must be 2-D [batch, vocab], got shape ", logits_in.sizes());
-  const auto dtype = logits_in.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-                   "logits must be float32, float16 or bfloat16, got ", dtype);
-  const at::Tensor logits = logits_in.contiguous();
-  const int64_t batch = logits.size(0), vocab = logits.size(1), words = (vocab + 31) / 32;
-  at::Tensor mask;
-  if (allowed_mask.has_value()) {
-    TORCH_CHECK_TYPE(allowed_mask->scalar_type() == at::kInt, "allowed_mask must be int32, got ",
-                     allowed_mask->scalar_type());
-    TORCH_CHECK_VALUE(allowed_mask->dim() == 2 && allowed_mask->size(0) == batch && allowed_mask->size(1) >= words,
-                      "allowed_mask must have shape [", batch, ", ", words, "], got ", allowed_mask->sizes());
-    mask = allowed_mask->narrow(1, 0, words).contiguous();
-  }
-  const at::Tensor bias_ids = id_rows(bias_ids_in, batch, "bias_ids");
-  TORCH_CHECK_VALUE(bias_ids_in.has_value() == bias_values_in.has_value(), "bias_ids and bias_values go together");
-  at::Tensor bias_values;
-  if (bias_values_in.has_value()) {
-    TORCH_CHECK_VALUE(bias_values_in->sizes() == bias_ids.sizes(), "bias_values must have bias_ids' shape ",
-                      bias_ids.sizes(), ", got ", bias_values_in->sizes());
-    bias_values = bias_values_in->to(at::kFloat).contiguous();
-  }
-  const at::Tensor prompt_ids = id_rows(prompt_ids_in, batch, "prompt_ids");
-  const at::Tensor output_ids = id_rows(output_ids_in, batch, "output_ids");
-  const auto rep = row_arg<float>(repetition_arr, static_cast<float>(repetition_val), batch, "repetition");
-  const auto freq = row_arg<float>(frequency_arr, static_cast<float>(frequency_val), batch, "frequency");
-  const auto pres = row_arg<float>(presence_arr, static_cast<float>(presence_val), batch, "presence");
-  at::Tensor out = at::empty({batch, vocab}, logits.options().dtype(at::kFloat));
-  at::Tensor bad = at::empty({batch}, logits.options().dtype(at::kBool));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "stack_processed_logits", [&] {
-    const scalar_t* xp = logits.data_ptr<scalar_t>();
-    const auto* mp = mask.defined() ? reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>()) : nullptr;
-    for_each_row(batch, [&](int64_t b) {
+  const StackInputs in = stack_inputs(logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids,
+                                      repetition_arr, repetition_val, frequency_arr, frequency_val, presence_arr,
+                                      presence_val);
+  at::Tensor out = at::empty({in.batch, in.vocab}, in.logits.options().dtype(at::kFloat));
+  at::Tensor bad = at::empty({in.batch}, in.logits.options().dtype(at::kBool));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "stack_processed_logits", [&] {
+    const scalar_t* xp = in.logits.const_data_ptr<scalar_t>();
+    for_rows(in.batch, 1, [&](int64_t b) {
       bool row_bad = false;
-      process_row<scalar_t>(xp + b * vocab, mp ? mp + b * words : nullptr, vocab, row_list(bias_ids, bias_values, b),
-                            row_list(prompt_ids, at::Tensor(), b), row_list(output_ids, at::Tensor(), b),
-                            {rep[b], freq[b], pres[b]}, out.data_ptr<float>() + b * vocab, row_bad);
+      process_row<scalar_t>(xp + b * in.vocab, in.mask_row(b), in.vocab, in.bias(b), in.prompt(b), in.output(b),
+                            in.penalties(b), out.data_ptr<float>() + b * in.vocab, row_bad);
       bad.data_ptr<bool>()[b] = row_bad;
     });
   });

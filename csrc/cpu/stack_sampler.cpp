@@ -13,9 +13,9 @@
 #include <optional>
 #include <type_traits>
 
-#include "common.h"
 #include "fastsample/philox.h"
 #include "simd.h"
+#include "stack_inputs.h"
 #include "stack_row.h"
 
 namespace fastsample::cpu::stack {
@@ -501,83 +501,31 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   }
 }
 
-// f(b) for every row, rows spread over the OpenMP threads (outside the dtype-dispatch macro, which cannot hold
-// a pragma).
-template <class F>
-void for_each_row(int64_t batch, F&& f) {
-  if (in_forked_child()) {  // no OpenMP team after fork (fork_guard.cpp)
-    for (int64_t b = 0; b < batch; ++b) f(b);
-    return;
-  }
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t b = 0; b < batch; ++b) f(b);
-}
-
-at::Tensor id_rows(const std::optional<at::Tensor>& t, int64_t batch, const char* name) {
-  if (!t.has_value()) return at::Tensor();
-  TORCH_CHECK(t->dim() == 2 && t->size(0) == batch, name, " must have shape [", batch, ", L], got ", t->sizes());
-  TORCH_CHECK(t->scalar_type() == at::kLong, name, " must be int64, got ", t->scalar_type());
-  return t->contiguous();
-}
-
-IdList id_list(const at::Tensor& ids, const at::Tensor& values, int64_t b) {
-  if (!ids.defined()) return {};
-  const int64_t len = ids.size(1);
-  return {ids.data_ptr<int64_t>() + b * len, values.defined() ? values.data_ptr<float>() + b * len : nullptr, len};
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_stack(
-    const at::Tensor& logits_in, const std::optional<at::Tensor>& allowed_mask,
-    const std::optional<at::Tensor>& bias_ids_in, const std::optional<at::Tensor>& bias_values_in,
-    const std::optional<at::Tensor>& prompt_ids_in, const std::optional<at::Tensor>& output_ids_in,
-    const std::optional<at::Tensor>& repetition_arr, double repetition_val,
-    const std::optional<at::Tensor>& frequency_arr, double frequency_val,
-    const std::optional<at::Tensor>& presence_arr, double presence_val,
-    const std::optional<at::Tensor>& temperature_arr, double temperature_val,
-    const std::optional<at::Tensor>& top_k_arr, int64_t top_k_val, const std::optional<at::Tensor>& top_p_arr,
-    double top_p_val, const std::optional<at::Tensor>& min_p_arr, double min_p_val, bool vllm_order,
-    int64_t num_samples, const at::Tensor& seed_in, const at::Tensor& offset_in, int64_t logprobs_mode,
-    int64_t top_n) {
-  TORCH_CHECK(logits_in.dim() == 2, "logits must be 2-D [batch, vocab], got shape ", logits_in.sizes());
-  const auto dtype = logits_in.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16,
-              "logits must be float32, float16 or bfloat16, got ", dtype);
-  const at::Tensor logits = logits_in.contiguous();
-  const int64_t batch = logits.size(0), vocab = logits.size(1);
-  TORCH_CHECK(num_samples >= 1, "num_samples must be >= 1, got ", num_samples);
-  TORCH_CHECK(logprobs_mode >= 0 && logprobs_mode <= 2, "logprobs_mode must be 0, 1 or 2, got ", logprobs_mode);
-  TORCH_CHECK(top_n >= 0 && top_n <= vocab && (top_n == 0 || logprobs_mode != 0),
-              "top_n must be in [0, vocab] and needs a logprobs mode, got ", top_n);
-  const int64_t words = (vocab + 31) / 32;
-  at::Tensor mask;
-  if (allowed_mask.has_value()) {
-    TORCH_CHECK(allowed_mask->scalar_type() == at::kInt, "allowed_mask must be int32, got ",
-                allowed_mask->scalar_type());
-    TORCH_CHECK(allowed_mask->dim() == 2 && allowed_mask->size(0) == batch && allowed_mask->size(1) >= words,
-                "allowed_mask must have shape [", batch, ", ", words, "], got ", allowed_mask->sizes());
-    mask = allowed_mask->narrow(1, 0, words).contiguous();
-  }
-  const at::Tensor bias_ids = id_rows(bias_ids_in, batch, "bias_ids");
-  at::Tensor bias_values;
-  TORCH_CHECK(bias_ids_in.has_value() == bias_values_in.has_value(), "bias_ids and bias_values go together");
-  if (bias_values_in.has_value()) {
-    TORCH_CHECK(bias_values_in->sizes() == bias_ids.sizes(), "bias_values must have bias_ids' shape ",
-                bias_ids.sizes(), ", got ", bias_values_in->sizes());
-    bias_values = bias_values_in->to(at::kFloat).contiguous();
-  }
-  const at::Tensor prompt_ids = id_rows(prompt_ids_in, batch, "prompt_ids");
-  const at::Tensor output_ids = id_rows(output_ids_in, batch, "output_ids");
-  // Scalars rounded to float32 like the tensor form (and the reference), so both forms agree.
-  const auto rep = row_arg<float>(repetition_arr, static_cast<float>(repetition_val), batch, "repetition");
-  const auto freq = row_arg<float>(frequency_arr, static_cast<float>(frequency_val), batch, "frequency");
-  const auto pres = row_arg<float>(presence_arr, static_cast<float>(presence_val), batch, "presence");
+    const at::Tensor& logits, const std::optional<at::Tensor>& allowed_mask, const std::optional<at::Tensor>& bias_ids,
+    const std::optional<at::Tensor>& bias_values, const std::optional<at::Tensor>& prompt_ids,
+    const std::optional<at::Tensor>& output_ids, const std::optional<at::Tensor>& repetition_arr,
+    double repetition_val, const std::optional<at::Tensor>& frequency_arr, double frequency_val,
+    const std::optional<at::Tensor>& presence_arr, double presence_val, const std::optional<at::Tensor>& temperature_arr,
+    double temperature_val, const std::optional<at::Tensor>& top_k_arr, int64_t top_k_val,
+    const std::optional<at::Tensor>& top_p_arr, double top_p_val, const std::optional<at::Tensor>& min_p_arr,
+    double min_p_val, bool vllm_order, int64_t num_samples, const at::Tensor& seed_in, const at::Tensor& offset_in,
+    int64_t logprobs_mode, int64_t top_n) {
+  const StackInputs in = stack_inputs(logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids,
+                                      repetition_arr, repetition_val, frequency_arr, frequency_val, presence_arr,
+                                      presence_val);
+  const int64_t batch = in.batch, vocab = in.vocab;
+  TORCH_CHECK_VALUE(num_samples >= 1, "num_samples must be >= 1, got ", num_samples);
+  TORCH_CHECK_VALUE(logprobs_mode >= 0 && logprobs_mode <= 2, "logprobs_mode must be 0, 1 or 2, got ", logprobs_mode);
+  TORCH_CHECK_VALUE(top_n >= 0 && top_n <= vocab && (top_n == 0 || logprobs_mode != 0),
+                    "top_n must be in [0, vocab] and needs a logprobs mode, got ", top_n);
   const auto temp = row_arg<float>(temperature_arr, static_cast<float>(temperature_val), batch, "temperature");
   const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, batch, "top_k");
   const auto top_p = row_arg<float>(top_p_arr, static_cast<float>(top_p_val), batch, "top_p");
   const auto min_p = row_arg<float>(min_p_arr, static_cast<float>(min_p_val), batch, "min_p");
   const at::Tensor seed = seed_rows(seed_in, batch, "seed"), offset = seed_rows(offset_in, batch, "offset");
 
-  const auto opts = logits.options();
+  const auto opts = in.logits.options();
   const int64_t lp_rows = logprobs_mode ? batch : 0;
   at::Tensor tokens = at::empty({batch, num_samples}, opts.dtype(at::kLong));
   at::Tensor logprobs = at::empty({lp_rows, num_samples}, opts.dtype(at::kFloat));
@@ -586,19 +534,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_st
   at::Tensor top_values = at::empty({batch, top_n}, opts.dtype(at::kFloat));
   const int64_t *seeds = seed.data_ptr<int64_t>(), *offsets = offset.data_ptr<int64_t>();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sample_stack", [&] {
-    const scalar_t* xp = logits.data_ptr<scalar_t>();
-    const auto* mp = mask.defined() ? reinterpret_cast<const uint32_t*>(mask.data_ptr<int32_t>()) : nullptr;
-    for_each_row(batch, [&](int64_t b) {
-      const RowArgs args{{rep[b], freq[b], pres[b]}, static_cast<float>(temp[b]), static_cast<float>(top_p[b]),
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.logits.scalar_type(), "sample_stack", [&] {
+    const scalar_t* xp = in.logits.const_data_ptr<scalar_t>();
+    for_rows(batch, 1, [&](int64_t b) {
+      const RowArgs args{in.penalties(b), static_cast<float>(temp[b]), static_cast<float>(top_p[b]),
                          static_cast<float>(min_p[b]), static_cast<int64_t>(top_k[b]), vllm_order, num_samples,
                          top_n, static_cast<int>(logprobs_mode), seeds[b], offsets[b]};
       const RowOut row_out{tokens.data_ptr<int64_t>() + b * num_samples,
                            logprobs_mode ? logprobs.data_ptr<float>() + b * num_samples : nullptr,
                            logprobs_mode ? ranks.data_ptr<int64_t>() + b * num_samples : nullptr,
                            top_ids.data_ptr<int64_t>() + b * top_n, top_values.data_ptr<float>() + b * top_n};
-      run_row<scalar_t>(xp + b * vocab, mp ? mp + b * words : nullptr, vocab, id_list(bias_ids, bias_values, b),
-                        id_list(prompt_ids, at::Tensor(), b), id_list(output_ids, at::Tensor(), b), args, row_out);
+      run_row<scalar_t>(xp + b * vocab, in.mask_row(b), vocab, in.bias(b), in.prompt(b), in.output(b), args,
+                        row_out);
     });
   });
   return {tokens, logprobs, ranks, top_ids, top_values};
