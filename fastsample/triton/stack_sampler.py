@@ -12,11 +12,9 @@ float32 result only when the float64 value lies within a float64 ulp of a float3
   bit for "in the prompt"), and flags the row when an id lies outside [-1, V).
 - ``apply_overrides_kernel`` (a program per row and block of V): one read of the logits and the buffers, the
   bitmask bit of each token, one float32 write of the processed logits.
-- One draw in HF order without logprobs (the common serving call) then runs the fused kernels of the
-  ``sample`` op (sampling.py) on the processed logits. Otherwise (vLLM order, n draws, logprobs/ranks/top-N)
-  temperature, filters and draws run as torch ops on the device (fastsample/reference_stack.py
-  ``sample_processed``: the same code as backend "torch"), not fused. Either way the op reads no value on the
-  host and is graph-safe.
+- Steps 4-7: fastsample/stack_compose.py ``finish``, as for the CUDA backend, with the Triton kernels of the
+  ``sample`` op (sampling.py) for one draw in HF order without logprobs. The op reads no value on the host and
+  is graph-safe.
 """
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .. import reference_stack
-from ..reference import _per_row_tensor
+from .. import stack_compose
 from . import sampling as _sampling
 from .jit import helper
 
@@ -149,28 +146,14 @@ def _sample_stack_op(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTenso
                      top_p_arr: OptTensor, top_p_val: float, min_p_arr: OptTensor, min_p_val: float,
                      vllm_order: bool, num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
                      top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    batch = logits.shape[0]
-    device = logits.device
     x = logits.contiguous()
-    param = lambda arr, val, dtype=torch.float32: _per_row_tensor(arr, val, batch, dtype, device).contiguous()  # noqa
-    rep, freq, pres = param(repetition_arr, repetition_val), param(frequency_arr, frequency_val), \
-        param(presence_arr, presence_val)
-    y, bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
-    if not vllm_order and num_samples == 1 and logprobs_mode == 0:
-        # One draw in HF order without logprobs is exactly the `sample` op's contract on y: its fused kernels.
-        rows = lambda t: t if t is None else t.contiguous()  # noqa: E731
-        token, _ = _sampling.sample(y, True, rows(temperature_arr), temperature_val, rows(top_k_arr), top_k_val,
-                                    rows(top_p_arr), top_p_val, rows(min_p_arr), min_p_val, seed.contiguous(),
-                                    offset.contiguous(), False)
-        valid = ((rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite() & ~bad
-                 & ~x.isnan().any(dim=1))
-        empty = torch.empty(0, 1, device=device)
-        return (torch.where(valid, token, -1).unsqueeze(1), empty, empty.long(),
-                torch.empty(batch, 0, dtype=torch.int64, device=device), torch.empty(batch, 0, device=device))
-    return reference_stack.sample_processed(
-        x.to(torch.float32), y, bad, rep, freq, pres, param(temperature_arr, temperature_val),
-        param(top_k_arr, top_k_val, torch.int64), param(top_p_arr, top_p_val), param(min_p_arr, min_p_val),
-        vllm_order, num_samples, seed.contiguous(), offset.contiguous(), logprobs_mode, top_n)
+    rep, freq, pres = stack_compose.penalty_rows(repetition_arr, repetition_val, frequency_arr, frequency_val,
+                                                 presence_arr, presence_val, x.shape[0], x.device)
+    y, id_bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
+    return stack_compose.finish(
+        _sampling.sample, x, y, stack_compose.invalid_rows(x, id_bad, rep, freq, pres), lambda: (rep, freq, pres),
+        temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val,
+        vllm_order, num_samples, seed, offset, logprobs_mode, top_n)
 
 
 def sample_stack(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
