@@ -350,6 +350,28 @@ def test_bad_input_names_the_argument(kwargs, error, name):
         fastsample.sample_stack(x, **kwargs, backend="cpu")
 
 
+@pytest.mark.skipif(not _ops.AVAILABLE, reason="fastsample._C is not built")
+@pytest.mark.parametrize("arg, bad, error", [
+    (0, torch.zeros(40), ValueError), (0, torch.zeros(2, 40, dtype=torch.int64), TypeError),
+    (1, torch.zeros(2, 1, dtype=torch.int32), ValueError), (1, torch.zeros(2, 2, dtype=torch.int64), TypeError),
+    (2, torch.zeros(2, 3, dtype=torch.int64), ValueError),  # bias_ids without bias_values
+    (4, torch.zeros(2, 3), TypeError), (5, torch.zeros(3, 3, dtype=torch.int64), ValueError),
+    (6, torch.ones(3), ValueError)])
+def test_both_cpu_ops_reject_bad_steps_1_3_arguments_alike(arg, bad, error):
+    """sample_stack and stack_processed_logits share one parser of the mask, bias, history and penalty arguments
+    (csrc/cpu/stack_inputs.cpp): the same ValueError for a bad shape, TypeError for a wrong dtype, naming it."""
+    names = ["logits", "allowed_mask", "bias", "bias_values", "prompt_ids", "output_ids", "repetition"]
+    steps_1_3 = [torch.randn(2, 40), None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0]
+    steps_1_3[arg] = bad
+    seed = torch.zeros(2, dtype=torch.int64)
+    calls = [lambda: torch.ops.fastsample.stack_processed_logits(*steps_1_3),
+             lambda: torch.ops.fastsample.sample_stack(*steps_1_3, None, 1.0, None, 0, None, 1.0, None, 0.0, False, 1,
+                                                       seed, seed, 0, 0)]
+    for call in calls:
+        with pytest.raises(error, match=names[arg]):
+            call()
+
+
 def test_negative_penalties_and_bad_tensor_entries(backend):
     x = make_logits(3, 20, "flat", 3)
     out = torch.tensor([[1, 1], [2, -1], [3, 4]])

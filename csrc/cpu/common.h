@@ -1,4 +1,5 @@
-// Glue shared by the CPU ops: argument checks that name the argument, and per-row parameter access.
+// Glue shared by the CPU ops: argument checks that name the argument (ValueError for a bad shape, TypeError for a
+// wrong dtype, as in the CUDA glue), and per-row parameter access.
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/library.h>
@@ -14,10 +15,10 @@ namespace fastsample::cpu {
 
 // Checks that x is [batch, vocab] in a dtype the kernels take; returns it contiguous, in its own dtype.
 inline at::Tensor checked_rows(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 2, name, " must be 2-D [batch, vocab], got shape ", x.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2, name, " must be 2-D [batch, vocab], got shape ", x.sizes());
   const auto dtype = x.scalar_type();
   const bool ok = dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
-  TORCH_CHECK(ok, name, " must be float32, float16 or bfloat16, got ", dtype);
+  TORCH_CHECK_TYPE(ok, name, " must be float32, float16 or bfloat16, got ", dtype);
   return x.contiguous();
 }
 
@@ -99,7 +100,7 @@ RowArg<T> row_arg(const std::optional<at::Tensor>& t, double scalar, int64_t bat
   RowArg<T> arg;
   arg.scalar = scalar;
   if (t.has_value()) {
-    TORCH_CHECK(t->dim() == 1 && t->size(0) == batch, name, " must have shape [", batch, "], got ", t->sizes());
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == batch, name, " must have shape [", batch, "], got ", t->sizes());
     arg.tensor = t->to(at::CppTypeToScalarType<T>::value).contiguous();
     arg.data = arg.tensor.template data_ptr<T>();
   }
@@ -108,8 +109,8 @@ RowArg<T> row_arg(const std::optional<at::Tensor>& t, double scalar, int64_t bat
 
 // seed / offset: int64 [B].
 inline at::Tensor seed_rows(const at::Tensor& t, int64_t batch, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == batch, name, " must have shape [", batch, "], got ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == 1 && t.size(0) == batch, name, " must have shape [", batch, "], got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kLong, name, " must be int64, got ", t.scalar_type());
   return t.contiguous();
 }
 
