@@ -25,12 +25,18 @@ REFERENCE = "reference"
 
 
 def _importable(module: str) -> str | None:
-    """None when `module` imports, else why not (for the run's list of skipped providers)."""
+    """None when the optional `module` imports, else why not (for the run's list of skipped providers)."""
     try:
         importlib.import_module(module)
         return None
-    except Exception as exc:  # a broken optional install must not stop the benchmark
+    except Exception as exc:  # a broken optional install (FlashInfer's) must not stop the benchmark
         return f"{type(exc).__name__}: {exc}"
+
+
+def _required(module: str) -> None:
+    """Imports `module`, which `make install` provides: a failure is a broken repository, so it propagates
+    instead of turning the provider into a skipped one (a benchmark without its baseline is no benchmark)."""
+    importlib.import_module(module)
 
 
 def availability(device: torch.device) -> dict[str, str | None]:
@@ -44,8 +50,8 @@ def availability(device: torch.device) -> dict[str, str | None]:
         "fastsample:cuda": (built or (None if _ops.cuda_built() else "fastsample._C built without CUDA"))
         if gpu else "needs a CUDA device",
         "fastsample:triton": _importable("fastsample.triton.ops") if gpu else "needs a CUDA device",
-        "reference": _importable("fastsample.reference"),
-        "hf": _importable("transformers.generation.logits_process"),
+        "reference": _required("fastsample.reference"),
+        "hf": _required("transformers.generation.logits_process"),
         "torch": None,
         "flashinfer": _importable("flashinfer.sampling") if gpu else "needs a CUDA device",
         **{name: "needs a CPU device" if gpu else built or _path_missing(path) for name, path in CPU_PATHS.items()},

@@ -58,13 +58,24 @@ def test_csv_rows_have_the_schema(smoke):
 
 
 def test_the_limit_is_pooled_from_before_and_after(smoke):
-    """The limit is timed before a shape's cases and again after them, and the two sets of calls pooled: its
-    row holds both sets, and every row's ratio is taken against that pooled median."""
+    """Each limit is timed before a shape's cases and again after them, and the two sets of calls pooled: its
+    row holds both sets, and every row's ratio is taken against the pooled median of the limit it names. A CPU
+    whose default path is AVX-512 also has rows forced onto the AVX2 path: those name and use the AVX2 path's
+    own limit, so there is one limit per path that ran."""
     rows = smoke[4]
-    limit = [r for r in rows if r["op"] == PASS_OP and r["provider"] == r["limit_kind"]]
-    assert len(limit) == 1
-    assert int(limit[0]["reps"]) >= 10  # at least min_reps (5) each time
-    assert all(r["limit_ms"] == limit[0]["median_ms"] for r in rows)
+    limits = {r["limit_kind"]: [] for r in rows}
+    for r in rows:
+        if r["op"] == PASS_OP and r["provider"] == r["limit_kind"]:
+            limits[r["limit_kind"]].append(r)
+    assert all(len(found) == 1 for found in limits.values()), {k: len(v) for k, v in limits.items()}
+    paths = {r["isa"] for r in rows if r["provider"].startswith("fastsample:cpu")}
+    assert len(limits) == len(paths), (sorted(limits), sorted(paths))  # one limit per CPU path
+    for kind, (limit,) in limits.items():
+        assert int(limit["reps"]) >= 10, kind  # at least min_reps (5) each time
+        assert limit["isa"] in paths, kind
+        assert all(r["limit_ms"] == limit["median_ms"] for r in rows if r["limit_kind"] == kind), kind
+        assert all(r["isa"] == limit["isa"] for r in rows if r["limit_kind"] == kind
+                   and r["provider"].startswith("fastsample:cpu")), kind
 
 
 def test_pooled_timing_takes_the_quantiles_of_all_calls():
@@ -77,9 +88,28 @@ def test_pooled_timing_takes_the_quantiles_of_all_calls():
 
 def test_reference_is_the_speedup_baseline(smoke):
     rows = [r for r in smoke[4] if r["provider"] == "reference"]
-    if not rows:
-        pytest.skip("fastsample.reference is not importable yet")
+    assert rows
     assert all(float(r["speedup_vs_reference"]) == 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("module", ["fastsample.reference", "transformers.generation.logits_process"])
+def test_a_broken_required_provider_fails_the_run(module, monkeypatch):
+    """The reference and hf providers come with `make install`: an import error of theirs stops the benchmark
+    (it is a broken repository), where an optional provider (FlashInfer) would only be listed as skipped."""
+    import importlib
+
+    from bench.providers import availability
+
+    real = importlib.import_module
+
+    def broken(name, *args, **kwargs):
+        if name == module:
+            raise ImportError(f"{module} is broken")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib, "import_module", broken)
+    with pytest.raises(ImportError, match="is broken"):
+        availability(torch.device("cpu"))
 
 
 def test_table_prints_and_is_written(smoke):
@@ -98,7 +128,6 @@ def test_harness_providers_never_fail(smoke):
 
 
 def test_plot_from_csv(smoke, tmp_path):
-    pytest.importorskip("matplotlib")
     from bench.plot import main as plot_main
 
     out = smoke[2]
