@@ -203,9 +203,12 @@ def test_large_vocab_bench_shape(backend):
                 bias_values=torch.randn(rows, 16, generator=gen), prompt_ids=_ids(rows, 1024, vocab, gen, 0.1),
                 output_ids=_ids(rows, 256, vocab, gen, 0.1), repetition_penalty=1.1, frequency_penalty=0.2,
                 presence_penalty=0.1)
+    flips = total = 0
     for filters in (dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05), dict(temperature=0.8, top_p=0.9)):
-        _run_and_check(backend, x, args, f"{backend} V={vocab} {filters}", logprobs="processed", top_logprobs=5,
-                       **filters)
+        f, n = _run_and_check(backend, x, args, f"{backend} V={vocab} {filters}", logprobs="processed",
+                              top_logprobs=5, **filters)
+        flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} stack sampler V={vocab}")
 
 
 # ------------------------------------------------------------------------------ penalties, bias, bitmask
