@@ -17,21 +17,23 @@ import fastsample
 BATCH, VOCAB = 4, 50
 NAN, INF = float("nan"), float("inf")
 SPECULATIVE = "chain_speculative_sampling"
-ALL = tuple(FUNCTIONS) + (SPECULATIVE,)
+STACK = "sample_stack"  # called with every filter and logprobs on (STACK_KWARGS)
+STACK_KWARGS = {"temperature": 0.8, "top_k": 5, "top_p": 0.7, "min_p": 0.05, "logprobs": "processed"}
+ALL = tuple(FUNCTIONS) + (SPECULATIVE, STACK)
 SAMPLERS = tuple(n for n, (_, _, draws) in FUNCTIONS.items() if draws) + ("greedy",)
 RENORMS = ("top_k_renorm_probs", "top_p_renorm_probs", "min_p_renorm_probs")
 PROBS_FNS = tuple(n for n, (kind, _, _) in FUNCTIONS.items() if kind == "probs")
 LOGITS_FNS = tuple(n for n, (kind, _, _) in FUNCTIONS.items() if kind == "logits")
 # Functions taking each parameter (as a keyword), with a valid value of it.
 PARAMS = {
-    "temperature": ("softmax", "sample"),
+    "temperature": ("softmax", "sample", STACK),
     "top_k": ("top_k_mask_logits", "top_k_renorm_probs", "top_k_sampling_from_probs",
-              "top_k_top_p_sampling_from_probs", "top_k_top_p_sampling_from_logits", "sample"),
+              "top_k_top_p_sampling_from_probs", "top_k_top_p_sampling_from_logits", "sample", STACK),
     "top_p": ("top_p_renorm_probs", "top_p_sampling_from_probs", "top_k_top_p_sampling_from_probs",
-              "top_k_top_p_sampling_from_logits", "sample"),
-    "min_p": ("min_p_renorm_probs", "min_p_sampling_from_probs", "sample"),
+              "top_k_top_p_sampling_from_logits", "sample", STACK),
+    "min_p": ("min_p_renorm_probs", "min_p_sampling_from_probs", "sample", STACK),
 }
-RANDOM = tuple(n for n, (_, _, draws) in FUNCTIONS.items() if draws) + (SPECULATIVE,)
+RANDOM = tuple(n for n, (_, _, draws) in FUNCTIONS.items() if draws) + (SPECULATIVE, STACK)
 
 
 def _spec_inputs(batch=BATCH, n=2, vocab=VOCAB):
@@ -51,13 +53,17 @@ def _call(name, backend, x=None, **override):
             args["draft_probs"] = x
         args.update(override)
         return fastsample.chain_speculative_sampling(**args, backend=backend)
+    if name == STACK:
+        x = _input("logits", BATCH, VOCAB) if x is None else x
+        return fastsample.sample_stack(x, **{**STACK_KWARGS, "seed": 7, **override}, backend=backend)
     kind, kwargs, draws = FUNCTIONS[name]
     kwargs = {**kwargs, **({"seed": 7} if draws else {}), **override}
     return getattr(fastsample, name)(_input(kind, BATCH, VOCAB) if x is None else x, **kwargs, backend=backend)
 
 
 def _main_arg(name):
-    return "draft_probs" if name == SPECULATIVE else "x" if name == "top_k" else FUNCTIONS[name][0]
+    return "draft_probs" if name == SPECULATIVE else "x" if name == "top_k" else "logits" if name == STACK \
+        else FUNCTIONS[name][0]
 
 
 @dataclass(frozen=True)
@@ -110,7 +116,7 @@ def _nan_target():
 
 
 def _nan_input(name):
-    x = _input(FUNCTIONS[name][0], BATCH, VOCAB)
+    x = _input("logits" if name == STACK else FUNCTIONS[name][0], BATCH, VOCAB)
     x[1, 3] = NAN
     return dict(x=x)
 

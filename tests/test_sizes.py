@@ -1,5 +1,8 @@
 """Sizes: a batch of more than 2^31 elements on the CPU backend, and the peak extra memory of each CPU op.
 
+Two tests cross 2^31 elements in one call: the one-pass ops on float16 rows (4 GiB, seconds: always run) and
+every op family on float32 rows (8 GiB, minutes: FASTSAMPLE_BIG=1).
+
 The 2^31 test plants rows whose answer is known without an oracle pass over 8 GiB: a row of zeros with one
 1.0 at a chosen column (probs: that token; greedy/top_k: that column), a row with one +inf (logits: that
 token; probs: invalid, -1) and all-zero rows (probs: -1; greedy: 0). Planted rows sit past element 2^31 so an
@@ -65,6 +68,34 @@ def test_cpu_tokens_beyond_2_pow_31_elements():
         assert indices[b].tolist() == want, f"top_k row {b}"
     assert values[16382].tolist() == [float("inf"), 0.0] and values[16383].tolist() == [1.0, 0.0]
     assert all(tokens[b].item() >= 0 for b in zero_rows)  # zero logits: a valid uniform row
+
+
+@pytest.mark.skipif(_available_bytes() < 6 * GIB, reason="needs 6 GiB of free memory")
+def test_cpu_one_pass_ops_beyond_2_pow_31_elements():
+    """The cheap half of the test above, run everywhere: ops whose cost is about one pass (greedy, sampling from
+    the full distribution, `sample` with temperature only) over one float16 batch of 2^31 + 2^17 elements
+    (4 GiB; ~15 s on 2 cores), on planted rows past element 2^31, where an int32 offset would read another row.
+    """
+    x = torch.zeros(BIG_BATCH, BIG_VOCAB, dtype=torch.float16)
+    assert x.numel() > 2**31
+    x[0, 131071] = x[16384, 77] = 1.0  # greedy: that column
+    x[16383, 131071] = x[16380, 3] = float("inf")  # every op: that token (all the mass), logprob 0
+    x[16382, 5] = float("nan")  # a NaN row: -1 everywhere
+    x[16381] = float("-inf")  # no finite logit: -1 everywhere
+    planted = {0: 131071, 16384: 77, 16383: 131071, 16380: 3, 16382: -1, 16381: -1}
+
+    greedy = fastsample.greedy(x, backend="cpu")
+    tokens = fastsample.sampling_from_logits(x, seed=1, backend="cpu")
+    sampled, logprobs = fastsample.sample(x, 0.7, return_logprobs=True, seed=2, backend="cpu")
+    for b, j in planted.items():
+        assert greedy[b].item() == j, f"greedy row {b}"
+        if b in (16383, 16380, 16382, 16381):
+            assert tokens[b].item() == j and sampled[b].item() == j, f"sampling row {b}"
+    assert logprobs[16383].item() == 0.0 and logprobs[16380].item() == 0.0
+    valid = torch.ones(BIG_BATCH, dtype=torch.bool)
+    valid[[16382, 16381]] = False
+    for out in (tokens, sampled):  # the zero rows are uniform: any id, never out of range
+        assert ((out[valid] >= 0) & (out[valid] < BIG_VOCAB)).all() and (out[~valid] == -1).all()
 
 
 MEASURE = r"""
