@@ -6,6 +6,9 @@ picks one. Fake kernels give output shapes and dtypes so torch.compile and CUDA-
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 try:
@@ -15,6 +18,21 @@ try:
 except ImportError as exc:  # the package imports without its extension; only backend "torch" works then
     AVAILABLE = False
     IMPORT_ERROR = exc
+
+
+def _say_which_cpu_path_runs() -> None:
+    """FASTSAMPLE_ISA asks for a CPU vector path; the kernels never take one the CPU lacks (they fall back to
+    the best it has, csrc/cpu/isa.cpp). Say so when that happens, rather than time or test another path."""
+    want = os.environ.get("FASTSAMPLE_ISA")
+    got = torch.ops.fastsample_cpu.isa()
+    if want and want != got:
+        warnings.warn(f"FASTSAMPLE_ISA={want}: this CPU has no such path (or the name is unknown; the paths are "
+                      f"avx512, avx2, neon and generic, never more than the CPU has); the CPU kernels run the "
+                      f"{got} path", RuntimeWarning)
+
+
+if AVAILABLE:
+    _say_which_cpu_path_runs()
 
 
 def cuda_built() -> bool:

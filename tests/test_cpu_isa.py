@@ -90,3 +90,21 @@ def test_tokens_do_not_depend_on_the_path():
     first = next(iter(runs.values()))
     for path, tokens in runs.items():
         assert tokens == first, f"{path} differs from {next(iter(runs))}"
+
+
+def test_asking_for_a_path_the_cpu_lacks_warns():
+    """FASTSAMPLE_ISA naming a path this CPU lacks (or no path at all) runs another path and says which; a
+    path the CPU has runs without a word."""
+    lacking = 0
+    for want in [*PATHS, "avx-512"]:
+        env = dict(os.environ, FASTSAMPLE_ISA=want)
+        run = subprocess.run([sys.executable, "-c", "import fastsample, torch; print(torch.ops.fastsample_cpu.isa())"],
+                             env=env, cwd=TESTS.parent, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        got = run.stdout.strip().splitlines()[-1]
+        if got == want:
+            assert "FASTSAMPLE_ISA" not in run.stderr, run.stderr[-2000:]
+        else:
+            lacking += 1
+            assert f"FASTSAMPLE_ISA={want}" in run.stderr and f"run the {got} path" in run.stderr, run.stderr[-2000:]
+    assert lacking >= 2  # "avx-512", and neon on x86-64 or the x86 paths on aarch64

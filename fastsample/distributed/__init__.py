@@ -19,18 +19,18 @@ an all-gather of each rank's kept mass (B int64); an all-reduce of the drawn tok
 (B * 2 float64). Nothing scales with V.
 
 Exactness guarantee. Weights are ``w_i = exp((x_i - m) / T)`` in float64 from the float32 logits (m = the
-global max), truncated to fixed point ``q_i = floor(w_i * 2^S)`` with ``S = 61 - bit_length(V)`` (S = 44 for
+global max), rounded to fixed point ``q_i = round(w_i * 2^S)`` (nearest) with ``S = 61 - bit_length(V)`` (S = 44 for
 V = 128256). Every mass (top-p's mass above a value, the kept total W, each rank's kept mass and the CDF
 in the draw) is an exact int64 sum of q's, and the comparisons ``mass < p * W`` and ``cdf > u * W`` are done
 in exact integer arithmetic (fastsample/distributed/_exact.py). Hence:
 
 1. every rank takes every decision on the same integers: all ranks return the same tokens;
 2. no decision depends on the split or on the number of ranks (the weights are elementwise, the sums exact);
-3. versus exact real arithmetic on the same logits, each q_i is off by less than 2^-S plus one float64
+3. versus exact real arithmetic on the same logits, each q_i * 2^-S is off by at most 2^-(S+1) plus one float64
    rounding of w_i, so a decision can differ only where p * W or u * W lies within about V * 2^-S of a
    step (2^-27, i.e. ~7e-9 of the row's largest weight, at V = 128256, and far less in practice as the
-   errors do not add up coherently), or where a token's weight is below 2^-S (it truncates to 0 and is
-   never drawn: probability < 2^-44 of the largest token's).
+   errors do not add up coherently), or where a token's weight is below 2^-(S+1) (it rounds to 0 and is
+   never drawn: probability < 2^-45 of the largest token's).
 
 The single-device kernels round weights in float32 (about 1e-7 relative), so on the rare rows where the
 two results differ, the step lies within float32 rounding of u * W or p * W, a boundary case the tests count
