@@ -2,8 +2,8 @@
 // the best the CPU has, capped by FASTSAMPLE_ISA=avx512|avx2|neon|generic (a path the CPU lacks falls back
 // to the best it has). FASTSAMPLE_NO_AVX512=1 means generic, as before FASTSAMPLE_ISA existed. "generic" is
 // the auto-vectorised loops (multiversioned on x86-64), which every machine can run: tests force each
-// path in turn, and every path gives the oracle's tokens. x86-64 has avx512 (its own loops) and avx2
-// (vec_loops.h over vec_avx2.h); aarch64 has neon (vec_loops.h over vec_neon.h), which every ARMv8-A core
+// path in turn, and every path gives the oracle's tokens. x86-64 has avx512 and avx2 (vec_loops.h over
+// vec_avx512.h, vec_avx2.h); aarch64 has neon (vec_loops.h over vec_neon.h), which every ARMv8-A core
 // runs.
 #pragma once
 #include <atomic>
@@ -29,7 +29,5 @@ Isa set_isa(const char* name);
 
 // Its name: "avx512", "avx2", "neon" or "generic".
 const char* isa_name(Isa isa);
-
-inline bool use_avx512() { return cpu_isa() == Isa::kAvx512; }
 
 }  // namespace fastsample::cpu
