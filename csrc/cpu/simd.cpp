@@ -33,7 +33,7 @@ inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, 
                         float& bmax) {
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-  s = vec_path()->exp_weights_seen(xb, len, st.ref, inv_t, w, &seen);
+  s = vec_path().exp_weights_seen(xb, len, st.ref, inv_t, w, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
   bmax = seen.max;
   return true;
@@ -78,52 +78,12 @@ OnlinePass merge_segments(const std::vector<OnlinePass>& segs, bool is_exp, floa
   return row;
 }
 
-// gather_range: the tokens in range are few and spread at random, so a branch per token would mispredict.
-// The paths of vec_paths.h compress each vector into place without a branch; the generic one reduces a
-// group of 16 to a bit mask (vector extensions) and visits its set bits. Both write into the vectors grown
-// ahead (so the loop makes no calls that would spill its registers) and trim them at the end.
-namespace {
-
-// Makes room for 16 more tokens after the first k.
-inline void room_for_16(Gathered& out, size_t k) {
-  if (k + 16 <= out.values.size()) return;
-  const size_t size = std::max<size_t>(2 * out.values.size(), k + 1024);
-  out.values.resize(size);
-  out.indices.resize(size);
-}
-
-}  // namespace
-
-void gather_range_generic(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
-  size_t k = out.values.size();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    F16 v;
-    std::memcpy(&v, x + i, sizeof v);
-    uint32_t mask = range_mask16(v, lo, hi);
-    if (mask == 0) continue;
-    room_for_16(out, k);
-    for (; mask != 0; mask &= mask - 1, ++k) {
-      const int64_t j = i + __builtin_ctz(mask);
-      out.values[k] = x[j];
-      out.indices[k] = base + j;
-    }
-  }
-  for (; i < n; ++i) {
-    room_for_16(out, k);
-    out.values[k] = x[i];
-    out.indices[k] = base + i;
-    k += x[i] >= lo && x[i] < hi;
-  }
-  out.values.resize(k);
-  out.indices.resize(k);
-}
-
-// The gather of a path of vec_paths.h, a chunk at a time: room is made for a whole chunk (plus the vector
-// loop's spare entries) before it, then trimmed. resize grows the capacity geometrically, so the vectors
-// are reallocated O(log n) times.
-void gather_range_vec(const VecPath& vp, const float* x, int64_t n, int64_t base, float lo, float hi,
-                      Gathered& out) {
+// The tokens in range are few and spread at random, so a branch per token would mispredict: the paths'
+// gather compresses each vector into place instead. A chunk at a time: room is made for a whole chunk
+// (plus the vector loop's spare entries) before it, then trimmed. resize grows the capacity geometrically,
+// so the vectors are reallocated O(log n) times.
+void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
+  const VecPath& vp = vec_path();
   constexpr int64_t kChunk = 4096;
   auto k = static_cast<int64_t>(out.values.size());
   for (int64_t i = 0; i < n; i += kChunk) {
@@ -137,11 +97,6 @@ void gather_range_vec(const VecPath& vp, const float* x, int64_t n, int64_t base
   }
   out.values.resize(k);
   out.indices.resize(k);
-}
-
-void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
-  if (const VecPath* vp = vec_path()) return gather_range_vec(*vp, x, n, base, lo, hi, out);
-  gather_range_generic(x, n, base, lo, hi, out);
 }
 
 FS_MULTIVERSION void weights_of(const Weighting& wt, const float* x, int64_t n, float* w) {

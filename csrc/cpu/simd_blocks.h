@@ -12,54 +12,14 @@
 
 namespace fastsample::cpu {
 
-// GCC vector extensions, where the auto-vectoriser falls short: 16 floats, lowered to whatever width the
-// instruction set at hand has.
-typedef float F16 __attribute__((vector_size(64)));
-typedef int32_t I16 __attribute__((vector_size(64)));
-
-// Bit l set iff lo <= v[l] < hi: the lanes of a group that lie in a range, for a gather that visits only
-// those (the tokens are spread at random, so a branch per token would mispredict).
-inline uint32_t range_mask16(F16 v, float lo, float hi) {
-  const I16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-  const I16 bits = (v >= lo) & (v < hi) & bit;
-  uint32_t mask = 0;
-  for (int l = 0; l < kLanes; ++l) mask |= static_cast<uint32_t>(bits[l]);
-  return mask;
-}
-
-// w[i] = (x[i] >= theta ? exp_nonpositive((x[i] - ref) * inv_t) : 0) over a span; returns their float sum.
-inline float exp_weights_generic(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] >= theta ? exp_nonpositive((x[i] - ref) * inv_t) : 0.0f;
-    w[i] = v;
-    s += v;
-  }
-  return s;
-}
-
+// w[i] = (x[i] >= theta ? exp_nonpositive((x[i] - ref) * inv_t) : 0) over a span (theta = -inf: every
+// token; NaN weighs NaN); returns their float sum.
 inline float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
-  if (const VecPath* vp = vec_path()) return vp->exp_weights(x, n, ref, inv_t, theta, w);
-  return exp_weights_generic(x, n, ref, inv_t, theta, w);
-}
-
-inline SpanStats span_stats_generic(const float* x, int64_t n) {
-  float mx = -kInf, mn = kInf;
-  int nan = 0;
-#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(| : nan)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    nan |= v != v;
-    mx = v > mx ? v : mx;  // a NaN compares false: ignored
-    mn = v < mn ? v : mn;
-  }
-  return {mx, mn, nan != 0};
+  return vec_path().exp_weights(x, n, ref, inv_t, theta, w);
 }
 
 inline SpanStats span_stats_dispatch(const float* x, int64_t n) {
-  if (const VecPath* vp = vec_path()) return vp->span_stats(x, n);
-  return span_stats_generic(x, n);
+  return vec_path().span_stats(x, n);
 }
 
 // Stats of one block into st and, for logits, the reference raised (with slack) when the block exceeds
@@ -106,7 +66,7 @@ inline float block_weights(const float* xb, int64_t len, const OnlinePass& st, b
 // Whether a block of logits can be weighed before its stats are known (the fused loops of vec_paths.h),
 // against the reference as it stands.
 inline bool fusable(const OnlinePass& st, bool is_exp) {
-  return vec_path() != nullptr && is_exp && weighable(st, is_exp);
+  return is_exp && weighable(st, is_exp);
 }
 
 // Whether a block weighed before its stats were known (the fused loops, against the reference as

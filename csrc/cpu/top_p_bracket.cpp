@@ -12,44 +12,25 @@
 namespace fastsample::cpu {
 namespace {
 
-// One block of the bracket pass, from its weights w (len a multiple of 16, or the block padded with
-// tokens of no weight; only the first `real` tokens are gathered): sums[j] = sum of w[i] with
-// x[i] >= edges[j], and the central region's values appended to g. Independent
-// accumulators: the edges' sums do not wait on each other.
-inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t real, const Bracket& br,
-                          float* sums, PassGather& g) {
-  F16 acc[kBracketEdges] = {};
+// A block that cannot be weighed (the row so far holds NaN or +inf, which its stats decide, or logits that
+// are all -inf): no weight above any edge; its central tokens (the first `real`) are still gathered, as
+// every block's are.
+inline void unweighed_block(const float* xb, int64_t real, const Bracket& br, float* sums, PassGather& g) {
+  std::fill(sums, sums + kBracketEdges, 0.0f);
   const float lo = br.edges[kCentralLow], hi = br.edges[kCentralHigh];
-  for (int64_t i = 0; i < len; i += kLanes) {
-    F16 v, wv;
-    std::memcpy(&v, xb + i, sizeof v);
-    std::memcpy(&wv, w + i, sizeof wv);
-    for (int j = 0; j < kBracketEdges; ++j) acc[j] += v >= br.edges[j] ? wv : F16{};
-    // The gather (the generic path): a bit mask of the group, then its set bits.
-    const int64_t rem = real - i;
-    uint32_t mask = range_mask16(v, lo, hi) & (rem >= kLanes ? 0xFFFFu : rem <= 0 ? 0u : (1u << rem) - 1u);
-    for (; mask != 0; mask &= mask - 1, ++g.count) {
-      if (g.count >= g.capacity) continue;
-      g.values[g.count] = xb[i + __builtin_ctz(mask)];
-    }
-  }
-  for (int j = 0; j < kBracketEdges; ++j) {
-    float s = 0.0f;
-    for (int l = 0; l < kLanes; ++l) s += acc[j][l];
-    sums[j] = s;
+  for (int64_t i = 0; i < real; ++i) {
+    if (!(xb[i] >= lo && xb[i] < hi)) continue;
+    if (g.count < g.capacity) g.values[g.count] = xb[i];
+    ++g.count;
   }
 }
 
 // One block of online_bracket_pass, after its stats (xb padded to kPassBlock past `real` tokens): adds to
-// st.sum, fills sums and gathers into g; w is scratch (the generic path's weights).
+// st.sum, fills sums and gathers into g.
 inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
-                                OnlinePass& st, float* sums, PassGather& g, float* w) {
-  if (const VecPath* vp = vec_path(); vp != nullptr && weighable(st, is_exp)) {
-    st.sum += vp->bracket_block(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
-    return;
-  }
-  st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
-  bracket_block(xb, w, kPassBlock, real, br, sums, g);
+                                OnlinePass& st, float* sums, PassGather& g) {
+  if (!weighable(st, is_exp)) return unweighed_block(xb, real, br, sums, g);
+  st.sum += vec_path().bracket_block(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
 }
 
 // The same block in one read (logits with a reference, on a path of vec_paths.h), its max taken
@@ -60,7 +41,7 @@ inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, floa
                                 OnlinePass& st, float* sums, PassGather& g, float& bmax) {
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-  const float s = vec_path()->bracket_block(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
+  const float s = vec_path().bracket_block(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
   st.sum += s;
   bmax = seen.max;
@@ -71,7 +52,7 @@ inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, floa
 
 FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& br,
                                          OnlinePass& st, double* mass_at, BracketBlocks blocks, PassGather& g) {
-  float w[kPassBlock], xs[kPassBlock];
+  float xs[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const int64_t k = b / kPassBlock;
@@ -89,7 +70,7 @@ FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp,
         st.sum *= scale;
         for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
       }
-      weigh_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, w);
+      weigh_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g);
     }
     blocks.refs[k] = st.ref;
     for (int j = 0; j < kBracketEdges; ++j) {
