@@ -3,7 +3,7 @@
 
 1. tools/vec_check.cpp, the loops of csrc/cpu/vec_loops.h on fixed inputs, built over the AVX-512
    primitives with SIMDe (and natively where the CPU has AVX-512F), must print the same lines as the AVX2
-   build (as check-arm does for NEON).
+   build (as check-arm does for NEON under qemu); so must the NEON primitives over SIMDe's NEON.
 2. With --tests: the extension built with FASTSAMPLE_SIMDE=1 into build/simde (its `avx512` path on the
    emulation, whatever the CPU) and the CPU kernel tests run against it on FASTSAMPLE_ISA=avx512.
 Where simde-py is missing or the CPU lacks AVX2 + FMA to compare with, it says "skipped" and why on stderr and
@@ -45,7 +45,10 @@ def build_and_run(out: str, name: str, extra: list[str]) -> subprocess.Completed
 def vec_check(simde_include: str) -> bool:
     """The AVX-512 loops (SIMDe, and native where the CPU has AVX-512F) against the AVX2 ones, line for line."""
     flags = cpu_flags()
-    builds = {"avx512-simde": ["-DVEC_CHECK_AVX512=1", "-DFASTSAMPLE_SIMDE=1", "-Wno-psabi", "-I", simde_include]}
+    simde = ["-DFASTSAMPLE_SIMDE=1", "-Wno-psabi", "-I", simde_include]
+    # The NEON primitives too, on SIMDe's NEON: its vfmaq is fused only over FMA instructions.
+    builds = {"avx512-simde": ["-DVEC_CHECK_AVX512=1", *simde],
+              "neon-simde": ["-DVEC_CHECK_NEON=1", "-mavx2", "-mfma", *simde]}
     if " avx512f" in flags:
         builds["avx512"] = ["-DVEC_CHECK_AVX512=1"]
     with tempfile.TemporaryDirectory() as out:

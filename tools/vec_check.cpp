@@ -12,7 +12,7 @@
 
 #include "simd.h"
 #include "top_p_bracket.h"
-#if defined(__aarch64__)
+#if defined(__aarch64__) || VEC_CHECK_NEON  // VEC_CHECK_NEON: on SIMDe's NEON, with FASTSAMPLE_SIMDE=1
 #include "vec_neon.h"
 #include "vec_loops.h"
 using V = fastsample::cpu::Neon;

@@ -2,7 +2,12 @@
 // vec_avx2.h. Include only when compiling for aarch64 (simd_neon.cpp): NEON is part of every ARMv8-A core, so
 // no target switch is needed. Each primitive says what it computes in terms of the AVX2 one it mirrors.
 #pragma once
+#if FASTSAMPLE_SIMDE  // the same primitives over SIMDe's emulation of NEON, on x86-64 (tools/check_avx512.py)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/arm/neon.h>
+#else
 #include <arm_neon.h>
+#endif
 
 #include <cstdint>
 
