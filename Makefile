@@ -35,7 +35,8 @@ check-arm:
 
 # The AVX-512 path on any x86-64 (AVX2 + FMA to compare with): its loops over SIMDe's exact emulation of the
 # intrinsics (pip install simde-py, a test-only dependency) print the same lines as the AVX2 loops
-# (tools/vec_check.cpp), and the CPU kernel tests pass on an extension built with that path (build/simde).
+# (tools/vec_check.cpp), as do the NEON primitives over SIMDe's NEON, and the CPU kernel tests pass on an
+# extension built with the emulated AVX-512 path (build/simde).
 check-avx512:
 	$(PYTHON) tools/check_avx512.py --tests
 
