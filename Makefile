@@ -1,7 +1,7 @@
 PYTHON ?= python
 NVCC ?= nvcc
 
-.PHONY: install test bench check-cuda check-wheel check-arm test-asan clean
+.PHONY: install test bench check-cuda check-wheel check-arm check-avx512 test-asan clean
 
 # torch first: the CPU wheel on machines without a GPU. --no-build-isolation builds against that torch
 # instead of pulling another one (with its CUDA wheels) into an isolated build environment.
@@ -32,6 +32,13 @@ check-wheel:
 AARCH64_CXX ?= aarch64-linux-gnu-g++
 check-arm:
 	$(PYTHON) tools/check_arm.py --cxx $(AARCH64_CXX)
+
+# The AVX-512 path on any x86-64 (AVX2 + FMA to compare with): its loops over SIMDe's exact emulation of the
+# intrinsics (pip install simde-py, a test-only dependency) print the same lines as the AVX2 loops
+# (tools/vec_check.cpp), as do the NEON primitives over SIMDe's NEON, and the CPU kernel tests pass on an
+# extension built with the emulated AVX-512 path (build/simde).
+check-avx512:
+	$(PYTHON) tools/check_avx512.py --tests
 
 # The CPU extension built with ASan + UBSan (no recovery) into build/asan, and the CPU kernel tests run on it
 # (tools/asan_test.sh says how: LD_PRELOADed runtimes, leak checks off for the interpreter).

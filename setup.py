@@ -37,6 +37,17 @@ if SANITIZE:
     cxx_flags = [f for f in cxx_flags if f != "-O3"] + ["-O1"] + sanitize_flags
     link_flags += sanitize_flags
 
+# FASTSAMPLE_SIMDE=1: a CPU-only test build whose AVX-512 path runs on SIMDe's emulation of the intrinsics
+# (csrc/cpu/vec_avx512.h), so that its loops are tested on any x86-64 (`make check-avx512`,
+# tools/check_avx512.py); needs the headers of the simde-py package, a test-only dependency.
+if os.environ.get("FASTSAMPLE_SIMDE") == "1":
+    import simde_py
+
+    WITH_CUDA = False
+    # -Wno-psabi: GCC notes that 64-byte vectors pass differently without -mavx512f; nothing outside sees them.
+    cxx_flags += ["-DFASTSAMPLE_SIMDE=1", "-Wno-psabi"]
+    include_dirs.append(simde_py.get_include())
+
 if WITH_CUDA:
     ext = CUDAExtension("fastsample._C", CPU_SOURCES + CUDA_SOURCES, include_dirs=include_dirs,
                         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags)
@@ -48,11 +59,13 @@ else:
 class KeptBuildExtension(BuildExtension.with_options(use_ninja=True)):
     """build_ext with its objects and ninja file in one kept folder, build/temp, whatever temporary folder
     pip's editable or wheel build asks for: ninja then recompiles only the sources that changed (none on a
-    second `make install`), instead of the whole extension each time."""
+    second `make install`), instead of the whole extension each time. The test builds (SIMDe, sanitizers) keep
+    theirs apart, build/temp-simde and build/temp-sanitize, so that neither makes the other recompile all."""
 
     def finalize_options(self):
         super().finalize_options()
-        self.build_temp = os.path.join(ROOT, "build", "temp")
+        variant = "-simde" if os.environ.get("FASTSAMPLE_SIMDE") == "1" else "-sanitize" if SANITIZE else ""
+        self.build_temp = os.path.join(ROOT, "build", "temp" + variant)
 
 
 # Name, version, dependencies and packages: pyproject.toml.

@@ -1,6 +1,6 @@
-"""The CPU kernels' vector paths (csrc/cpu/isa.h): hand-written AVX-512 loops, AVX2 + FMA loops (vec_loops.h
-over vec_avx2.h), NEON loops on aarch64 (vec_loops.h over vec_neon.h), and the generic auto-vectorised loops
-every machine can run. The library picks the best path the CPU has when it loads;
+"""The CPU kernels' vector paths (csrc/cpu/isa.h): the loops of vec_loops.h over AVX-512 (vec_avx512.h),
+AVX2 + FMA (vec_avx2.h) or NEON (vec_neon.h, aarch64) primitives, and over the portable ones of
+vec_generic.h on the generic path every machine can run. The library picks the best path the CPU has when it loads;
 FASTSAMPLE_ISA=avx512|avx2|neon|generic asks for another (never more than the CPU has) and
 FASTSAMPLE_NO_AVX512=1 still means generic. The main suite runs the default path; here a child process
 reruns the CPU kernel tests that reach the vector loops (exp and stats passes, the top-p bracket pass and
@@ -108,3 +108,18 @@ def test_asking_for_a_path_the_cpu_lacks_warns():
             lacking += 1
             assert f"FASTSAMPLE_ISA={want}" in run.stderr and f"run the {got} path" in run.stderr, run.stderr[-2000:]
     assert lacking >= 2  # "avx-512", and neon on x86-64 or the x86 paths on aarch64
+
+
+def test_avx512_loops_match_avx2_under_simde():
+    """The AVX-512 loops on fixed inputs (tools/vec_check.cpp over SIMDe's emulation of the intrinsics, and
+    natively where the CPU has AVX-512F) print the same lines as the AVX2 ones: tested on any x86-64 CPU with
+    AVX2 (make check-avx512 also runs the kernel tests on an emulated build; CI installs simde-py for both)."""
+    pytest.importorskip("simde_py", reason="simde-py (a test-only dependency) is not installed: pip install simde-py")
+    if sys.platform != "linux" or os.uname().machine != "x86_64":
+        pytest.skip("the AVX-512 path is x86-64 only")
+    run = subprocess.run([sys.executable, str(TESTS.parent / "tools" / "check_avx512.py")], capture_output=True,
+                         text=True, timeout=600)
+    if "skipped" in run.stderr:
+        pytest.skip(run.stderr.strip())
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "vec_check on avx512-simde matches AVX2 line for line" in run.stdout

@@ -1,8 +1,9 @@
-// The loops of csrc/cpu/vec_loops.h over one path's primitives (Neon on aarch64, Avx2 on x86-64), run on
-// fixed inputs: prints lines that must be the same on every path (hashes of the exact weights, stats,
-// gathers and counts, and "ok" where a sum, whose rounding depends on the lane count, is within 1e-6 of
-// the double-precision one). tools/check_arm.py builds it for aarch64, runs it under qemu-aarch64 where
-// that exists, and compares its lines with the AVX2 build's. Exit status 1 when a check fails here.
+// The loops of csrc/cpu/vec_loops.h over one path's primitives (Neon on aarch64; on x86-64 Avx2, or Avx512
+// with -DVEC_CHECK_AVX512=1, native or SIMDe-emulated with -DFASTSAMPLE_SIMDE=1), run on fixed inputs:
+// prints lines that must be the same on every path (hashes of the exact weights, stats, gathers and counts,
+// and "ok" where a sum, whose rounding depends on the lane count, is within 1e-6 of the double-precision
+// one). tools/check_arm.py (NEON under qemu-aarch64) and tools/check_avx512.py compare its lines with the AVX2
+// build's. Exit status 1 when a check fails here.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -11,10 +12,22 @@
 
 #include "simd.h"
 #include "top_p_bracket.h"
-#if defined(__aarch64__)
+#if defined(__aarch64__) || VEC_CHECK_NEON  // VEC_CHECK_NEON: on SIMDe's NEON, with FASTSAMPLE_SIMDE=1
 #include "vec_neon.h"
 #include "vec_loops.h"
 using V = fastsample::cpu::Neon;
+#elif VEC_CHECK_GENERIC
+#include "vec_generic.h"
+#include "vec_loops.h"
+using V = fastsample::cpu::Generic;
+#elif VEC_CHECK_AVX512
+// The AVX-512 primitives: native, or over SIMDe's emulation with FASTSAMPLE_SIMDE=1 (any x86-64 CPU).
+#if !FASTSAMPLE_SIMDE
+#pragma GCC target("avx512f")
+#endif
+#include "vec_avx512.h"
+#include "vec_loops.h"
+using V = fastsample::cpu::Avx512;
 #else
 #pragma GCC target("avx2,fma")
 #include "vec_avx2.h"

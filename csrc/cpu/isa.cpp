@@ -6,11 +6,21 @@
 namespace fastsample::cpu {
 namespace {
 
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
 // The best path this CPU runs.
 Isa best_isa() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if FASTSAMPLE_SIMDE
+  return Isa::kAvx512;  // the test build whose AVX-512 path runs on SIMDe's emulation (vec_avx512.h), anywhere
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   if (__builtin_cpu_supports("avx512f")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  if (cpu_has_avx2()) return Isa::kAvx2;
 #elif defined(__aarch64__)
   return Isa::kNeon;  // part of every ARMv8-A core
 #endif
@@ -23,7 +33,7 @@ Isa granted(const char* want) {
   if (want == nullptr) return best;
   if (std::strcmp(want, "generic") == 0) return Isa::kGeneric;
   // AVX2 on an AVX-512 CPU; anything else the CPU lacks (or an unknown name): its best.
-  if (std::strcmp(want, "avx2") == 0 && best == Isa::kAvx512) return Isa::kAvx2;
+  if (std::strcmp(want, "avx2") == 0 && best == Isa::kAvx512 && cpu_has_avx2()) return Isa::kAvx2;
   return best;
 }
 

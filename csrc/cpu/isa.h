@@ -1,10 +1,9 @@
-// Which instruction set the CPU kernels' hand-written vector loops use, picked once when the library loads:
-// the best the CPU has, capped by FASTSAMPLE_ISA=avx512|avx2|neon|generic (a path the CPU lacks falls back
-// to the best it has). FASTSAMPLE_NO_AVX512=1 means generic, as before FASTSAMPLE_ISA existed. "generic" is
-// the auto-vectorised loops (multiversioned on x86-64), which every machine can run: tests force each
-// path in turn, and every path gives the oracle's tokens. x86-64 has avx512 (its own loops) and avx2
-// (vec_loops.h over vec_avx2.h); aarch64 has neon (vec_loops.h over vec_neon.h), which every ARMv8-A core
-// runs.
+// Which instruction set the CPU kernels' vector loops use, picked once when the library loads: the best the
+// CPU has, capped by FASTSAMPLE_ISA=avx512|avx2|neon|generic (a path the CPU lacks falls back to the best it
+// has). FASTSAMPLE_NO_AVX512=1 means generic, as before FASTSAMPLE_ISA existed. Every path is the loops of
+// vec_loops.h over its own primitives: avx512 and avx2 on x86-64 (vec_avx512.h, vec_avx2.h), neon on
+// aarch64 (vec_neon.h, every ARMv8-A core), generic anywhere (vec_generic.h). Tests force each path in turn,
+// and every path gives the oracle's tokens.
 #pragma once
 #include <atomic>
 
@@ -29,7 +28,5 @@ Isa set_isa(const char* name);
 
 // Its name: "avx512", "avx2", "neon" or "generic".
 const char* isa_name(Isa isa);
-
-inline bool use_avx512() { return cpu_isa() == Isa::kAvx512; }
 
 }  // namespace fastsample::cpu

@@ -7,7 +7,6 @@
 #include <limits>
 
 #include "inverse_cdf.h"
-#include "simd_avx512.h"
 #include "simd_blocks.h"
 
 namespace fastsample::cpu {
@@ -28,20 +27,13 @@ inline float block_kept_weights(const float* x, int64_t len, const Weighting& wt
   return s;
 }
 
-// online_pass's block in one read (logits), on AVX-512 or a path of vec_paths.h: sets w, s (the weight sum)
-// and bmax. False, with nothing changed, where it cannot run or stand.
+// online_pass's block in one read (logits), on a path of vec_paths.h: sets w, s (the weight sum) and bmax.
+// False, with nothing changed, where it cannot run or stand.
 inline bool fused_block(const float* xb, int64_t len, bool is_exp, float inv_t, OnlinePass& st, float* w, float& s,
                         float& bmax) {
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-#if FS_X86_GCC
-  if (use_avx512()) {
-    s = exp_weights_avx512<true, false>(xb, len, st.ref, inv_t, -kInf, w, &seen);
-  } else
-#endif
-  {
-    s = vec_path()->exp_weights_seen(xb, len, st.ref, inv_t, w, &seen);
-  }
+  s = vec_path().exp_weights_seen(xb, len, st.ref, inv_t, w, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
   bmax = seen.max;
   return true;
@@ -86,77 +78,12 @@ OnlinePass merge_segments(const std::vector<OnlinePass>& segs, bool is_exp, floa
   return row;
 }
 
-// gather_range: the tokens in range are few and spread at random, so a branch per token would mispredict.
-// AVX-512 compresses each group of 16 into place without a branch; other machines reduce the group to a
-// bit mask (vector extensions) and visit its set bits. Both write into the vectors grown ahead (so the
-// loop makes no calls that would spill its registers) and trim them at the end.
-namespace {
-
-// Makes room for 16 more tokens after the first k.
-inline void room_for_16(Gathered& out, size_t k) {
-  if (k + 16 <= out.values.size()) return;
-  const size_t size = std::max<size_t>(2 * out.values.size(), k + 1024);
-  out.values.resize(size);
-  out.indices.resize(size);
-}
-
-}  // namespace
-
-void gather_range_generic(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
-  size_t k = out.values.size();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    F16 v;
-    std::memcpy(&v, x + i, sizeof v);
-    uint32_t mask = range_mask16(v, lo, hi);
-    if (mask == 0) continue;
-    room_for_16(out, k);
-    for (; mask != 0; mask &= mask - 1, ++k) {
-      const int64_t j = i + __builtin_ctz(mask);
-      out.values[k] = x[j];
-      out.indices[k] = base + j;
-    }
-  }
-  for (; i < n; ++i) {
-    room_for_16(out, k);
-    out.values[k] = x[i];
-    out.indices[k] = base + i;
-    k += x[i] >= lo && x[i] < hi;
-  }
-  out.values.resize(k);
-  out.indices.resize(k);
-}
-
-#if FS_X86_GCC
-__attribute__((target("avx512f"))) void gather_range_avx512(const float* x, int64_t n, int64_t base, float lo,
-                                                             float hi, Gathered& out) {
-  const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-  const __m512i lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-  size_t k = out.values.size();
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    room_for_16(out, k);
-    const __m512 v = _mm512_loadu_ps(x + i);
-    const __mmask16 mask = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LT_OQ);
-    const auto low = static_cast<__mmask8>(mask), high = static_cast<__mmask8>(mask >> 8);
-    const __m512i at = _mm512_add_epi64(lanes, _mm512_set1_epi64(base + i));
-    _mm512_storeu_ps(&out.values[k], _mm512_maskz_compress_ps(mask, v));
-    _mm512_storeu_si512(&out.indices[k], _mm512_maskz_compress_epi64(low, at));
-    const size_t k_high = k + __builtin_popcount(low);
-    _mm512_storeu_si512(&out.indices[k_high], _mm512_maskz_compress_epi64(high, _mm512_add_epi64(at, _mm512_set1_epi64(8))));
-    k = k_high + __builtin_popcount(high);
-  }
-  out.values.resize(k);
-  out.indices.resize(k);
-  gather_range_generic(x + i, n - i, base + i, lo, hi, out);  // the tail
-}
-#endif
-
-// The gather of a path of vec_paths.h, a chunk at a time: room is made for a whole chunk (plus the vector
-// loop's spare entries) before it, then trimmed. resize grows the capacity geometrically, so the vectors
-// are reallocated O(log n) times.
-void gather_range_vec(const VecPath& vp, const float* x, int64_t n, int64_t base, float lo, float hi,
-                      Gathered& out) {
+// The tokens in range are few and spread at random, so a branch per token would mispredict: the paths'
+// gather compresses each vector into place instead. A chunk at a time: room is made for a whole chunk
+// (plus the vector loop's spare entries) before it, then trimmed. resize grows the capacity geometrically,
+// so the vectors are reallocated O(log n) times.
+void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
+  const VecPath& vp = vec_path();
   constexpr int64_t kChunk = 4096;
   auto k = static_cast<int64_t>(out.values.size());
   for (int64_t i = 0; i < n; i += kChunk) {
@@ -170,14 +97,6 @@ void gather_range_vec(const VecPath& vp, const float* x, int64_t n, int64_t base
   }
   out.values.resize(k);
   out.indices.resize(k);
-}
-
-void gather_range(const float* x, int64_t n, int64_t base, float lo, float hi, Gathered& out) {
-#if FS_X86_GCC
-  if (use_avx512()) return gather_range_avx512(x, n, base, lo, hi, out);
-#endif
-  if (const VecPath* vp = vec_path()) return gather_range_vec(*vp, x, n, base, lo, hi, out);
-  gather_range_generic(x, n, base, lo, hi, out);
 }
 
 FS_MULTIVERSION void weights_of(const Weighting& wt, const float* x, int64_t n, float* w) {

@@ -5,8 +5,8 @@
 // multiversioning and the best clone is picked when the library loads, so one build runs on any x86-64
 // and still uses the wide units where they exist. Loops are written for the auto-vectoriser: fixed-size
 // blocks, no early exits inside a block, `omp simd` reductions. The hottest ones (exp, row stats, gathers,
-// the top-p bracket block) also have hand-written vector versions, picked at run time (isa.h): AVX-512
-// intrinsics (simd_avx512.h), and the loops of vec_loops.h over AVX2 or NEON primitives (vec_paths.h).
+// the top-p bracket block) also have hand-written vector versions, picked at run time (isa.h): the loops of
+// vec_loops.h over AVX-512, AVX2 or NEON primitives (vec_paths.h).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -42,7 +42,7 @@ struct Weighting {
 // exp(y) for y <= 0 (y = -inf included), vectorisable: Cody-Waite reduction by ln 2 (kLn2Hi - kLn2Lo) and
 // a degree-7 polynomial, in Horner form: kExpPoly, then its last two coefficients, 1 and 1 (relative error
 // < 1.3 ulp). Below kExpLow the float result would be denormal: return exactly 0 so masked (-inf) tokens
-// weigh nothing. simd_avx512.h computes the same, step for step.
+// weigh nothing. The primitives of vec_loops.h (vec_avx512.h, ...) compute the same, step for step.
 constexpr float kExpLow = -87.33654f;
 constexpr float kLog2e = 1.44269504088896341f;
 constexpr float kLn2Hi = 0.693359375f;

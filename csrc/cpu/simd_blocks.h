@@ -8,116 +8,18 @@
 
 #include "isa.h"
 #include "simd.h"
-#include "simd_avx512.h"
 #include "vec_paths.h"
 
 namespace fastsample::cpu {
 
-// GCC vector extensions, where the auto-vectoriser falls short: 16 floats, lowered to whatever width the
-// instruction set at hand has.
-typedef float F16 __attribute__((vector_size(64)));
-typedef int32_t I16 __attribute__((vector_size(64)));
-
-// Bit l set iff lo <= v[l] < hi: the lanes of a group that lie in a range, for a gather that visits only
-// those (the tokens are spread at random, so a branch per token would mispredict).
-inline uint32_t range_mask16(F16 v, float lo, float hi) {
-  const I16 bit = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768};
-  const I16 bits = (v >= lo) & (v < hi) & bit;
-  uint32_t mask = 0;
-  for (int l = 0; l < kLanes; ++l) mask |= static_cast<uint32_t>(bits[l]);
-  return mask;
-}
-
-// w[i] = (x[i] >= theta ? exp_nonpositive((x[i] - ref) * inv_t) : 0) over a span; returns their float sum.
-inline float exp_weights_generic(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
-  float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i] >= theta ? exp_nonpositive((x[i] - ref) * inv_t) : 0.0f;
-    w[i] = v;
-    s += v;
-  }
-  return s;
-}
-
-#if FS_X86_GCC
-// exp_weights_generic for AVX-512: GCC predicates the generic loop with masks and runs it at about half
-// this speed, and exp throughput bounds every pass. With kSee it also takes the span's stats into *seen in
-// the same read (logits only: probs have their own loop). kTheta as exp16_avx512.
-template <bool kSee, bool kTheta>
-__attribute__((target("avx512f"))) inline float exp_weights_avx512(const float* x, int64_t n, float ref,
-                                                                    float inv_t, float theta, float* w,
-                                                                    SpanStats* seen) {
-  const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), vtheta = _mm512_set1_ps(theta);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();  // two chains: adds do not wait on each other
-  Stats16 st = no_stats16();
-  int64_t i = 0;
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {  // full vectors: plain stores (masked ones are slow on some cores)
-    const __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + kLanes);
-    if constexpr (kSee) {
-      see16(st, v0, 0xFFFF);
-      see16(st, v1, 0xFFFF);
-    }
-    const __m512 e0 = exp16_avx512<kTheta>(v0, 0xFFFF, vref, vinv, vtheta);
-    const __m512 e1 = exp16_avx512<kTheta>(v1, 0xFFFF, vref, vinv, vtheta);
-    _mm512_storeu_ps(w + i, e0);
-    _mm512_storeu_ps(w + i + kLanes, e1);
-    acc0 = _mm512_add_ps(acc0, e0);
-    acc1 = _mm512_add_ps(acc1, e1);
-  }
-  for (; i < n; i += kLanes) {
-    const __mmask16 lanes = first_lanes(n - i);
-    const __m512 v = _mm512_maskz_loadu_ps(lanes, x + i);
-    if constexpr (kSee) see16(st, v, lanes);
-    const __m512 e = exp16_avx512<kTheta>(v, lanes, vref, vinv, vtheta);
-    _mm512_mask_storeu_ps(w + i, lanes, e);
-    acc0 = _mm512_add_ps(acc0, e);
-  }
-  if constexpr (kSee) *seen = seen_of(st);
-  return lane_sum(_mm512_add_ps(acc0, acc1));
-}
-
-// span_stats_generic for AVX-512: GCC spills the generic loop's three reductions to memory.
-__attribute__((target("avx512f"))) inline SpanStats span_stats_avx512(const float* x, int64_t n) {
-  Stats16 st = no_stats16();
-  for (int64_t i = 0; i < n; i += kLanes) {
-    const __mmask16 lanes = first_lanes(n - i);
-    see16(st, _mm512_maskz_loadu_ps(lanes, x + i), lanes);
-  }
-  return seen_of(st);
-}
-#endif
-
+// w[i] = (x[i] >= theta ? exp_nonpositive((x[i] - ref) * inv_t) : 0) over a span (theta = -inf: every
+// token; NaN weighs NaN); returns their float sum.
 inline float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta, float* w) {
-#if FS_X86_GCC
-  if (use_avx512()) {
-    return theta == -kInf ? exp_weights_avx512<false, false>(x, n, ref, inv_t, theta, w, nullptr)
-                          : exp_weights_avx512<false, true>(x, n, ref, inv_t, theta, w, nullptr);
-  }
-#endif
-  if (const VecPath* vp = vec_path()) return vp->exp_weights(x, n, ref, inv_t, theta, w);
-  return exp_weights_generic(x, n, ref, inv_t, theta, w);
-}
-
-inline SpanStats span_stats_generic(const float* x, int64_t n) {
-  float mx = -kInf, mn = kInf;
-  int nan = 0;
-#pragma omp simd reduction(max : mx) reduction(min : mn) reduction(| : nan)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    nan |= v != v;
-    mx = v > mx ? v : mx;  // a NaN compares false: ignored
-    mn = v < mn ? v : mn;
-  }
-  return {mx, mn, nan != 0};
+  return vec_path().exp_weights(x, n, ref, inv_t, theta, w);
 }
 
 inline SpanStats span_stats_dispatch(const float* x, int64_t n) {
-#if FS_X86_GCC
-  if (use_avx512()) return span_stats_avx512(x, n);
-#endif
-  if (const VecPath* vp = vec_path()) return vp->span_stats(x, n);
-  return span_stats_generic(x, n);
+  return vec_path().span_stats(x, n);
 }
 
 // Stats of one block into st and, for logits, the reference raised (with slack) when the block exceeds
@@ -161,10 +63,10 @@ inline float block_weights(const float* xb, int64_t len, const OnlinePass& st, b
   return s;
 }
 
-// Whether a block of logits can be weighed before its stats are known (the fused AVX-512 loops and those of
-// vec_paths.h), against the reference as it stands.
+// Whether a block of logits can be weighed before its stats are known (the fused loops of vec_paths.h),
+// against the reference as it stands.
 inline bool fusable(const OnlinePass& st, bool is_exp) {
-  return (use_avx512() || vec_path() != nullptr) && is_exp && weighable(st, is_exp);
+  return is_exp && weighable(st, is_exp);
 }
 
 // Whether a block weighed before its stats were known (the fused loops, against the reference as

@@ -85,33 +85,18 @@ void take_sample(const float* x, int64_t n, int64_t m, std::vector<float>& sampl
   }
 }
 
-// Step 1. guess_ref: the reference to start the pass from (the sample max plus the usual slack).
-// Multiversioned for its vector loops over the sample.
-FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logits, double temperature, double top_p,
-                         float& guess_ref) {
-  Bracket br;
-  std::fill(br.edges, br.edges + kBracketEdges, kInf);  // no estimate: the resolve step finds the boundary
-  guess_ref = -kInf;
-  const int64_t m = std::min(n, kSampleChunk * kSampleChunks);
-  thread_local std::vector<float> sample;  // scratch reused across rows
-  thread_local std::vector<int32_t> bucket;
-  take_sample(x, n, m, sample);
-  const double stride = static_cast<double>(n) / m;  // each sampled token stands for this many
-  const SpanStats stats = span_stats(sample.data(), m);
-  if (stats.has_nan || !(stats.max > -kInf) || stats.max == kInf || (!is_logits && !(stats.max > 0.0f))) return br;
-  if (is_logits) guess_ref = stats.max + kRefSlack * static_cast<float>(temperature);
-
-  bucket.resize(m + 1);
-  int32_t* bk = bucket.data();
-  const float* v = sample.data();
+// The sample's bucket (kEstBuckets below its heaviest token `top`) of each of its m tokens into bk.
+// Multiversioned for its vector loops.
+FS_MULTIVERSION void bucket_sample(const float* v, int64_t m, bool is_logits, float top, double temperature,
+                                   int32_t* bk) {
   if (is_logits) {  // -inf lands past the last bucket and is clamped into it
     const auto per_logit = static_cast<float>(kEstPerOctave * std::numbers::log2e / temperature);
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
-      bk[i] = static_cast<int32_t>(std::min((stats.max - v[i]) * per_logit, static_cast<float>(kEstBuckets - 1)));
+      bk[i] = static_cast<int32_t>(std::min((top - v[i]) * per_logit, static_cast<float>(kEstBuckets - 1)));
     }
   } else {
-    const auto top_bits = std::bit_cast<uint32_t>(stats.max);
+    const auto top_bits = std::bit_cast<uint32_t>(top);
 #pragma omp simd
     for (int64_t i = 0; i < m; ++i) {
       // Unsigned difference: for a negative v[i] (result discarded below) a signed one would overflow (UB).
@@ -119,6 +104,23 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
       bk[i] = v[i] > 0.0f ? std::min(std::max(below, 0), kEstBuckets - 1) : kEstBuckets - 1;
     }
   }
+}
+
+// The sample's tokens per bucket, and the running sums from the top of their middle weights (relative to
+// the sample's heaviest token) and of those weights squared, for the standard error.
+struct BucketMasses {
+  int32_t count[kEstBuckets];
+  double cum[kEstBuckets + 1], cum2[kEstBuckets + 1];
+  double total() const { return cum[kEstBuckets]; }
+  // The bucket in which the mass from the top reaches the fraction f of the sample's.
+  int64_t bucket_at(double f) const {
+    const double* it = std::lower_bound(cum + 1, cum + kEstBuckets + 1, std::clamp(f, 0.0, 1.0) * total());
+    return std::min<int64_t>(it - cum - 1, kEstBuckets - 1);
+  }
+};
+
+// bk holds m buckets and room for one pad entry after them.
+void weigh_buckets(int32_t* bk, int64_t m, bool is_logits, float top, BucketMasses& bm) {
   bk[m] = kEstBuckets - 1;  // a pad for the pairwise loop below (its count is never read as a token's)
   // Two interleaved counts: tokens in one bucket would otherwise chain every increment on the last store.
   int32_t count[2][kEstBuckets] = {};
@@ -127,62 +129,88 @@ FS_MULTIVERSION Bracket estimate_bracket(const float* x, int64_t n, bool is_logi
     ++count[1][bk[i + 1]];
   }
   if (m % 2 == 1) --count[1][kEstBuckets - 1];  // the pad
-  // Bucket masses from the middle weights (relative to the sample's heaviest token): their running sum,
-  // and that of the weights squared for the standard error below.
   float probs_mid[kEstBuckets];
   const float* mid = logit_bucket_weights();
   if (!is_logits) {
     for (int b = 0; b < kEstBuckets; ++b) {
-      probs_mid[b] = 0.5f * (bucket_edge_weight(stats.max, b) + bucket_edge_weight(stats.max, b + 1)) / stats.max;
+      probs_mid[b] = 0.5f * (bucket_edge_weight(top, b) + bucket_edge_weight(top, b + 1)) / top;
     }
     mid = probs_mid;
   }
-  double cum[kEstBuckets + 1], cum2[kEstBuckets + 1];
-  cum[0] = cum2[0] = 0.0;
+  bm.cum[0] = bm.cum2[0] = 0.0;
   for (int k = 0; k < kEstBuckets; ++k) {
-    const double c = count[0][k] + count[1][k], w = mid[k];
-    cum[k + 1] = cum[k] + c * w;
-    cum2[k + 1] = cum2[k] + c * w * w;
+    bm.count[k] = count[0][k] + count[1][k];
+    const double c = bm.count[k], w = mid[k];
+    bm.cum[k + 1] = bm.cum[k] + c * w;
+    bm.cum2[k + 1] = bm.cum2[k] + c * w * w;
   }
-  const double z = cum[kEstBuckets];
-  // bucket_at(f): the bucket in which the mass from the top reaches the fraction f of the sample's.
-  auto bucket_at = [&](double f) {
-    const double* it = std::lower_bound(cum + 1, cum + kEstBuckets + 1, std::clamp(f, 0.0, 1.0) * z);
-    return std::min<int64_t>(it - cum - 1, kEstBuckets - 1);
-  };
-  const int64_t guess = bucket_at(top_p);
-  // Standard error of the estimated fraction above the guess (each sampled token stands for `stride`): a
-  // token above it misses the fraction by 1 - p of its weight, one below by p.
-  const double above2 = cum2[guess + 1], below2 = cum2[kEstBuckets] - above2;
+}
+
+// The edges as bucket numbers (edge j keeps the tokens of the buckets < e[j]): the guess's bucket for
+// top_p, the central ones kSpread standard errors of the estimated fraction either side of it (each
+// sampled token stands for `stride` tokens), the outer ones at least kOuterGap buckets further and moved
+// in while they hold more than kOuterSample sampled tokens.
+void place_edges(const BucketMasses& bm, double top_p, double stride, int64_t* e) {
+  const int64_t guess = bm.bucket_at(top_p);
+  // A token above the guess misses the fraction by 1 - p of its weight, one below by p.
+  const double above2 = bm.cum2[guess + 1], below2 = bm.cum2[kEstBuckets] - above2;
   const double var = above2 * (1.0 - top_p) * (1.0 - top_p) + below2 * top_p * top_p;
+  const double z = bm.total();
   const double se = z > 0.0 ? std::sqrt((stride - 1.0) * var) / z : 0.0;
-  // Edge j keeps the tokens of the buckets < e[j].
-  int64_t e[kBracketEdges];
-  auto edge_at = [&](BracketEdge j) { return bucket_at(top_p + kSpread[j] * se); };
+  auto edge_at = [&](BracketEdge j) { return bm.bucket_at(top_p + kSpread[j] * se); };
   e[kCentralHigh] = std::min(edge_at(kCentralHigh), guess);
   e[kCentralLow] = std::max(edge_at(kCentralLow), guess) + 1;
   e[kOuterHigh] = std::max<int64_t>(std::min(edge_at(kOuterHigh), e[kCentralHigh] - kOuterGap), 0);
   e[kOuterLow] = std::min<int64_t>(std::max(edge_at(kOuterLow) + 1, e[kCentralLow] + kOuterGap), kEstBuckets);
-  auto sampled_in = [&](int64_t b) { return count[0][b] + count[1][b]; };
   int32_t held = 0;  // sampled tokens in an outer region, which then moves in while it holds too many
   int64_t& high = e[kOuterHigh];
-  for (int64_t b = high; b < e[kCentralHigh]; ++b) held += sampled_in(b);
-  for (; high < e[kCentralHigh] - kOuterGap && held > kOuterSample; ++high) held -= sampled_in(high);
+  for (int64_t b = high; b < e[kCentralHigh]; ++b) held += bm.count[b];
+  for (; high < e[kCentralHigh] - kOuterGap && held > kOuterSample; ++high) held -= bm.count[high];
   held = 0;
   int64_t& low = e[kOuterLow];
-  for (int64_t b = e[kCentralLow]; b < low; ++b) held += sampled_in(b);
-  for (; low > e[kCentralLow] + kOuterGap && held > kOuterSample; --low) held -= sampled_in(low - 1);
+  for (int64_t b = e[kCentralLow]; b < low; ++b) held += bm.count[b];
+  for (; low > e[kCentralLow] + kOuterGap && held > kOuterSample; --low) held -= bm.count[low - 1];
+}
+
+// Bucket edges as values of x: logits (temperature-scaled distance from top), or probs (float bits).
+Bracket edge_values(const int64_t* e, bool is_logits, float top, double temperature) {
+  Bracket br;
   for (int j = 0; j < kBracketEdges; ++j) {
     const int64_t edge = std::clamp<int64_t>(e[j], 0, kEstBuckets);
     if (!is_logits) {
-      br.edges[j] = bucket_edge_weight(stats.max, edge);
+      br.edges[j] = bucket_edge_weight(top, edge);
     } else if (edge < kEstBuckets) {
-      br.edges[j] = static_cast<float>(stats.max - edge * temperature * std::numbers::ln2 / kEstPerOctave);
+      br.edges[j] = static_cast<float>(top - edge * temperature * std::numbers::ln2 / kEstPerOctave);
     } else {
       br.edges[j] = -kInf;
     }
   }
   return br;
+}
+
+// Step 1, the estimate: a bracket around the top-p boundary from a sample of the row, bucketed by weight.
+// Exactness does not rest on it: the edges only decide which tokens the pass gathers; the pass measures
+// the exact masses above each edge, and a boundary outside the bracket costs a second pass, not a wrong
+// token. guess_ref: the reference to start the pass from (the sample max plus the usual slack).
+Bracket estimate_bracket(const float* x, int64_t n, bool is_logits, double temperature, double top_p,
+                         float& guess_ref) {
+  Bracket br;
+  std::fill(br.edges, br.edges + kBracketEdges, kInf);  // no estimate: the resolve step finds the boundary
+  guess_ref = -kInf;
+  const int64_t m = std::min(n, kSampleChunk * kSampleChunks);
+  thread_local std::vector<float> sample;  // scratch reused across rows
+  thread_local std::vector<int32_t> bucket;
+  take_sample(x, n, m, sample);
+  const SpanStats stats = span_stats(sample.data(), m);
+  if (stats.has_nan || !(stats.max > -kInf) || stats.max == kInf || (!is_logits && !(stats.max > 0.0f))) return br;
+  if (is_logits) guess_ref = stats.max + kRefSlack * static_cast<float>(temperature);
+  bucket.resize(m + 1);
+  bucket_sample(sample.data(), m, is_logits, stats.max, temperature, bucket.data());
+  BucketMasses bm;
+  weigh_buckets(bucket.data(), m, is_logits, stats.max, bm);
+  int64_t e[kBracketEdges];
+  place_edges(bm, top_p, static_cast<double>(n) / m, e);
+  return edge_values(e, is_logits, stats.max, temperature);
 }
 
 // Which of at most 2048 buckets over the key range [lo, lo + (2047 << shift)] holds the boundary, given

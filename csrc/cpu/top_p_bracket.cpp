@@ -6,108 +6,34 @@
 #include <algorithm>
 #include <cstring>
 
-#include "simd_avx512.h"
 #include "simd_blocks.h"
 #include "vec_paths.h"
 
 namespace fastsample::cpu {
 namespace {
 
-// One block of the bracket pass, from its weights w (len a multiple of 16, or the block padded with
-// tokens of no weight; only the first `real` tokens are gathered): sums[j] = sum of w[i] with
-// x[i] >= edges[j], and the central region's values appended to g. Independent
-// accumulators: the edges' sums do not wait on each other.
-inline void bracket_block(const float* xb, const float* w, int64_t len, int64_t real, const Bracket& br,
-                          float* sums, PassGather& g) {
-  F16 acc[kBracketEdges] = {};
+// A block that cannot be weighed (the row so far holds NaN or +inf, which its stats decide, or logits that
+// are all -inf): no weight above any edge; its central tokens (the first `real`) are still gathered, as
+// every block's are.
+inline void unweighed_block(const float* xb, int64_t real, const Bracket& br, float* sums, PassGather& g) {
+  std::fill(sums, sums + kBracketEdges, 0.0f);
   const float lo = br.edges[kCentralLow], hi = br.edges[kCentralHigh];
-  for (int64_t i = 0; i < len; i += kLanes) {
-    F16 v, wv;
-    std::memcpy(&v, xb + i, sizeof v);
-    std::memcpy(&wv, w + i, sizeof wv);
-    for (int j = 0; j < kBracketEdges; ++j) acc[j] += v >= br.edges[j] ? wv : F16{};
-    // The gather (machines without AVX-512): a bit mask of the group, then its set bits.
-    const int64_t rem = real - i;
-    uint32_t mask = range_mask16(v, lo, hi) & (rem >= kLanes ? 0xFFFFu : rem <= 0 ? 0u : (1u << rem) - 1u);
-    for (; mask != 0; mask &= mask - 1, ++g.count) {
-      if (g.count >= g.capacity) continue;
-      g.values[g.count] = xb[i + __builtin_ctz(mask)];
-    }
-  }
-  for (int j = 0; j < kBracketEdges; ++j) {
-    float s = 0.0f;
-    for (int l = 0; l < kLanes; ++l) s += acc[j][l];
-    sums[j] = s;
+  for (int64_t i = 0; i < real; ++i) {
+    if (!(xb[i] >= lo && xb[i] < hi)) continue;
+    if (g.count < g.capacity) g.values[g.count] = xb[i];
+    ++g.count;
   }
 }
-
-#if FS_X86_GCC
-// The whole bracket block for AVX-512, weights included (they never leave registers): a compare into a
-// mask register and a masked add per edge (generic vector code takes a blend more), and the gather
-// compressing each group of 16 into place without a branch: the region's tokens are spread at random, so
-// a branch per group would mispredict. Writes land at min(count, capacity), inside the buffers' 16 spare
-// entries. Returns the block's weight sum.
-// kSee: also the block's max and whether it may hold NaN into *seen (min not taken): exp16_avx512 makes
-// NaN weights of NaN logits, and NaN ones of +inf too, which the caller's redo sorts out.
-template <bool kSee>
-__attribute__((target("avx512f"))) float weigh_bracket_block_avx512(const float* xb, int64_t len, int64_t real,
-                                                                    bool is_exp, float ref, float inv_t,
-                                                                    const Bracket& br, float* sums, PassGather& g,
-                                                                    SpanStats* seen) {
-  __m512 acc[kBracketEdges], edge[kBracketEdges];
-  for (int j = 0; j < kBracketEdges; ++j) {
-    acc[j] = _mm512_setzero_ps();
-    edge[j] = _mm512_set1_ps(br.edges[j]);
-  }
-  const __m512 vref = _mm512_set1_ps(ref), vinv = _mm512_set1_ps(inv_t), no_theta = _mm512_set1_ps(-kInf);
-  __m512 total = _mm512_setzero_ps(), vmax = no_theta;
-  int64_t count = g.count;
-  float* const values = g.values;  // locals: the stores below could alias g's fields for all GCC knows
-  const int64_t capacity = g.capacity;
-  for (int64_t i = 0; i < len; i += kLanes) {
-    const __m512 v = _mm512_loadu_ps(xb + i);
-    if constexpr (kSee) vmax = _mm512_max_ps(v, vmax);  // NaN lanes keep vmax (the second operand)
-    const __mmask16 valid = first_lanes(real - i);
-    const __m512 wv = is_exp ? exp16_avx512<false>(v, 0xFFFF, vref, vinv, no_theta) : v;
-    total = _mm512_add_ps(total, wv);
-    __mmask16 ge[kBracketEdges];
-    for (int j = 0; j < kBracketEdges; ++j) {
-      ge[j] = _mm512_cmp_ps_mask(v, edge[j], _CMP_GE_OQ);
-      acc[j] = _mm512_mask_add_ps(acc[j], ge[j], acc[j], wv);
-    }
-    const __mmask16 central = ge[kCentralLow] & ~ge[kCentralHigh] & valid;
-    const int64_t at = count < capacity ? count : capacity;
-    _mm512_storeu_ps(values + at, _mm512_maskz_compress_ps(central, v));
-    count += __builtin_popcount(central);
-  }
-  g.count = count;
-  for (int j = 0; j < kBracketEdges; ++j) sums[j] = lane_sum(acc[j]);
-  const float s = lane_sum(total);
-  if constexpr (kSee) *seen = {fold16<Fold::kMax>(vmax), kInf, s != s};
-  return s;
-}
-#endif
 
 // One block of online_bracket_pass, after its stats (xb padded to kPassBlock past `real` tokens): adds to
-// st.sum, fills sums and gathers into g; w is scratch. AVX-512 keeps the weights in registers, the paths of
-// vec_paths.h in a buffer of their own.
+// st.sum, fills sums and gathers into g.
 inline void weigh_bracket_block(const float* xb, int64_t real, bool is_exp, float inv_t, const Bracket& br,
-                                OnlinePass& st, float* sums, PassGather& g, float* w) {
-#if FS_X86_GCC
-  if (use_avx512() && weighable(st, is_exp)) {
-    st.sum += weigh_bracket_block_avx512<false>(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
-    return;
-  }
-#endif
-  if (const VecPath* vp = vec_path(); vp != nullptr && weighable(st, is_exp)) {
-    st.sum += vp->bracket_block(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
-    return;
-  }
-  st.sum += block_weights(xb, kPassBlock, st, is_exp, inv_t, w);
-  bracket_block(xb, w, kPassBlock, real, br, sums, g);
+                                OnlinePass& st, float* sums, PassGather& g) {
+  if (!weighable(st, is_exp)) return unweighed_block(xb, real, br, sums, g);
+  st.sum += vec_path().bracket_block(xb, kPassBlock, real, is_exp, st.ref, inv_t, br, sums, g, nullptr);
 }
 
-// The same block in one read (logits with a reference, on AVX-512 or a path of vec_paths.h), its max taken
+// The same block in one read (logits with a reference, on a path of vec_paths.h), its max taken
 // alongside: the separate stats loop cost as much as an eighth of the pass. Sets bmax. False, with g.count
 // possibly advanced and nothing else changed, where it cannot run or its block must be weighed again (as
 // in online_pass).
@@ -115,15 +41,7 @@ inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, floa
                                 OnlinePass& st, float* sums, PassGather& g, float& bmax) {
   if (!fusable(st, is_exp)) return false;
   SpanStats seen;
-  float s;
-#if FS_X86_GCC
-  if (use_avx512()) {
-    s = weigh_bracket_block_avx512<true>(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
-  } else
-#endif
-  {
-    s = vec_path()->bracket_block(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
-  }
+  const float s = vec_path().bracket_block(xb, kPassBlock, real, true, st.ref, inv_t, br, sums, g, &seen);
   if (!fused_block_stands(seen, is_exp, st)) return false;
   st.sum += s;
   bmax = seen.max;
@@ -134,7 +52,7 @@ inline bool fused_bracket_block(const float* xb, int64_t real, bool is_exp, floa
 
 FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp, float inv_t, const Bracket& br,
                                          OnlinePass& st, double* mass_at, BracketBlocks blocks, PassGather& g) {
-  float w[kPassBlock], xs[kPassBlock];
+  float xs[kPassBlock];
   for (int64_t b = 0; b < n; b += kPassBlock) {
     const int64_t len = n - b < kPassBlock ? n - b : kPassBlock;
     const int64_t k = b / kPassBlock;
@@ -152,7 +70,7 @@ FS_MULTIVERSION void online_bracket_pass(const float* x, int64_t n, bool is_exp,
         st.sum *= scale;
         for (int j = 0; j < kBracketEdges; ++j) mass_at[j] *= scale;
       }
-      weigh_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g, w);
+      weigh_bracket_block(xb, len, is_exp, inv_t, br, st, sums, g);
     }
     blocks.refs[k] = st.ref;
     for (int j = 0; j < kBracketEdges; ++j) {

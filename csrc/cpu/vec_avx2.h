@@ -1,6 +1,5 @@
 // AVX2 + FMA vector primitives (8 float lanes) for the loops of vec_loops.h. Include only inside a region
-// compiled for AVX2 + FMA (simd_avx2.cpp). The exp is exp16_avx512's, step for step (the same fused
-// multiply-adds and an exact power of two), so both paths give the same weights bit for bit.
+// compiled for AVX2 + FMA (simd_avx2.cpp).
 #pragma once
 #include <immintrin.h>
 
@@ -14,6 +13,8 @@ struct Avx2 {
   using F = __m256;
   using M = __m256;  // all ones in a lane where true
   static constexpr int64_t kWidth = 8;
+  // 16 vector registers: the bracket block takes its weights through a buffer (vec_loops.h).
+  static constexpr bool kWideRegisterFile = false;
 
   static F set1(float v) { return _mm256_set1_ps(v); }
   static F zero() { return _mm256_setzero_ps(); }
@@ -30,11 +31,22 @@ struct Avx2 {
   static void store_first(float* p, M lanes, F v) { _mm256_maskstore_ps(p, _mm256_castps_si256(lanes), v); }
 
   static F add(F a, F b) { return _mm256_add_ps(a, b); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F mul_add(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F round(F v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  // p * 2^k where m, else 0: 2^k built in the exponent field, for integral k >= -126 (exp_lanes' range; larger
+  // k only in blocks whose max passed the reference, which are weighed again).
+  static F scale_where(M m, F p, F k) {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return keep(m, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+  }
   static F add_where(F acc, M m, F v) { return _mm256_add_ps(acc, keep(m, v)); }  // acc + v where m, else acc
   static F keep(M m, F v) { return _mm256_and_ps(m, v); }  // v where m, else 0
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }  // a where m, else b
   static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
   static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
+  static M not_lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_NLT_UQ); }
   static M nan(F v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
   static M both(M a, M b) { return _mm256_and_ps(a, b); }
   static M either(M a, M b) { return _mm256_or_ps(a, b); }
@@ -43,25 +55,6 @@ struct Avx2 {
   // max / min where a NaN in v leaves acc (vmaxps returns its second operand when either is NaN).
   static F max_seen(F v, F acc) { return _mm256_max_ps(v, acc); }
   static F min_seen(F v, F acc) { return _mm256_min_ps(v, acc); }
-
-  // exp_nonpositive((v - ref) * inv_t) where `lanes` and (kTheta) v >= theta, else 0; NaN gives NaN.
-  template <bool kTheta>
-  static F exp(F v, M lanes, F ref, F inv_t, F theta) {
-    const F low = set1(kExpLow);
-    const F y = _mm256_mul_ps(_mm256_sub_ps(v, ref), inv_t);
-    M keep_m = both(lanes, _mm256_cmp_ps(y, low, _CMP_NLT_UQ));  // NaN kept
-    if constexpr (kTheta) keep_m = both(keep_m, ge(v, theta));
-    const F c = _mm256_max_ps(low, y);  // the second operand, NaN, where either is NaN
-    const F k = _mm256_round_ps(_mm256_mul_ps(c, set1(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const F r = _mm256_fmadd_ps(k, set1(kLn2Lo), _mm256_fnmadd_ps(k, set1(kLn2Hi), c));
-    F p = set1(kExpPoly[0]);
-    for (int j = 1; j < kExpPolyTerms; ++j) p = _mm256_fmadd_ps(p, r, set1(kExpPoly[j]));
-    p = _mm256_fmadd_ps(_mm256_fmadd_ps(p, r, set1(1.0f)), r, set1(1.0f));
-    // 2^k built in the exponent field: k >= -126 here, so it is a normal float (larger k only in blocks
-    // whose max passed the reference, which are weighed again).
-    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    return keep(keep_m, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
-  }
 
   static float sum(F v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));

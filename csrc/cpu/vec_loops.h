@@ -1,12 +1,14 @@
-// The hot loops written once over a vector type V (vec_avx2.h: 8 lanes, vec_neon.h: 4; the AVX-512 path keeps
-// its own 16-lane loops in simd_blocks.h and top_p_bracket.cpp, not yet moved onto V). Each is instantiated
-// in a file compiled for V's instruction set (simd_avx2.cpp, simd_neon.cpp) and reached through the table
-// of vec_paths.h.
+// The hot loops written once over a vector type V (vec_avx512.h: 16 lanes, vec_avx2.h: 8, vec_neon.h: 4).
+// Each is instantiated in a file compiled for V's instruction set (simd_avx512.cpp, simd_avx2.cpp,
+// simd_neon.cpp) and reached through the table of vec_paths.h. Includes point one way: these loops over the
+// primitives, which include nothing above them.
 //
 // V provides: F (a vector of kWidth floats) and M (a lane mask); set1, zero, load, store, first(rem),
-// all(), none(), load_first / store_first (masked), add, add_where(acc, m, v), keep(m, v), select(m, a, b),
-// ge, lt, nan, both, either, but_not, bits, max_seen / min_seen (a NaN in the new value leaves the running
-// one), exp<kTheta>, the folds sum, max, min, and compress_store / compress_index.
+// all(), none(), load_first / store_first (masked), add, sub, mul, mul_add(a, b, c) (a * b + c, fused where
+// the ISA has it), round (to nearest, ties to even), scale_where(m, p, k) (p * 2^k where m, else 0),
+// add_where(acc, m, v), keep(m, v), select(m, a, b), ge, lt, not_lt (true where NaN), nan, both, either,
+// but_not, bits, max_seen / min_seen (a NaN in the new value leaves the running one), the folds sum, max,
+// min, compress_store / compress_index, and kWideRegisterFile.
 #pragma once
 #include <cstdint>
 
@@ -14,6 +16,27 @@
 #include "top_p_bracket.h"
 
 namespace fastsample::cpu::vec {
+
+// exp_nonpositive((v - ref) * inv_t) of a vector (simd.h: the same steps, so that every path gives the same
+// weights where it has fused multiply-adds) where `lanes` and (kTheta) v >= theta, else 0. Unlike
+// exp_nonpositive, NaN gives NaN, so that a sum of weights tells whether its span held NaN. The range test
+// and the kept test are one mask, applied with the final scale.
+template <class V, bool kTheta>
+typename V::F exp_lanes(typename V::F v, typename V::M lanes, typename V::F ref, typename V::F inv_t,
+                        typename V::F theta) {
+  using F = typename V::F;
+  const F low = V::set1(kExpLow);
+  const F y = V::mul(V::sub(v, ref), inv_t);
+  auto keep = V::both(lanes, V::not_lt(y, low));  // NaN kept
+  if constexpr (kTheta) keep = V::both(keep, V::ge(v, theta));
+  const F c = V::max_seen(low, y);  // y where y is NaN (max_seen keeps its second operand then)
+  const F k = V::round(V::mul(c, V::set1(kLog2e)));
+  const F r = V::mul_add(k, V::set1(kLn2Lo), V::mul_add(k, V::set1(-kLn2Hi), c));  // c - k ln 2, in two parts
+  F p = V::set1(kExpPoly[0]);
+  for (int j = 1; j < kExpPolyTerms; ++j) p = V::mul_add(p, r, V::set1(kExpPoly[j]));
+  p = V::mul_add(V::mul_add(p, r, V::set1(1.0f)), r, V::set1(1.0f));
+  return V::scale_where(keep, p, k);
+}
 
 // Weights of a span into w (exp_weights_generic's contract): x >= theta (kTheta) weighs
 // exp((x - ref) * inv_t), others 0; returns the float sum. kSee: the span's stats into *seen in the same
@@ -34,8 +57,8 @@ float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta
       mx = V::max_seen(v1, V::max_seen(v0, mx));
       mn = V::min_seen(v1, V::min_seen(v0, mn));
     }
-    const F e0 = V::template exp<kTheta>(v0, V::all(), vref, vinv, vtheta);
-    const F e1 = V::template exp<kTheta>(v1, V::all(), vref, vinv, vtheta);
+    const F e0 = exp_lanes<V, kTheta>(v0, V::all(), vref, vinv, vtheta);
+    const F e1 = exp_lanes<V, kTheta>(v1, V::all(), vref, vinv, vtheta);
     V::store(w + i, e0);
     V::store(w + i + kW, e1);
     acc0 = V::add(acc0, e0);
@@ -49,7 +72,7 @@ float exp_weights(const float* x, int64_t n, float ref, float inv_t, float theta
       mx = V::max_seen(V::select(lanes, v, V::set1(-kInf)), mx);
       mn = V::min_seen(V::select(lanes, v, V::set1(kInf)), mn);
     }
-    const F e = V::template exp<kTheta>(v, lanes, vref, vinv, vtheta);
+    const F e = exp_lanes<V, kTheta>(v, lanes, vref, vinv, vtheta);
     V::store_first(w + i, lanes, e);
     acc0 = V::add(acc0, e);
   }
@@ -86,37 +109,39 @@ SpanStats span_stats(const float* x, int64_t n) {
 // One block of the top-p bracket pass (top_p_bracket.cpp): sums[j] = weight of the tokens with
 // x >= edges[j], the central region's values (first `real` tokens only) compressed into g, and the block's
 // weight sum returned. len is a multiple of kWidth, at most kPassBlock. kSee: the block max and whether it
-// may hold NaN into *seen (min not taken), as weigh_bracket_block_avx512.
-// Logits take two loops over the block: the exps first, into a buffer that stays in L1 (two vectors a
-// step, as exp_weights), then the edges' sums and the gather from it. Fused into one loop, the exp's
-// constants, the edges and their sums need more registers than AVX2 has, and the spills cost more than
-// the buffer. Probs are their own weights: the second loop alone.
+// may hold NaN into *seen (min not taken): exp makes NaN weights of NaN logits (and of +inf ones), which the
+// caller's redo sorts out.
+// Where V has the registers (V::kWideRegisterFile: AVX-512's 32), logits take one loop, the weights never
+// leaving registers. Elsewhere they take two loops over the block: the exps first, into a buffer that stays
+// in L1 (two vectors a step, as exp_weights), then the edges' sums and the gather from it; fused, the exp's
+// constants, the edges and their sums need more registers than AVX2 has, and the spills cost more than the
+// buffer. Probs are their own weights: the second loop alone.
 template <class V, bool kSee>
 float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, float ref, float inv_t, const Bracket& br,
                     float* sums, PassGather& g, SpanStats* seen) {
   using F = typename V::F;
   constexpr int64_t kW = V::kWidth;
+  const F vref = V::set1(ref), vinv = V::set1(inv_t), no_theta = V::set1(-kInf);
+  const bool fused = is_exp && V::kWideRegisterFile;
   float buf[kPassBlock];
   const float* w = xb;
   F vmax = V::set1(-kInf);
-  if (is_exp) {
-    const F vref = V::set1(ref), vinv = V::set1(inv_t), no_theta = V::set1(-kInf);
+  if (is_exp && !fused) {
     int64_t i = 0;
     for (; i + 2 * kW <= len; i += 2 * kW) {
       const F v0 = V::load(xb + i), v1 = V::load(xb + i + kW);
       if constexpr (kSee) vmax = V::max_seen(v1, V::max_seen(v0, vmax));
-      V::store(buf + i, V::template exp<false>(v0, V::all(), vref, vinv, no_theta));
-      V::store(buf + i + kW, V::template exp<false>(v1, V::all(), vref, vinv, no_theta));
+      V::store(buf + i, exp_lanes<V, false>(v0, V::all(), vref, vinv, no_theta));
+      V::store(buf + i + kW, exp_lanes<V, false>(v1, V::all(), vref, vinv, no_theta));
     }
     for (; i < len; i += kW) {
       const F v = V::load(xb + i);
       if constexpr (kSee) vmax = V::max_seen(v, vmax);
-      V::store(buf + i, V::template exp<false>(v, V::all(), vref, vinv, no_theta));
+      V::store(buf + i, exp_lanes<V, false>(v, V::all(), vref, vinv, no_theta));
     }
     w = buf;
-  } else if constexpr (kSee) {
-    for (int64_t i = 0; i < len; i += kW) vmax = V::max_seen(V::load(xb + i), vmax);
   }
+  const bool max_in_loop = w == xb;  // no exp loop took it
   F acc[kBracketEdges], edge[kBracketEdges];
   for (int j = 0; j < kBracketEdges; ++j) {
     acc[j] = V::zero();
@@ -127,7 +152,9 @@ float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, flo
   float* const values = g.values;  // locals: the stores below could alias g's fields for all GCC knows
   const int64_t capacity = g.capacity;
   for (int64_t i = 0; i < len; i += kW) {
-    const F v = V::load(xb + i), wv = V::load(w + i);
+    const F v = V::load(xb + i);
+    if constexpr (kSee) vmax = max_in_loop ? V::max_seen(v, vmax) : vmax;
+    const F wv = fused ? exp_lanes<V, false>(v, V::all(), vref, vinv, no_theta) : V::load(w + i);
     total = V::add(total, wv);
     typename V::M ge[kBracketEdges];
     for (int j = 0; j < kBracketEdges; ++j) {

@@ -1,10 +1,13 @@
 // Arm NEON vector primitives (4 float lanes, AArch64) for the loops of vec_loops.h, the same set as
 // vec_avx2.h. Include only when compiling for aarch64 (simd_neon.cpp): NEON is part of every ARMv8-A core, so
-// no target switch is needed. The exp is exp_nonpositive's and exp16_avx512's, step for step (the same fused
-// multiply-adds, round-to-nearest-even and an exact power of two), so every path gives the same weights
-// bit for bit. Each primitive says what it computes in terms of the AVX2 one it mirrors.
+// no target switch is needed. Each primitive says what it computes in terms of the AVX2 one it mirrors.
 #pragma once
+#if FASTSAMPLE_SIMDE  // the same primitives over SIMDe's emulation of NEON, on x86-64 (tools/check_avx512.py)
+#define SIMDE_ENABLE_NATIVE_ALIASES
+#include <simde/arm/neon.h>
+#else
 #include <arm_neon.h>
+#endif
 
 #include <cstdint>
 
@@ -16,6 +19,9 @@ struct Neon {
   using F = float32x4_t;
   using M = uint32x4_t;  // all ones in a lane where true
   static constexpr int64_t kWidth = 4;
+  // The bracket block takes its weights through a buffer, as on AVX2 (vec_loops.h; AArch64 has 32
+  // registers, but the fused form is not measured on an Arm core yet).
+  static constexpr bool kWideRegisterFile = false;
 
   static F set1(float v) { return vdupq_n_f32(v); }
   static F zero() { return vdupq_n_f32(0.0f); }
@@ -45,6 +51,16 @@ struct Neon {
   }
 
   static F add(F a, F b) { return vaddq_f32(a, b); }
+  static F sub(F a, F b) { return vsubq_f32(a, b); }
+  static F mul(F a, F b) { return vmulq_f32(a, b); }
+  static F mul_add(F a, F b, F c) { return vfmaq_f32(c, a, b); }  // fused: c + a * b
+  static F round(F v) { return vrndnq_f32(v); }  // to nearest, ties to even (as _MM_FROUND_TO_NEAREST_INT)
+  // p * 2^k where m, else 0: 2^k built in the exponent field (k is integral, so the truncating convert is
+  // exact; k >= -126 in exp_lanes' range).
+  static F scale_where(M m, F p, F k) {
+    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127)), 23);
+    return keep(m, vmulq_f32(p, vreinterpretq_f32_s32(e)));
+  }
   // acc + v where m, else acc (as add(acc, keep(m, v))).
   static F add_where(F acc, M m, F v) { return vaddq_f32(acc, keep(m, v)); }
   // v where m, else +0.0 (the bits of v and-ed with the mask).
@@ -52,6 +68,7 @@ struct Neon {
   static F select(M m, F a, F b) { return vbslq_f32(m, a, b); }  // a where m, else b
   static M ge(F a, F b) { return vcgeq_f32(a, b); }              // a >= b, false where either is NaN
   static M lt(F a, F b) { return vcltq_f32(a, b); }              // a < b, false where either is NaN
+  static M not_lt(F a, F b) { return vmvnq_u32(vcltq_f32(a, b)); }  // not (a < b): true where either is NaN
   static M nan(F v) { return vmvnq_u32(vceqq_f32(v, v)); }       // v is NaN: v != v
   static M both(M a, M b) { return vandq_u32(a, b); }
   static M either(M a, M b) { return vorrq_u32(a, b); }
@@ -65,25 +82,6 @@ struct Neon {
   // (vmaxq_f32 would return the NaN).
   static F max_seen(F v, F acc) { return vbslq_f32(vcgtq_f32(v, acc), v, acc); }
   static F min_seen(F v, F acc) { return vbslq_f32(vcltq_f32(v, acc), v, acc); }
-
-  // exp_nonpositive((v - ref) * inv_t) where `lanes` and (kTheta) v >= theta, else 0; NaN gives NaN.
-  template <bool kTheta>
-  static F exp(F v, M lanes, F ref, F inv_t, F theta) {
-    const F low = set1(kExpLow);
-    const F y = vmulq_f32(vsubq_f32(v, ref), inv_t);
-    M keep_m = both(lanes, vmvnq_u32(vcltq_f32(y, low)));  // not (y < low): NaN kept
-    if constexpr (kTheta) keep_m = both(keep_m, ge(v, theta));
-    const F c = vmaxq_f32(low, y);                       // NaN where y is NaN
-    const F k = vrndnq_f32(vmulq_f32(c, set1(kLog2e)));  // to nearest, ties to even (as _MM_FROUND_TO_NEAREST_INT)
-    // r = c - k * kLn2Hi + k * kLn2Lo, each step one fused multiply-add (vfmsq: a - b * c, vfmaq: a + b * c).
-    const F r = vfmaq_f32(vfmsq_f32(c, k, set1(kLn2Hi)), k, set1(kLn2Lo));
-    F p = set1(kExpPoly[0]);
-    for (int j = 1; j < kExpPolyTerms; ++j) p = vfmaq_f32(set1(kExpPoly[j]), p, r);
-    p = vfmaq_f32(set1(1.0f), vfmaq_f32(set1(1.0f), p, r), r);
-    // 2^k built in the exponent field (k is integral, so the truncating convert is exact; k >= -126 here).
-    const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(k), vdupq_n_s32(127)), 23);
-    return keep(keep_m, vmulq_f32(p, vreinterpretq_f32_s32(e)));
-  }
 
   // The lanes folded: sum, max and min (the stats' running vectors never hold NaN).
   static float sum(F v) { return vaddvq_f32(v); }

@@ -1,7 +1,7 @@
-// The loops of vec_loops.h instantiated per instruction set, as a table of entry points: AVX2 + FMA
-// (simd_avx2.cpp, x86-64) and NEON (simd_neon.cpp, aarch64). Each entry has the contract of its generic twin
-// in simd_blocks.h, simd.cpp and top_p_bracket.cpp; vec_path() gives the table of the path in use (isa.h), or
-// null where that path has none (AVX-512 keeps its own loops; generic is the auto-vectorised ones).
+// The loops of vec_loops.h instantiated per instruction set, as a table of entry points (vec_table.h):
+// AVX-512F (simd_avx512.cpp) and AVX2 + FMA (simd_avx2.cpp) on x86-64, NEON (simd_neon.cpp) on aarch64, and
+// the portable primitives of vec_generic.h everywhere (simd_generic.cpp); vec_path() gives the table of the
+// path in use (isa.h). Every path runs the same loops: only the primitives differ.
 #pragma once
 #include <cstdint>
 
@@ -29,22 +29,26 @@ struct VecPath {
 constexpr int64_t kVecRoom = 16;
 
 #if FS_X86_GCC
+extern const VecPath kAvx512Path;
 extern const VecPath kAvx2Path;
 #endif
 #if defined(__aarch64__)
 extern const VecPath kNeonPath;
 #endif
 
-// The table of the path in use, or null.
-inline const VecPath* vec_path() {
+extern const VecPath kGenericPath;
+
+// The table of the path in use.
+inline const VecPath& vec_path() {
   switch (cpu_isa()) {
 #if FS_X86_GCC
-    case Isa::kAvx2: return &kAvx2Path;
+    case Isa::kAvx512: return kAvx512Path;
+    case Isa::kAvx2: return kAvx2Path;
 #endif
 #if defined(__aarch64__)
-    case Isa::kNeon: return &kNeonPath;
+    case Isa::kNeon: return kNeonPath;
 #endif
-    default: return nullptr;
+    default: return kGenericPath;
   }
 }
 
