@@ -98,13 +98,17 @@ def _check_tree(draft_token_ids, parents, target, target_name: str, draft_probs)
 
 
 def _tree_backend(x: Tensor, backend):
-    """The module with the tree op for ``x``: C++ on CPU, the torch reference otherwise. Tree kernels for
-    Triton and CUDA do not exist yet: CUDA tensors run the reference, and asking for either by name fails."""
+    """The module with the tree op for ``x``: C++ on CPU, Triton on CUDA tensors (there is no CUDA C++ tree
+    kernel yet, so asking for backend "cuda" by name fails), or the torch reference."""
     name = resolve_backend(x, backend)
     if name == "cpu":
         return _ops
-    if name in ("cuda", "triton") and (backend or os.environ.get("FASTSAMPLE_BACKEND")):
-        raise ValueError(f"backend {name!r} has no tree_speculative_sampling kernel yet; use 'cpu' or 'torch'")
+    if name == "cuda" and (backend or os.environ.get("FASTSAMPLE_BACKEND")):
+        raise ValueError("backend 'cuda' has no tree_speculative_sampling kernel yet; use 'triton' (or 'cpu', 'torch')")
+    if name in ("cuda", "triton"):
+        from .triton import ops as triton_ops
+
+        return triton_ops
     return reference_tree
 
 
