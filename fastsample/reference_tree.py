@@ -51,7 +51,8 @@ class _Path:
 
 
 def tree_speculative_sampling(draft_token_ids: Tensor, parents: Tensor, target_probs: Tensor,
-                              draft_probs: Tensor | None, seed: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                              draft_probs: Tensor | None, seed: Tensor,
+                              offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(output_token_ids [B, N + 1], accepted_nodes [B, N], emitted_num [B]); arguments as checked by
     fastsample.speculative. The residual at the current node is w / mass (float64, as the oracle keeps it)."""
     batch, n = draft_token_ids.shape

@@ -66,7 +66,8 @@ def _chain_speculative_sampling_op(draft_probs: Tensor, draft_token_ids: Tensor,
 
 @triton_op("fastsample_triton::tree_speculative_sampling", mutates_args=())
 def _tree_speculative_sampling_op(draft_token_ids: Tensor, parents: Tensor, target_probs: Tensor,
-                                  draft_probs: OptTensor, seed: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                                  draft_probs: OptTensor, seed: Tensor,
+                                  offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return _speculative_tree.tree_speculative_sampling(
         draft_token_ids.contiguous(), parents.contiguous(), target_probs.contiguous(),
         None if draft_probs is None else draft_probs.contiguous(), _rows(seed), _rows(offset))
