@@ -4,16 +4,25 @@ the first two tokens, fixed seeds), a path tree equal to chain_speculative_sampl
 import numpy as np
 import pytest
 import torch
-from conftest import assert_rare, chi_square_pvalue, np64
+from conftest import GPU_BACKENDS, _on_gpu, assert_rare, chi_square_pvalue, np64
 
 import fastsample
 import oracle
 
-TREE_BACKENDS = ("cpu", "torch", "triton")
+# With a GPU, triton runs compiled on CUDA copies of the inputs (marked gpu); without one, in the interpreter.
+TRITON_MARKS = [pytest.mark.gpu] if "triton" in GPU_BACKENDS else []
+TREE_BACKENDS = ("cpu", "torch", pytest.param("triton", marks=TRITON_MARKS))
 # The Triton interpreter runs a row in ~60 ms: it gets one vocabulary for the random trees and no chi-square
 # test (its tokens equal the oracle's, and the oracle's distribution is checked through cpu and torch).
 FAST_BACKENDS = ("cpu", "torch")
-RANDOM_TREE_CASES = [(b, v) for b in TREE_BACKENDS for v in ((50,) if b == "triton" else (2, 50, 1000))]
+RANDOM_TREE_CASES = [(b, v) for b in ("cpu", "torch") for v in (2, 50, 1000)]
+RANDOM_TREE_CASES.append(pytest.param("triton", 50, marks=TRITON_MARKS))
+
+
+def _op(name: str, backend: str):
+    """fastsample.<name>, moved to the GPU for a GPU backend (conftest._on_gpu)."""
+    fn = getattr(fastsample, name)
+    return _on_gpu(fn) if backend in GPU_BACKENDS else fn
 ALPHA = 1e-3  # chi-square significance; every seed is fixed, so a pass or a failure is reproducible
 
 
@@ -73,7 +82,8 @@ def test_random_trees_match_oracle(backend, sampled, vocab):
     batch, max_nodes = (12, 12) if backend == "triton" else (48, 24)
     ids, parents, target, draft = _tree_case(vocab, batch=batch, max_nodes=max_nodes, vocab=vocab, sampled=sampled)
     seed = torch.randint(0, 2**62, (batch,), generator=torch.Generator().manual_seed(1))
-    got = fastsample.tree_speculative_sampling(ids, parents, target, draft, seed=seed, offset=7, backend=backend)
+    tree_op = _op("tree_speculative_sampling", backend)
+    got = tree_op(ids, parents, target, draft, seed=seed, offset=7, backend=backend)
     want = oracle.tree_speculative_sampling(np64(ids), np64(parents), np64(target),
                                             None if draft is None else np64(draft), np64(seed), 7)
     _assert_matches_oracle(got, want, f"{backend} sampled={sampled} V={vocab}")
@@ -85,8 +95,8 @@ def test_random_trees_match_oracle(backend, sampled, vocab):
 def test_half_precision_rows_match_oracle(backend):
     ids, parents, target, draft = _tree_case(5, batch=8, max_nodes=12, vocab=300, sampled=True)
     target, draft = target.to(torch.bfloat16), draft.to(torch.float16)
-    got = fastsample.tree_speculative_sampling(ids.to(torch.int32), parents.to(torch.int32), target, draft, seed=3,
-                                               backend=backend)
+    got = _op("tree_speculative_sampling", backend)(ids.to(torch.int32), parents.to(torch.int32), target, draft,
+                                                    seed=3, backend=backend)
     want = oracle.tree_speculative_sampling(np64(ids), np64(parents), np64(target), np64(draft), 3,
                                             np.arange(8))
     _assert_matches_oracle(got, want, backend)
@@ -102,8 +112,10 @@ def test_path_tree_equals_chain(backend):
     ids[::5, 2] = vocab + 3  # out of range: rejected at its position by both
     parents = torch.arange(-1, n - 1).expand(batch, n)
     seed = torch.randint(0, 2**62, (batch,), generator=gen)
-    chain_out, _, chain_emitted = fastsample.chain_speculative_sampling(draft, ids, target, seed=seed, backend=backend)
-    out, nodes, emitted = fastsample.tree_speculative_sampling(ids, parents, target, draft, seed=seed, backend=backend)
+    chain = _op("chain_speculative_sampling", backend)
+    chain_out, _, chain_emitted = chain(draft, ids, target, seed=seed, backend=backend)
+    out, nodes, emitted = _op("tree_speculative_sampling", backend)(ids, parents, target, draft, seed=seed,
+                                                                    backend=backend)
     assert torch.equal(out, chain_out) and torch.equal(emitted, chain_emitted)
     position = torch.arange(n).unsqueeze(0)
     assert torch.equal(nodes, torch.where(position < emitted.unsqueeze(1), position, -1))
@@ -139,9 +151,9 @@ def test_first_two_tokens_follow_the_target(backend, sampled):
     target = torch.cat([p1.expand(draws, 1, vocab), p2[first], torch.full((draws, k1 * k2, vocab), 1 / vocab)], 1)
     draft = torch.cat([q1.expand(draws, k1, vocab), q2[first].repeat_interleave(k2, dim=1)], 1) if sampled else None
     seed = torch.arange(draws)
-    out, _, emitted = fastsample.tree_speculative_sampling(ids, parents, target, draft, seed=seed, backend=backend)
+    out, _, emitted = _op("tree_speculative_sampling", backend)(ids, parents, target, draft, seed=seed, backend=backend)
     t1 = out[:, 0]
-    again, _, _ = fastsample.tree_speculative_sampling(torch.full((draws, 1), -1), torch.full((draws, 1), -1),
+    again, _, _ = _op("tree_speculative_sampling", backend)(torch.full((draws, 1), -1), torch.full((draws, 1), -1),
                                                        torch.stack([p2[t1], p2[t1]], 1), None, seed=seed, offset=1,
                                                        backend=backend)
     t2 = torch.where(emitted >= 1, out[:, 1], again[:, 0])
@@ -160,7 +172,8 @@ def test_malformed_parents_give_minus_one_rows(backend):
     parents[2, 1] = -2  # out of range
     parents[3, 4] = 99
     ids[4, 4], parents[4, 4] = -1, 99  # an unused node's parent is not looked at
-    out, nodes, emitted = fastsample.tree_speculative_sampling(ids, parents, target, draft, seed=5, backend=backend)
+    tree_op = _op("tree_speculative_sampling", backend)
+    out, nodes, emitted = tree_op(ids, parents, target, draft, seed=5, backend=backend)
     assert (out[:4] == -1).all() and (nodes[:4] == -1).all() and (emitted[:4] == 0).all()
     assert (out[4:, 0] >= 0).all()
 
@@ -173,7 +186,7 @@ def test_nan_target_row_gives_minus_one_final_token(backend):
     target[0, 0, 0] = float("nan")  # only read by the final draw: the children's tokens have p = 0 (rejected)
     target[0, 0, [3, 5]] = 0.0
     for draft in (None, torch.full((1, 2, 8), 1 / 8)):
-        out, nodes, emitted = fastsample.tree_speculative_sampling(ids, parents, target, draft, seed=1,
+        out, nodes, emitted = _op("tree_speculative_sampling", backend)(ids, parents, target, draft, seed=1,
                                                                    backend=backend)
         assert emitted.tolist() == [0] and out.tolist() == [[-1, -1, -1]] and nodes.tolist() == [[-1, -1]]
 
@@ -184,7 +197,7 @@ def test_out_of_range_ids_are_rejected_not_read(backend):
     target[:, :, 1] = 1.0  # the target emits token 1 everywhere
     ids = torch.tensor([[4, 1], [-7, 1]])
     parents = torch.tensor([[-1, -1], [-1, -1]])
-    out, nodes, emitted = fastsample.tree_speculative_sampling(ids, parents, target, None, seed=2, backend=backend)
+    out, nodes, emitted = _op("tree_speculative_sampling", backend)(ids, parents, target, None, seed=2, backend=backend)
     assert out.tolist() == [[1, 1, -1]] * 2 and nodes.tolist() == [[1, -1]] * 2 and emitted.tolist() == [1, 1]
 
 
