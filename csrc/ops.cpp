@@ -36,6 +36,12 @@ TORCH_LIBRARY(fastsample, m) {
   m.def(
       "chain_speculative_sampling(Tensor draft_probs, Tensor draft_token_ids, Tensor target_probs, "
       "Tensor seed, Tensor offset) -> (Tensor output_token_ids, Tensor accepted_num, Tensor emitted_num)");
+  // Tree verification (docs/ops.md "tree_speculative_sampling"): node tokens and parents [B, N] int64, target
+  // rows [B, N+1, V], draft rows [B, N, V] (sampled children) or none (deterministic children). Output [B, N+1]
+  // (path, then the drawn token, -1 padding), accepted_nodes [B, N] (-1 padding), emitted_num [B].
+  m.def(
+      "tree_speculative_sampling(Tensor draft_token_ids, Tensor parents, Tensor target_probs, Tensor? draft_probs, "
+      "Tensor seed, Tensor offset) -> (Tensor output_token_ids, Tensor accepted_nodes, Tensor emitted_num)");
   // The stack sampler (docs/ops.md "sample_stack"): mask -> bias -> penalties -> temperature -> filters (HF or
   // vLLM v1 order) -> num_samples draws -> logprobs (mode 0 none, 1 processed, 2 raw), ranks and top-N.
   // tokens [B, n]; logprobs/ranks [B, n] ([0, n] in mode 0); top_ids/top_logprobs [B, top_n].

@@ -17,7 +17,7 @@ from .sampling import (
     top_p_renorm_probs,
     top_p_sampling_from_probs,
 )
-from .speculative import chain_speculative_sampling
+from .speculative import chain_speculative_sampling, tree_greedy_verify, tree_speculative_sampling
 
 __version__ = "0.1.0"
 from .stack import StackSample, sample_stack

@@ -74,6 +74,12 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
     return torch.ops.fastsample.chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, seed, offset)
 
 
+def tree_speculative_sampling(draft_token_ids: Tensor, parents: Tensor, target_probs: Tensor,
+                              draft_probs: OptTensor, seed: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.fastsample.tree_speculative_sampling(draft_token_ids, parents, target_probs, draft_probs, seed,
+                                                          offset)
+
+
 def logsumexp(logits: Tensor) -> Tensor:
     """log(sum(exp(logits))) per row in one read of the logits (C++ backends only): the single-pass limit
     that benchmarks compare every op with."""
@@ -116,6 +122,12 @@ if AVAILABLE:
         batch, n = draft_token_ids.shape
         ids = draft_token_ids.new_empty((batch, n + 1), dtype=torch.int64)
         return ids, ids.new_empty((batch,)), ids.new_empty((batch,))
+
+    @torch.library.register_fake("fastsample::tree_speculative_sampling")
+    def _tree_speculative_sampling_fake(draft_token_ids, parents, target_probs, draft_probs, seed, offset):
+        batch, n = draft_token_ids.shape
+        ids = draft_token_ids.new_empty((batch, n + 1), dtype=torch.int64)
+        return ids, ids.new_empty((batch, n)), ids.new_empty((batch,))
 
 
 def sample_stack(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bias_values: OptTensor,

@@ -1,10 +1,14 @@
-"""chain_speculative_sampling: rejection-sampling acceptance of a chain of draft tokens (docs/design.md, section 5)."""
+"""Speculative verification: chain_speculative_sampling (a chain of draft tokens, docs/design.md section 5) and
+tree_speculative_sampling / tree_greedy_verify (a token tree per row, section 11)."""
 from __future__ import annotations
+
+import os
 
 import torch
 
-from . import _rng
-from .backends import ops_for
+from . import _ops, _rng, reference_tree
+from .backends import ops_for, resolve_backend
+from .sampling import greedy
 
 Tensor = torch.Tensor
 
@@ -57,3 +61,95 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
     return ops_for(draft_probs, backend).chain_speculative_sampling(
         draft_probs.contiguous(), draft_token_ids.to(torch.int64).contiguous(), target_probs.contiguous(),
         seed_t, offset_t)
+
+
+def _check_tree(draft_token_ids, parents, target, target_name: str, draft_probs):
+    """(batch, nodes, vocab) after the checks of docs/ops.md's bad-input table for the tree ops."""
+    named = [("draft_token_ids", draft_token_ids, 2), ("parents", parents, 2), (target_name, target, 3)]
+    if draft_probs is not None:
+        named.append(("draft_probs", draft_probs, 3))
+    for name, t, dim in named:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != dim:
+            raise ValueError(f"{name} must have {dim} dimensions, got shape {list(t.shape)}")
+        if t.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {t.device}")
+        if t.device != target.device:
+            raise ValueError(f"{name} must be on {target.device} like {target_name}, got {t.device}")
+    batch, nodes = draft_token_ids.shape
+    vocab = target.shape[2]
+    for name, t in (("draft_token_ids", draft_token_ids), ("parents", parents)):
+        if t.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be int32 or int64, got {t.dtype}")
+    if parents.shape != (batch, nodes):
+        raise ValueError(f"parents must have shape [{batch}, {nodes}] like draft_token_ids, got {list(parents.shape)}")
+    if target.shape[:2] != (batch, nodes + 1) or vocab < 1:
+        raise ValueError(f"{target_name} must have shape [{batch}, {nodes + 1}, V >= 1], got {list(target.shape)}")
+    floats = (torch.float32, torch.float16, torch.bfloat16)
+    if target.dtype not in floats:
+        raise TypeError(f"{target_name} must be float32, float16 or bfloat16, got {target.dtype}")
+    if draft_probs is not None:
+        if draft_probs.shape != (batch, nodes, vocab):
+            raise ValueError(f"draft_probs must have shape [{batch}, {nodes}, {vocab}], got {list(draft_probs.shape)}")
+        if draft_probs.dtype not in floats:
+            raise TypeError(f"draft_probs must be float32, float16 or bfloat16, got {draft_probs.dtype}")
+    return batch, nodes, vocab
+
+
+def _tree_backend(x: Tensor, backend):
+    """The module with the tree op for ``x``: C++ on CPU, Triton on CUDA tensors (there is no CUDA C++ tree
+    kernel yet, so asking for backend "cuda" by name fails), or the torch reference."""
+    name = resolve_backend(x, backend)
+    if name == "cpu":
+        return _ops
+    if name == "cuda" and (backend or os.environ.get("FASTSAMPLE_BACKEND")):
+        raise ValueError("backend 'cuda' has no tree_speculative_sampling kernel yet; use 'triton' (or 'cpu', 'torch')")
+    if name in ("cuda", "triton"):
+        from .triton import ops as triton_ops
+
+        return triton_ops
+    return reference_tree
+
+
+def tree_speculative_sampling(draft_token_ids: Tensor, parents: Tensor, target_probs: Tensor,
+                              draft_probs: Tensor | None = None, *, generator=None, seed=None, offset=None,
+                              backend=None):
+    """Verify a token tree per row losslessly (docs/ops.md "tree_speculative_sampling").
+
+    Parameters
+    ----------
+    draft_token_ids : int [B, N], node i's token; -1 marks an unused node (rows may use fewer nodes).
+    parents : int [B, N], node i's parent, -1 for a child of the root; every used node's parent < i.
+    target_probs : float32, float16 or bfloat16 [B, N + 1, V]: row 0 the target's distribution at the root,
+        row i + 1 after node i.
+    draft_probs : [B, N, V] or None. Given: node i's token was drawn from draft_probs[:, i] (siblings i.i.d.
+        from their parent's draft distribution); SpecInfer's multi-round rejection verifies them. None:
+        deterministic children (e.g. a top-k expansion), accepted with the residual's probability.
+
+    Returns
+    -------
+    output_token_ids : int64 [B, N + 1], the accepted path's tokens, then the token drawn from the residual
+        where the walk stopped, then -1 padding.
+    accepted_nodes : int64 [B, N], the node indices of the accepted path (whose KV entries to keep), -1 padding.
+    emitted_num : int64 [B], the accepted path's length.
+
+    Node i's acceptance test uses draw j = i of the row's Philox stream, the final token draw j = N, so a
+    path tree gives chain_speculative_sampling's tokens. A row with a used node whose parent is outside
+    [-1, i) is invalid: all -1, emitted_num 0.
+    """
+    batch, _, _ = _check_tree(draft_token_ids, parents, target_probs, "target_probs", draft_probs)
+    seed_t, offset_t = _rng.per_row_seed_offset(batch, target_probs.device, generator, seed, offset)
+    ops = _tree_backend(target_probs, backend)
+    return ops.tree_speculative_sampling(
+        draft_token_ids.to(torch.int64).contiguous(), parents.to(torch.int64).contiguous(),
+        target_probs.contiguous(), None if draft_probs is None else draft_probs.contiguous(), seed_t, offset_t)
+
+
+def tree_greedy_verify(draft_token_ids: Tensor, parents: Tensor, target_logits: Tensor, *, backend=None):
+    """Greedy tree verification: the longest root path whose tokens are the target's argmax (lowest index on
+    ties) at their parent, then the target's argmax after it; the same triple as `tree_speculative_sampling`.
+    target_logits is [B, N + 1, V] (logits or probs: only the argmax counts); a NaN row has no argmax (-1)."""
+    batch, nodes, vocab = _check_tree(draft_token_ids, parents, target_logits, "target_logits", None)
+    best = greedy(target_logits.reshape(batch * (nodes + 1), vocab), backend=backend).view(batch, nodes + 1)
+    return reference_tree.tree_greedy_walk(draft_token_ids.to(torch.int64), parents.to(torch.int64), best)

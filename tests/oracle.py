@@ -443,6 +443,118 @@ def chain_speculative_sampling(draft_probs, draft_ids, target_probs, seed, offse
     return output, accepted, emitted, ambiguous
 
 
+def tree_valid(draft_ids, parents) -> np.ndarray:
+    """bool [B]: rows whose used nodes (token != -1) all have a parent in [-1, own index)."""
+    ids, par = np.asarray(draft_ids, dtype=np.int64), np.asarray(parents, dtype=np.int64)
+    index = np.arange(ids.shape[1])
+    return (((par >= -1) & (par < index)) | (ids == -1)).all(axis=1)
+
+
+def _near(a: float, b: float, tol: float) -> bool:
+    scale = max(abs(a), abs(b))
+    return bool(np.isfinite(scale) and scale > 0 and abs(a - b) <= tol * scale)
+
+
+def _bad(w: np.ndarray) -> bool:
+    return bool(np.isnan(w).any() or (w < 0).any() or np.isinf(w).any())
+
+
+def tree_speculative_sampling(draft_ids, parents, target_probs, draft_probs=None, seed=0, offset=0,
+                              tol: float = REL_TOL):
+    """Tree speculative sampling (docs/ops.md "tree_speculative_sampling"), written as the tree walk it defines.
+
+    Parameters
+    ----------
+    draft_ids : int [B, N], node tokens (-1 = unused).   parents : int [B, N] (-1 = child of the root).
+    target_probs : [B, N + 1, V] p.   draft_probs : [B, N, V] q (sampled children) or None (deterministic).
+
+    Returns
+    -------
+    (output_ids int64 [B, N + 1], accepted_nodes int64 [B, N], emitted_num int64 [B], ambiguous bool [B]).
+    """
+    ids, par = np.asarray(draft_ids, dtype=np.int64), np.asarray(parents, dtype=np.int64)
+    p = np.asarray(target_probs, dtype=np.float64)
+    q = None if draft_probs is None else np.asarray(draft_probs, dtype=np.float64)
+    batch, n = ids.shape
+    vocab = p.shape[2]
+    seeds, offsets = _rows(seed, batch, np.int64), _rows(offset, batch, np.int64)
+    output = np.full((batch, n + 1), -1, dtype=np.int64)
+    nodes = np.full((batch, n), -1, dtype=np.int64)
+    emitted = np.zeros(batch, dtype=np.int64)
+    ambiguous = np.zeros(batch, dtype=bool)
+    valid = tree_valid(ids, par)
+    for b in range(batch):
+        if not valid[b]:
+            continue
+        us = uniform(seeds[b], offsets[b], np.arange(n + 1))
+        children = {}
+        for i in range(n):
+            if ids[b, i] != -1:
+                children.setdefault(par[b, i], []).append(i)
+        path, cur = [], -1
+        while True:
+            w, mass = p[b, cur + 1].copy(), 1.0  # the residual r = w / mass; the root row is taken as normalised
+            accepted = None
+            for c in children.get(cur, []):  # in index order
+                t = ids[b, c]
+                if 0 <= t < vocab:
+                    lhs = us[c] * q[b, c, t] * mass if q is not None else us[c] * mass
+                    ambiguous[b] |= _near(lhs, w[t], tol)
+                    if lhs < w[t]:  # a NaN compares false: rejected
+                        accepted = c
+                        break
+                if q is None:  # r <- norm(r without t)
+                    if 0 <= t < vocab:
+                        mass -= w[t]
+                        w[t] = 0.0
+                elif _bad(w) or _bad(q[b, c]):
+                    w[:] = np.nan
+                else:  # r <- norm(max(r - q, 0)); a residual of zero mass leaves r as it was
+                    residual = np.maximum(w / mass - q[b, c], 0.0)
+                    if residual.sum() > 0:
+                        w, mass = residual, residual.sum()
+            if accepted is None:
+                break
+            path.append(accepted)
+            cur = accepted
+        emitted[b] = len(path)
+        nodes[b, :len(path)] = path
+        output[b, :len(path)] = ids[b, path]
+        if not _bad(w) and w.sum() > 0:
+            token, _, candidates = _inverse_cdf(w, us[n], tol)
+            output[b, len(path)] = token
+            ambiguous[b] |= len(candidates) > 1
+    return output, nodes, emitted, ambiguous
+
+
+def tree_greedy_verify(draft_ids, parents, target_logits):
+    """(output_ids [B, N + 1], accepted_nodes [B, N], emitted_num [B]): the longest root path whose tokens are
+    the target's argmax at their parents (first matching child on duplicates), then the argmax after it."""
+    ids, par = np.asarray(draft_ids, dtype=np.int64), np.asarray(parents, dtype=np.int64)
+    x = np.asarray(target_logits, dtype=np.float64)
+    batch, n = ids.shape
+    output = np.full((batch, n + 1), -1, dtype=np.int64)
+    nodes = np.full((batch, n), -1, dtype=np.int64)
+    emitted = np.zeros(batch, dtype=np.int64)
+    valid = tree_valid(ids, par)
+    for b in range(batch):
+        if not valid[b]:
+            continue
+        best = greedy(x[b])
+        path, cur = [], -1
+        while True:
+            match = [i for i in range(n) if ids[b, i] != -1 and par[b, i] == cur and ids[b, i] == best[cur + 1]]
+            if not match:
+                break
+            cur = match[0]
+            path.append(cur)
+        emitted[b] = len(path)
+        nodes[b, :len(path)] = path
+        output[b, :len(path)] = ids[b, path]
+        output[b, len(path)] = best[cur + 1]
+    return output, nodes, emitted
+
+
 # -------------------------------------------------------------------------------- the stack sampler
 def allowed_from_bitmask(mask, vocab: int) -> np.ndarray:
     """bool [B, V] from an int32 bitmask [B, ceil(V/32)]: token i is allowed iff bit i % 32 of word i // 32 is set."""

@@ -431,6 +431,9 @@ def _opcheck_cases():
         "sample": [(logits, True, None, 0.8, None, 5, None, 0.9, None, 0.05, seed, offset, True),
                    (probs, False, t_arr, NAN, k_arr, 0, p_arr, NAN, mp_arr, NAN, seed, offset, False)],
         "chain_speculative_sampling": [(q, ids, p, seed, offset)],
+        "tree_speculative_sampling": [(ids, torch.tensor([-1, -1, 0]).expand(batch, 3), p, q, seed, offset),
+                                      (ids, torch.tensor([-1, 0, 1]).expand(batch, 3), p.to(torch.float16), None,
+                                       seed, offset)],
         "logsumexp": [(logits,), (logits.to(torch.float16),)],
         # the stack sampler's own cases, with masks and histories, are in test_stack_sampler.py
         "sample_stack": [(logits, None, None, None, None, ids, None, 1.2, None, 0.1, None, 0.0, t_arr, NAN, k_arr, 0,

@@ -1,6 +1,7 @@
 """Every Triton kernel specialisation the launchers of fastsample/triton/ pick on a GPU, found without a GPU.
 
-The launchers (softmax, top_k, top_k_mask_logits, renorm_probs, sample, chain_speculative_sampling and the stack
+The launchers (softmax, top_k, top_k_mask_logits, renorm_probs, sample, chain_speculative_sampling,
+tree_speculative_sampling and the stack
 sampler's processed_logits) are called
 on ``meta`` tensors with ``launch.split`` told that the device is a GPU with a given number of SMs, and
 ``wrap_triton`` replaced by a recorder: each launch yields the kernel, the argument types (Triton signature
@@ -31,7 +32,8 @@ DRAFT_POSITIONS = 4
 TOPK_KS = tuple(1 << i for i in range(1, 13)) + (50,)
 _TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
          torch.int64: "i64", torch.int32: "i32", torch.bool: "i1"}
-_MODULES = ("softmax", "topk", "sampling", "renorm", "speculative", "rowstats", "filters", "radix", "stack_sampler")
+_MODULES = ("softmax", "topk", "sampling", "renorm", "speculative", "rowstats", "filters", "radix", "stack_sampler",
+            "speculative_tree")
 # The stack sampler's id lists in the bench's shape: 16 biased ids, 1024 prompt and 256 output tokens.
 STACK_LENGTHS = {"bias": 16, "prompt": 1024, "output": 256}
 
@@ -140,7 +142,7 @@ def _filter_variants(batch: int):
 
 
 def _launch_all(vocab: int, batch: int) -> None:
-    from fastsample.triton import renorm, sampling, softmax, speculative, topk
+    from fastsample.triton import renorm, sampling, softmax, speculative, speculative_tree, topk
 
     meta = dict(device="meta")
     t_arr = torch.full((batch,), 0.8, dtype=torch.float32, **meta)
@@ -167,6 +169,11 @@ def _launch_all(vocab: int, batch: int) -> None:
     target = torch.empty((batch, DRAFT_POSITIONS + 1, vocab), dtype=torch.float32, **meta)
     ids = torch.zeros((batch, DRAFT_POSITIONS), dtype=torch.int64, **meta)
     speculative.chain_speculative_sampling(draft, ids, target, seed, seed)
+    # The tree kernel in both modes and every probability dtype (it reads them as they come).
+    for dtype in LOGIT_DTYPES:
+        tree_target = target.to(dtype)
+        for tree_draft in (None, draft.to(dtype)):
+            speculative_tree.tree_speculative_sampling(ids, ids, tree_target, tree_draft, seed, seed)
     _launch_stack(vocab, batch)
 
 

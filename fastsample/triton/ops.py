@@ -14,6 +14,7 @@ from . import renorm as _renorm
 from . import sampling as _sampling
 from . import softmax as _softmax
 from . import speculative as _speculative
+from . import speculative_tree as _speculative_tree
 from . import topk as _topk
 
 Tensor = torch.Tensor
@@ -63,6 +64,15 @@ def _chain_speculative_sampling_op(draft_probs: Tensor, draft_token_ids: Tensor,
                                                    target_probs.contiguous(), _rows(seed), _rows(offset))
 
 
+@triton_op("fastsample_triton::tree_speculative_sampling", mutates_args=())
+def _tree_speculative_sampling_op(draft_token_ids: Tensor, parents: Tensor, target_probs: Tensor,
+                                  draft_probs: OptTensor, seed: Tensor,
+                                  offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return _speculative_tree.tree_speculative_sampling(
+        draft_token_ids.contiguous(), parents.contiguous(), target_probs.contiguous(),
+        None if draft_probs is None else draft_probs.contiguous(), _rows(seed), _rows(offset))
+
+
 def softmax(logits: Tensor, temperature_arr: OptTensor, temperature_val: float) -> Tensor:
     return torch.ops.fastsample_triton.softmax(logits, temperature_arr, temperature_val)
 
@@ -93,3 +103,9 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
                                offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.ops.fastsample_triton.chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, seed,
                                                                   offset)
+
+
+def tree_speculative_sampling(draft_token_ids: Tensor, parents: Tensor, target_probs: Tensor, draft_probs: OptTensor,
+                              seed: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.fastsample_triton.tree_speculative_sampling(draft_token_ids, parents, target_probs, draft_probs,
+                                                                 seed, offset)
