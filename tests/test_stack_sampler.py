@@ -1,8 +1,8 @@
 """The stack sampler (fastsample.sample_stack, docs/ops.md "sample_stack") against tests/oracle.py.
 
-Backends: "cpu" (C++), "torch" (reference_stack.py), "triton" (triton/stack_sampler.py, run by the
+Backends: "cpu" (C++), "torch" (stack/reference.py), "triton" (triton/stack_sampler.py, run by the
 interpreter on CPU tensors here, so its tests use vocabularies of at most 1000 tokens) and "cuda"
-(stack_cuda.py over the CUDA kernels: on a GPU only; its composition is also tested on the CPU with a
+(stack/cuda.py over the CUDA kernels: on a GPU only; its composition is also tested on the CPU with a
 stand-in for the kernel). The CUDA route is tested at the end.
 """
 import math
@@ -22,7 +22,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LOGPROB_TOL = dict(atol=3e-5, rtol=1e-5)
 
 
-CUDA_KERNELS = torch.cuda.is_available() and _ops.AVAILABLE and fastsample.stack_cuda.available()
+CUDA_KERNELS = torch.cuda.is_available() and _ops.cuda_built()
 
 
 def _on_gpu(fn):
@@ -382,33 +382,34 @@ def test_negative_penalties_and_bad_tensor_entries(backend):
 
 
 def test_cuda_route(monkeypatch):
-    """CUDA tensors take the CUDA C++ kernels (stack_cuda.py) when the extension has them, else Triton when no
-    backend is named; backend="cuda" without them is a RuntimeError, never a silent fallback. No GPU here, so
-    the device is faked by making the backend resolution answer "cuda"."""
-    from fastsample import stack, stack_cuda
+    """The stack sampler picks its backend through fastsample.backends like every op: "cuda" gives fastsample._ops,
+    whose sample_stack sends CUDA tensors to stack/cuda.py; "cuda" without the CUDA kernels is a RuntimeError that
+    names the way out, never a silent fallback. No GPU here, so the device is faked."""
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
-    monkeypatch.delenv("FASTSAMPLE_BACKEND", raising=False)
-    x = torch.randn(2, 40)
-    monkeypatch.setattr(stack_cuda, "available", lambda: False)
-    assert stack._backend(x, None).__name__ == "fastsample.triton.stack_sampler"
+    from fastsample.stack import cuda as stack_cuda
+
+    monkeypatch.setattr(fastsample.stack.api, "ops_for", lambda x, backend: fastsample.backends.backend_ops("cuda"))
+    monkeypatch.setattr(_ops, "cuda_built", lambda: False)
     with pytest.raises(RuntimeError, match="backend='triton'"):
-        stack._backend(x, "cuda")
-    monkeypatch.setattr(stack_cuda, "available", lambda: True)
-    assert stack._backend(x, None) is stack_cuda and stack._backend(x, "cuda") is stack_cuda
+        fastsample.sample_stack(torch.randn(2, 40), backend="cuda")
+    seen = []
+    monkeypatch.setattr(stack_cuda, "sample_stack", seen.append)
+    on_cuda = SimpleNamespace(logits=SimpleNamespace(device=torch.device("cuda")))
+    _ops.sample_stack(on_cuda)
+    assert seen == [on_cuda]
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05),
                                 dict(temperature=0.0), dict(order="vllm", top_p=0.8, min_p=0.1, num_samples=2,
                                                             logprobs="processed", top_logprobs=3)])
 def test_cuda_composition_on_cpu(monkeypatch, kw):
-    """stack_cuda.py (stack_processed_logits, then the `sample` op's fused path or the torch steps, and the
+    """stack/cuda.py (stack_processed_logits, then the `sample` op's fused path or the torch steps, and the
     invalid-row flags) run on CPU tensors, where both ops have CPU kernels; on a GPU the `backend` fixture's
     "cuda" runs every test of this file through the CUDA kernels."""
-    from fastsample import stack, stack_cuda
+    from fastsample.stack import cuda as stack_cuda
 
-    monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
-    monkeypatch.setattr(stack_cuda, "available", lambda: True)
+    monkeypatch.setattr(fastsample.stack.api, "ops_for", lambda x, backend: stack_cuda)
     flips = total = 0
     for i, steps in enumerate(STEPS):
         x, args = _case(12, 300, seed=40 + i, **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
@@ -453,6 +454,17 @@ def test_processed_logits_op_equals_the_transcription(device, dtype):
 
 # ---------------------------------------------------------------------------------- registration, compile
 needs_extension = pytest.mark.skipif(not _ops.AVAILABLE, reason="fastsample._C is not built")
+
+
+@needs_extension
+def test_the_op_schemas_come_from_the_one_argument_definition():
+    """csrc/ops.cpp spells the C++ schemas out; they must be fastsample/stack/spec.py's, parameter for parameter,
+    since every Python layer passes the op's arguments as spec.StackOpArgs."""
+    from fastsample.stack import spec
+
+    assert str(torch.ops.fastsample.sample_stack.default._schema) == spec.schema("fastsample::sample_stack")
+    assert str(torch.ops.fastsample.stack_processed_logits.default._schema) == spec.schema(
+        "fastsample::stack_processed_logits", spec.STEPS_1_3, spec.PROCESSED_RESULTS)
 
 
 @needs_extension

@@ -10,10 +10,13 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
+from ..stack.spec import StackOpArgs
+
 from . import renorm as _renorm
 from . import sampling as _sampling
 from . import softmax as _softmax
 from . import speculative as _speculative
+from . import stack_sampler as _stack_sampler
 from . import topk as _topk
 
 Tensor = torch.Tensor
@@ -93,3 +96,7 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
                                offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.ops.fastsample_triton.chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, seed,
                                                                   offset)
+
+
+def sample_stack(args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _stack_sampler.sample_stack(args)

@@ -5,12 +5,14 @@ masked_fill, scatter_add the logit bias, scatter_add token counts for the penalt
 sort-based filters, a CDF per row and log_softmax + sort for the logprobs. Every step is a separate pass
 over [B, V]; nothing reads a tensor value on the host. The random numbers are those of reference.py
 (Philox draw j for sample j), so tokens match the compiled kernels and the float64 oracle.
+`sample_processed` (steps 4-7) is also the device composition's slow route (compose.py).
 """
 from __future__ import annotations
 
 import torch
 
-from .reference import _INF, _kth_largest, _per_row_tensor, _weights, philox_uniform
+from ..reference import _INF, _kth_largest, _weights, philox_uniform
+from .spec import StackOpArgs, penalties_ok
 
 Tensor = torch.Tensor
 OptTensor = torch.Tensor | None
@@ -80,30 +82,19 @@ def _kept(y: Tensor, w: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor, vll
     return ((y >= threshold) | ~k_on.unsqueeze(1)) & kept_p & kept_m
 
 
-def sample_stack(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bias_values: OptTensor,
-                 prompt_ids: OptTensor, output_ids: OptTensor, repetition_arr: OptTensor, repetition_val: float,
-                 frequency_arr: OptTensor, frequency_val: float, presence_arr: OptTensor, presence_val: float,
-                 temperature_arr: OptTensor, temperature_val: float, top_k_arr: OptTensor, top_k_val: int,
-                 top_p_arr: OptTensor, top_p_val: float, min_p_arr: OptTensor, min_p_val: float, vllm_order: bool,
-                 num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
-                 top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The op-level stack sampler (same signature as fastsample._ops.sample_stack).
+def sample_stack(args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The op-level stack sampler (backend "torch"; fastsample.backends.Ops.sample_stack).
 
-    logprobs_mode: 0 none, 1 processed, 2 raw. Returns (tokens int64 [B, n], logprobs float32 [B, n],
-    ranks int64 [B, n] (both [0, n] when logprobs_mode == 0), top_ids int64 [B, N], top_values float32 [B, N]).
+    Returns (tokens int64 [B, n], logprobs float32 [B, n], ranks int64 [B, n] (both [0, n] when
+    logprobs_mode == 0), top_ids int64 [B, N], top_values float32 [B, N]).
     """
-    batch, vocab = logits.shape
-    device = logits.device
-    x = logits.to(torch.float32)
-    param = lambda arr, val, dtype=torch.float32: _per_row_tensor(arr, val, batch, dtype, device)  # noqa: E731
-    rep, freq, pres = param(repetition_arr, repetition_val), param(frequency_arr, frequency_val), \
-        param(presence_arr, presence_val)
-    temperature, top_k = param(temperature_arr, temperature_val), param(top_k_arr, top_k_val, torch.int64)
-    top_p, min_p = param(top_p_arr, top_p_val), param(min_p_arr, min_p_val)
-
-    y, bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
-    return sample_processed(x, y, bad, rep, freq, pres, temperature, top_k, top_p, min_p, vllm_order, num_samples,
-                            seed, offset, logprobs_mode, top_n)
+    x = args.logits.to(torch.float32)
+    rep, freq, pres = args.row("repetition"), args.row("frequency"), args.row("presence")
+    y, bad = processed_logits(x, args.allowed_mask, args.bias_ids, args.bias_values, args.prompt_ids,
+                              args.output_ids, rep, freq, pres)
+    return sample_processed(x, y, bad, rep, freq, pres, args.row("temperature"), args.row("top_k"),
+                            args.row("top_p"), args.row("min_p"), args.vllm_order, args.num_samples, args.seed,
+                            args.offset, args.logprobs_mode, args.top_n)
 
 
 def sample_processed(x: Tensor, y: Tensor, bad: Tensor, rep: Tensor, freq: Tensor, pres: Tensor,
@@ -111,13 +102,12 @@ def sample_processed(x: Tensor, y: Tensor, bad: Tensor, rep: Tensor, freq: Tenso
                      num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
                      top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Steps 4-7 from the processed logits y (float32 [B, V]) and the rows `bad` with an out-of-range id; the
-    per-row parameters as [B] tensors. Shared with the Triton backend (fastsample/triton/stack_sampler.py),
-    which computes y and bad in a kernel. Returns what `sample_stack` returns."""
+    per-row parameters as [B] tensors. Shared with the device routes (compose.py), which compute y and bad
+    in kernels. Returns what `sample_stack` returns."""
     batch, vocab = x.shape
     device = x.device
     w, valid, greedy = _weights(y, True, temperature)
-    params_ok = ((rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite() & (top_p >= 0) & (top_p <= 1)
-                 & (min_p >= 0) & (min_p <= 1))
+    params_ok = penalties_ok(rep, freq, pres) & (top_p >= 0) & (top_p <= 1) & (min_p >= 0) & (min_p <= 1)
     valid = valid & params_ok & ~bad & ~x.isnan().any(dim=1)
     kept_w = torch.where(_kept(y, w, top_k, top_p, min_p, vllm_order) | greedy.unsqueeze(1), w, 0.0)
 

@@ -2,25 +2,24 @@
 
 grammar bitmask -> logit bias -> repetition/frequency/presence penalties -> temperature (T = 0 greedy) ->
 min-p/top-k/top-p (HF or vLLM v1 order) -> n draws -> logprobs, ranks and top-N. Arguments are checked here
-on the host without reading tensor values; the backends implement the op `sample_stack`
-(fastsample/_ops.py: C++ CPU; fastsample/stack_cuda.py: CUDA C++; fastsample/triton/stack_sampler.py: Triton;
-fastsample/reference_stack.py: pure torch). CUDA tensors take the CUDA C++ kernels when the extension has them,
-else Triton (docs/design.md section 2).
+on the host without reading tensor values, packed into one `StackOpArgs` (spec.py), and passed to the
+`sample_stack` of the backend that fastsample.backends picks, as for every op (fastsample/_ops.py: C++ on CPU,
+the CUDA route of cuda.py on CUDA; fastsample/triton/ops.py: Triton; fastsample/reference.py: this package's
+reference.py). CUDA tensors take the CUDA C++ kernels when the extension has them, else Triton.
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 
-from . import _ops, _rng, stack_cuda
-from .backends import resolve_backend
-from .sampling import _check_matrix, _check_param, _filters
+from .. import _rng
+from ..backends import ops_for
+from ..sampling import _check_matrix, _check_param, _filters
+from .spec import LOGPROBS_MODES, StackOpArgs
 
 Tensor = torch.Tensor
-_LOGPROBS_MODES = {None: 0, "processed": 1, "raw": 2}
 _ORDERS = ("hf", "vllm")
 
 
@@ -32,30 +31,6 @@ class StackSample(NamedTuple):
     ranks: Tensor | None  # int64, shape of tokens: tokens with a logprob >= the sampled token's; -1 on invalid rows
     top_ids: Tensor | None  # int64 [B, N], descending logprob, ties to the lower id
     top_logprobs: Tensor | None  # float32 [B, N]
-
-
-def _backend(x: Tensor, backend: str | None):
-    name = resolve_backend(x, backend)
-    if name == "torch":
-        from . import reference_stack
-
-        return reference_stack
-    if name == "cpu":
-        if not _ops.AVAILABLE:
-            raise RuntimeError(f"backend {name!r} needs the compiled extension fastsample._C ({_ops.IMPORT_ERROR})")
-        return _ops
-    if name == "cuda" and _ops.AVAILABLE and stack_cuda.available():
-        return stack_cuda
-    if name == "triton":
-        from .triton import stack_sampler
-
-        return stack_sampler
-    if name == "cuda" and backend is None and not os.environ.get("FASTSAMPLE_BACKEND"):
-        from .triton import stack_sampler  # the default route of CUDA tensors (docs/ops.md)
-
-        return stack_sampler
-    raise RuntimeError(f"backend {name!r} was requested but fastsample._C was built without CUDA kernels; pass "
-                       f"backend='triton' (or 'torch') to run sample_stack on {x.device}")
 
 
 def _ids(name: str, ids, batch: int, device: torch.device) -> Tensor | None:
@@ -167,7 +142,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
         raise TypeError(f"num_samples must be an int or None, got {type(num_samples).__name__}")
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if logprobs not in _LOGPROBS_MODES:
+    if logprobs not in LOGPROBS_MODES:
         raise ValueError(f"logprobs must be None, 'processed' or 'raw', got {logprobs!r}")
     if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int):
         raise TypeError(f"top_logprobs must be an int, got {type(top_logprobs).__name__}")
@@ -175,10 +150,10 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
         raise ValueError(f"top_logprobs must be in [0, {vocab}] and needs logprobs='processed' or 'raw', got "
                          f"{top_logprobs} with logprobs={logprobs!r}")
     seed_t, offset_t = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
-    ops = _backend(logits, backend)
-    tokens, lp, ranks, top_ids, top_lp = ops.sample_stack(
-        logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val, *filters,
-        order == "vllm", num_samples or 1, seed_t, offset_t, _LOGPROBS_MODES[logprobs], top_logprobs)
+    args = StackOpArgs(logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val,
+                       *filters, order == "vllm", num_samples or 1, seed_t, offset_t, LOGPROBS_MODES[logprobs],
+                       top_logprobs)
+    tokens, lp, ranks, top_ids, top_lp = ops_for(logits, backend).sample_stack(args)
     if num_samples is None:
         tokens, lp, ranks = tokens[:, 0], lp[:, 0] if logprobs else lp, ranks[:, 0] if logprobs else ranks
     if logprobs is None:
