@@ -93,7 +93,7 @@ def _oracle(x, args, **kw):
         conv(args.get("presence_penalty", 0.0)), conv(kw.get("temperature", 1.0)), conv(kw.get("top_k", 0)),
         conv(kw.get("top_p", 1.0)), conv(kw.get("min_p", 0.0)), kw.get("order", "hf") == "vllm",
         kw.get("num_samples") or 1, kw["seeds"], kw["offsets"], kw.get("logprobs") or "processed",
-        kw.get("top_logprobs", 0))
+        kw.get("top_logprobs", 0), top_n_sigma=conv(kw.get("top_n_sigma", -1.0)))
 
 
 def _run_and_check(backend, x, args, what, **kw):
@@ -149,6 +149,45 @@ def test_exact_tokens_every_step(backend, order, dtype):
                                       **filters)
                 flips, total = flips + f, total + n
     assert_rare(flips, total, f"{backend} stack sampler {order} {dtype}")
+
+
+# top-n-sigma alone, with the other filters, per row (0 and -1 turn it off for a row).
+SIGMA_FILTERS = [dict(top_n_sigma=1.0), dict(temperature=0.7, top_k=40, top_p=0.9, top_n_sigma=1.5),
+                 dict(temperature=1.3, min_p=0.02, top_p=0.95,
+                      top_n_sigma=torch.tensor([0.5, 0.0, -1.0, 2.0, 0.3, 1.0, 3.0, 0.7]))]
+
+
+@pytest.mark.parametrize("order", ["hf", "vllm"])
+def test_top_n_sigma_exact_tokens(backend, order):
+    """Top-n-sigma (llama.cpp's rule, before the other filters) against the oracle: tokens, and through the
+    processed logprobs and top-N the kept set itself; with and without steps 1-3 (masked tokens, -inf, are left
+    out of sigma)."""
+    flips = total = 0
+    vocab = 1000 if backend == "triton" else 3000
+    for s, steps in enumerate((STEPS[0], STEPS[4])):
+        x, args = _case(8, vocab, seed=70 + s, kind="peaked" if s else "flat",
+                        **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
+        for filters in SIGMA_FILTERS:
+            f, n = _run_and_check(backend, x, args, f"{backend} {order} top-n-sigma {steps} {filters}", order=order,
+                                  num_samples=2, logprobs="processed", top_logprobs=5, **filters)
+            flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} top-n-sigma {order}")
+
+
+def test_top_n_sigma_one_draw_and_bad_values(backend):
+    """The one-draw call with top-n-sigma (the device routes leave their fused `sample` path for it), and bad n:
+    a NaN or inf scalar is a ValueError naming it, a NaN or inf row of a tensor returns -1."""
+    x, args = _case(6, 500, seed=77)
+    seeds, offsets = np.full(6, 1234), np.arange(6)
+    want = _oracle(x, args, seeds=seeds, offsets=offsets, top_n_sigma=0.8)
+    got = fastsample.sample_stack(x, **args, top_n_sigma=0.8, seed=1234, backend=backend)
+    assert all(int(t) in c[0] for t, c in zip(got.tokens, want["candidates"]))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="top_n_sigma"):
+            fastsample.sample_stack(x, top_n_sigma=bad, backend=backend)
+    rows = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0, 2.0])
+    got = fastsample.sample_stack(x, top_n_sigma=rows, seed=0, backend=backend)
+    assert [int(t) >= 0 for t in got.tokens] == [True, False, False, False, True, True]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -32,6 +32,7 @@ enum class LogprobsMode : int { kNone = 0, kProcessed = 1, kRaw = 2 };
 struct RowArgs {
   Penalties pen;
   float temperature, top_p, min_p;
+  float top_n_sigma;  // <= 0: off
   int64_t top_k;
   bool vllm_order;
   int64_t n, top_n;
@@ -41,7 +42,7 @@ struct RowArgs {
   // Scalar parameters in range (per-row tensors are not checked on the host: a row out of range returns -1).
   bool valid() const {
     return temperature >= 0.0f && temperature < kInf && top_p >= 0.0f && top_p <= 1.0f && min_p >= 0.0f &&
-           min_p <= 1.0f && pen.valid();
+           min_p <= 1.0f && std::isfinite(top_n_sigma) && pen.valid();
   }
 };
 
@@ -93,6 +94,7 @@ struct RowSampler {
   std::vector<double> kept_lp;
   bool listed = true;
   float theta = -kInf;
+  float sigma_floor = -kInf;  // top-n-sigma's threshold (-inf: off)
   double total = 0.0;
   std::vector<double> block_sums;
   // The draws' tokens: their processed logit and (pass rows) processed logprob.
@@ -137,6 +139,25 @@ struct RowSampler {
     return true;
   }
 
+  // Top-n-sigma (llama.cpp's rule on the processed logits; docs/ops.md): keep y >= max - n * sigma, sigma the
+  // population standard deviation of the row's finite y. One pass of sums of d = y - max and d^2 in double (the
+  // shift keeps the cancellation in var = E[d^2] - E[d]^2 small); the threshold as the smallest float >= it.
+  void top_n_sigma() {
+    if (!(a.top_n_sigma > 0.0f)) return;
+    double count = 0.0, s1 = 0.0, s2 = 0.0;
+    src.scan([&](int64_t, int64_t n, const float* y, const float*) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (!(y[i] > -kInf)) continue;
+        const double d = static_cast<double>(y[i]) - row_max;
+        count += 1.0, s1 += d, s2 += d * d;
+      }
+    });
+    const double mean = s1 / count, sigma = std::sqrt(std::max(s2 / count - mean * mean, 0.0));
+    const double cut = sigma > 0.0 ? row_max - a.top_n_sigma * sigma : row_max;
+    sigma_floor = static_cast<float>(cut);
+    if (static_cast<double>(sigma_floor) < cut) sigma_floor = std::nextafter(sigma_floor, kInf);
+  }
+
   // T == 0, or +inf maxima: the row's maxima share the mass equally.
   void keep_equal_share() {
     if (best_m > 0) {
@@ -153,20 +174,23 @@ struct RowSampler {
     kept_lp.assign(kept.size(), -std::log(static_cast<double>(kept.size())));
   }
 
-  // Top-k on: min-p and top-p (over the min-p survivors in vLLM order) on the top-k list, in double.
+  // Top-k on: min-p and top-p (over the top-n-sigma survivors, and the min-p ones in vLLM order) on the top-k list,
+  // in double.
   void keep_top_k() {
     const double m = row_max, t = a.temperature;
     const float theta_m = min_p_threshold(m, t, a.min_p);
     std::vector<std::pair<float, double>> survivors;  // top-p's, weights in double
     for (const auto& it : s.best) {
-      if (!a.vllm_order || it.x >= theta_m) survivors.push_back({it.x, std::exp((static_cast<double>(it.x) - m) / t)});
+      if (it.x >= sigma_floor && (!a.vllm_order || it.x >= theta_m)) {
+        survivors.push_back({it.x, std::exp((static_cast<double>(it.x) - m) / t)});
+      }
     }
     double s_total = 0.0;
     for (const auto& e : survivors) s_total += e.second;
     const float theta_p =
         a.top_p < 1.0f ? walk_groups(survivors.size(), [&](size_t i) { return survivors[i]; }, a.top_p * s_total, 0.0)
                        : -kInf;
-    theta = std::max(theta_p, theta_m);
+    theta = std::max({theta_p, theta_m, sigma_floor});
     for (const auto& it : s.best) {
       if (it.x < theta) break;
       kept.push_back(it);
@@ -220,13 +244,14 @@ struct RowSampler {
     return walk_groups(region.size(), [&](size_t i) { return region[i]; }, target, cum);
   }
 
-  // Top-k off: the kept set is y >= theta (min-p's and top-p's thresholds), its weights summed per block for the
+  // Top-k off: the kept set is y >= theta (top-n-sigma's, min-p's and top-p's thresholds), its weights summed per block for the
   // draws. False when nothing keeps weight.
   bool keep_by_passes() {
     listed = false;
     const float theta_m = min_p_threshold(row_max, a.temperature, a.min_p);
-    const float theta_p = a.top_p < 1.0f ? top_p_threshold(a.vllm_order ? theta_m : -kInf) : -kInf;
-    theta = std::max(theta_p, theta_m);
+    const float theta_p =
+        a.top_p < 1.0f ? top_p_threshold(std::max(sigma_floor, a.vllm_order ? theta_m : -kInf)) : -kInf;
+    theta = std::max({theta_p, theta_m, sigma_floor});
     block_sums.assign((vocab + kStackBlock - 1) / kStackBlock, 0.0);
     src.scan([&](int64_t lo, int64_t n, const float* y, const float*) {
       double sum = 0.0;
@@ -367,10 +392,13 @@ void run_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& bias
   if (!row.first_pass()) return out.invalid(a);
   if (a.temperature == 0.0f || row.row_max == kInf) {
     row.keep_equal_share();
-  } else if (row.top_k_on) {
-    row.keep_top_k();
-  } else if (!row.keep_by_passes()) {
-    return out.invalid(a);
+  } else {
+    row.top_n_sigma();
+    if (row.top_k_on) {
+      row.keep_top_k();
+    } else if (!row.keep_by_passes()) {
+      return out.invalid(a);
+    }
   }
   row.draw();
   if (a.mode == LogprobsMode::kProcessed) row.write_processed_logprobs();
@@ -386,7 +414,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_st
     double temperature_val, const std::optional<at::Tensor>& top_k_arr, int64_t top_k_val,
     const std::optional<at::Tensor>& top_p_arr, double top_p_val, const std::optional<at::Tensor>& min_p_arr,
     double min_p_val, bool vllm_order, int64_t num_samples, const at::Tensor& seed_in, const at::Tensor& offset_in,
-    int64_t logprobs_mode, int64_t top_n) {
+    int64_t logprobs_mode, int64_t top_n, const std::optional<at::Tensor>& top_n_sigma_arr, double top_n_sigma_val) {
   const StackInputs in = stack_inputs(logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids,
                                       repetition_arr, repetition_val, frequency_arr, frequency_val, presence_arr,
                                       presence_val);
@@ -399,6 +427,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_st
   const auto top_k = row_arg<int64_t>(top_k_arr, top_k_val, batch, "top_k");
   const auto top_p = row_arg<float>(top_p_arr, static_cast<float>(top_p_val), batch, "top_p");
   const auto min_p = row_arg<float>(min_p_arr, static_cast<float>(min_p_val), batch, "min_p");
+  const auto top_n_sigma = row_arg<float>(top_n_sigma_arr, static_cast<float>(top_n_sigma_val), batch, "top_n_sigma");
   const at::Tensor seed = seed_rows(seed_in, batch, "seed"), offset = seed_rows(offset_in, batch, "offset");
 
   const auto opts = in.logits.options();
@@ -414,7 +443,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sample_st
     const scalar_t* xp = in.logits.const_data_ptr<scalar_t>();
     for_rows(batch, 1, [&](int64_t b) {
       const RowArgs args{in.penalties(b), static_cast<float>(temp[b]), static_cast<float>(top_p[b]),
-                         static_cast<float>(min_p[b]), static_cast<int64_t>(top_k[b]), vllm_order, num_samples,
+                         static_cast<float>(min_p[b]), static_cast<float>(top_n_sigma[b]),
+                         static_cast<int64_t>(top_k[b]), vllm_order, num_samples,
                          top_n, static_cast<LogprobsMode>(logprobs_mode), seeds[b], offsets[b]};
       const RowOut row_out{tokens.data_ptr<int64_t>() + b * num_samples,
                            logprobs_mode ? logprobs.data_ptr<float>() + b * num_samples : nullptr,

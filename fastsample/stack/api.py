@@ -1,8 +1,8 @@
 """The stack sampler: an inference stack's whole sampling step in one call (docs/ops.md "sample_stack").
 
 grammar bitmask -> logit bias -> repetition/frequency/presence penalties -> temperature (T = 0 greedy) ->
-min-p/top-k/top-p (HF or vLLM v1 order) -> n draws -> logprobs, ranks and top-N. Arguments are checked here
-on the host without reading tensor values, packed into one `StackOpArgs` (spec.py), and passed to the
+top-n-sigma -> min-p/top-k/top-p (HF or vLLM v1 order) -> n draws -> logprobs, ranks and top-N. Arguments are
+checked here on the host without reading tensor values, packed into one `StackOpArgs` (spec.py), and passed to the
 `sample_stack` of the backend that fastsample.backends picks, as for every op (fastsample/_ops.py: C++ on CPU,
 the CUDA route of cuda.py on CUDA; fastsample/triton/ops.py: Triton; fastsample/reference.py: this package's
 reference.py). CUDA tensors take the CUDA C++ kernels when the extension has them, else Triton.
@@ -76,7 +76,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
                  output_ids: Tensor | None = None, repetition_penalty: float | Tensor = 1.0,
                  frequency_penalty: float | Tensor = 0.0, presence_penalty: float | Tensor = 0.0,
                  temperature: float | Tensor = 1.0, top_k: int | Tensor = 0, top_p: float | Tensor = 1.0,
-                 min_p: float | Tensor = 0.0, order: str = "hf", num_samples: int | None = None,
+                 min_p: float | Tensor = 0.0, top_n_sigma: float | Tensor = -1.0, order: str = "hf", num_samples: int | None = None,
                  logprobs: str | None = None, top_logprobs: int = 0, generator=None, seed=None, offset=None,
                  backend: str | None = None) -> StackSample:
     """An inference stack's whole sampling step in one call.
@@ -94,6 +94,9 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     frequency_penalty, presence_penalty : float or Tensor [B] (any sign). On output tokens with count c:
         logit -= f * c + q * (c > 0).
     temperature, top_k, top_p, min_p : as in `fastsample.sample`; T == 0 means greedy for that row.
+    top_n_sigma : float or Tensor [B]. Top-n-sigma (llama.cpp's rule): keep the tokens whose processed logit is
+        >= max - n * sigma, sigma the standard deviation of the row's finite processed logits; before the other
+        filters. n <= 0 (the default, -1) disables it; NaN or inf is a ValueError (a -1 row for a tensor).
     order : "hf" (top-k -> top-p -> min-p, the default) or "vllm" (min-p -> top-k -> top-p, vLLM v1's).
     num_samples : int >= 1, optional. Draws per row (with replacement, Philox draws 0..n-1); when given,
         tokens are [B, n], else [B].
@@ -136,6 +139,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
                  *_penalty("presence_penalty", presence_penalty, batch, device, False))
     t_arr, t_val = _check_param("temperature", temperature, batch, device, 0.0, math.inf)
     filters = _filters(batch, device, top_k, top_p, min_p)
+    top_n_sigma = _check_param("top_n_sigma", top_n_sigma, batch, device, -math.inf, math.inf)
     if order not in _ORDERS:
         raise ValueError(f"order must be one of {_ORDERS}, got {order!r}")
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)):
@@ -152,7 +156,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     seed_t, offset_t = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
     args = StackOpArgs(logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val,
                        *filters, order == "vllm", num_samples or 1, seed_t, offset_t, LOGPROBS_MODES[logprobs],
-                       top_logprobs)
+                       top_logprobs, *top_n_sigma)
     tokens, lp, ranks, top_ids, top_lp = ops_for(logits, backend).sample_stack(args)
     if num_samples is None:
         tokens, lp, ranks = tokens[:, 0], lp[:, 0] if logprobs else lp, ranks[:, 0] if logprobs else ranks
