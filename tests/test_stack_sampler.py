@@ -152,7 +152,7 @@ def test_exact_tokens_every_step(backend, order, dtype):
 
 
 # top-n-sigma alone, with the other filters, per row (0 and -1 turn it off for a row).
-SIGMA_FILTERS = [dict(top_n_sigma=1.0), dict(temperature=0.7, top_k=40, top_p=0.9, top_n_sigma=1.5),
+SIGMA_FILTERS = [dict(top_n_sigma=1.0), dict(temperature=0.7, top_k=200, top_p=0.9, top_n_sigma=1.0),
                  dict(temperature=1.3, min_p=0.02, top_p=0.95,
                       top_n_sigma=torch.tensor([0.5, 0.0, -1.0, 2.0, 0.3, 1.0, 3.0, 0.7]))]
 
