@@ -418,6 +418,10 @@ def test_negative_penalties_and_bad_tensor_entries(backend):
                                   frequency_penalty=torch.tensor([-0.5, 0.0, float("nan")]), seed=0,
                                   backend=backend)
     assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
+    # Out of range without a history too (nothing penalised): the rule itself, not a NaN logit, drops the row.
+    got = fastsample.sample_stack(x, frequency_penalty=torch.tensor([0.0, float("nan"), 0.0]),
+                                  presence_penalty=torch.tensor([0.0, 0.0, float("inf")]), seed=0, backend=backend)
+    assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
 
 
 def test_cuda_route(monkeypatch):
