@@ -521,6 +521,9 @@ def test_opcheck():
     torch.library.opcheck(op, (x.to(torch.bfloat16), None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0,
                                torch.tensor([0.0, 1.0, 0.5]), 1.0, None, 0, None, 1.0, None, 0.0, True, 1, seed,
                                offset, 0, 0))
+    torch.library.opcheck(op, (x, None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0, None, 0.8, None, 10,
+                               None, 0.9, None, 0.0, False, 1, seed, offset, 1, 2, torch.tensor([1.0, 0.0, 2.0]),
+                               -1.0))
 
 
 
