@@ -244,8 +244,8 @@ struct RowSampler {
     return walk_groups(region.size(), [&](size_t i) { return region[i]; }, target, cum);
   }
 
-  // Top-k off: the kept set is y >= theta (top-n-sigma's, min-p's and top-p's thresholds), its weights summed per block for the
-  // draws. False when nothing keeps weight.
+  // Top-k off: the kept set is y >= theta (top-n-sigma's, min-p's and top-p's thresholds), its weights summed per
+  // block for the draws. False when nothing keeps weight.
   bool keep_by_passes() {
     listed = false;
     const float theta_m = min_p_threshold(row_max, a.temperature, a.min_p);

@@ -76,9 +76,9 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
                  output_ids: Tensor | None = None, repetition_penalty: float | Tensor = 1.0,
                  frequency_penalty: float | Tensor = 0.0, presence_penalty: float | Tensor = 0.0,
                  temperature: float | Tensor = 1.0, top_k: int | Tensor = 0, top_p: float | Tensor = 1.0,
-                 min_p: float | Tensor = 0.0, top_n_sigma: float | Tensor = -1.0, order: str = "hf", num_samples: int | None = None,
-                 logprobs: str | None = None, top_logprobs: int = 0, generator=None, seed=None, offset=None,
-                 backend: str | None = None) -> StackSample:
+                 min_p: float | Tensor = 0.0, top_n_sigma: float | Tensor = -1.0, order: str = "hf",
+                 num_samples: int | None = None, logprobs: str | None = None, top_logprobs: int = 0,
+                 generator=None, seed=None, offset=None, backend: str | None = None) -> StackSample:
     """An inference stack's whole sampling step in one call.
 
     Parameters

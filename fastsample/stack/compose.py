@@ -3,10 +3,11 @@
 y [B, V] and `bad` [B], the rows invalid whatever follows (an id outside [-1, V), a NaN raw logit, a penalty
 out of range), then finish here the same way.
 
-- One draw in HF order without logprobs or top-n-sigma (the common serving call) is exactly the `sample` op's contract on y:
-  the backend's own fused `sample` kernels, then -1 on the `bad` rows (`sample` checks its own parameters).
-- Otherwise (vLLM order, n draws, logprobs/ranks/top-N, top-n-sigma): temperature, filters and draws as torch ops on the
-  device (reference.sample_processed, the same code as backend "torch"), not fused.
+- One draw in HF order without logprobs or top-n-sigma (the common serving call) is exactly the `sample` op's
+  contract on y: the backend's own fused `sample` kernels, then -1 on the `bad` rows (`sample` checks its own
+  parameters).
+- Otherwise (vLLM order, n draws, logprobs/ranks/top-N, top-n-sigma): temperature, filters and draws as torch ops
+  on the device (reference.sample_processed, the same code as backend "torch"), not fused.
 
 Either way nothing is read on the host: the op is graph-safe.
 """
