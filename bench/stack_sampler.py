@@ -2,8 +2,8 @@
 mask allowing half the vocabulary, 16 biased ids, repetition/frequency/presence penalties over a 1024-token
 prompt and a 256-token output, T=0.8, top-k 50, top-p 0.9, min-p 0.05 and top-5 processed logprobs.
 
-Providers: fastsample (cpu, and reference = reference_stack.py through backend="torch") and `torch`, the same
-step written as vLLM v1's sampler does it (masked_fill, scatter_add counts, division by T, softmax min-p,
+Providers: fastsample (cpu, and reference = fastsample/stack/reference.py through backend="torch") and `torch`,
+the same step written as vLLM v1's sampler does it (masked_fill, scatter_add counts, division by T, softmax min-p,
 sort-based top-k/top-p, exponential race, log_softmax + topk). Plain `sample(T=0.8,k=50,p=0.9)` on the same
 logits is the sampling family's op of that name (targets.py compares the two)."""
 from __future__ import annotations

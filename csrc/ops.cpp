@@ -42,20 +42,21 @@ TORCH_LIBRARY(fastsample, m) {
   m.def(
       "tree_speculative_sampling(Tensor draft_token_ids, Tensor parents, Tensor target_probs, Tensor? draft_probs, "
       "Tensor seed, Tensor offset) -> (Tensor output_token_ids, Tensor accepted_nodes, Tensor emitted_num)");
-  // The stack sampler (docs/ops.md "sample_stack"): mask -> bias -> penalties -> temperature -> filters (HF or
-  // vLLM v1 order) -> num_samples draws -> logprobs (mode 0 none, 1 processed, 2 raw), ranks and top-N.
-  // tokens [B, n]; logprobs/ranks [B, n] ([0, n] in mode 0); top_ids/top_logprobs [B, top_n].
+  // The stack sampler (docs/ops.md "sample_stack"): mask -> bias -> penalties -> temperature -> filters (top-n-sigma,
+  // then HF or vLLM v1 order) -> num_samples draws -> logprobs (mode 0 none, 1 processed, 2 raw), ranks and top-N.
+  // tokens [B, n]; logprobs/ranks [B, n] ([0, n] in mode 0); top_ids/top_logprobs [B, top_n]. Its parameters and
+  // stack_processed_logits' are fastsample/stack/spec.py's, which every Python layer passes on (a test checks).
   m.def(
       "sample_stack(Tensor logits, Tensor? allowed_mask, Tensor? bias_ids, Tensor? bias_values, "
       "Tensor? prompt_ids, Tensor? output_ids, Tensor? repetition_arr, float repetition_val, "
       "Tensor? frequency_arr, float frequency_val, Tensor? presence_arr, float presence_val, "
       "Tensor? temperature_arr, float temperature_val, Tensor? top_k_arr, int top_k_val, Tensor? top_p_arr, "
       "float top_p_val, Tensor? min_p_arr, float min_p_val, bool vllm_order, int num_samples, Tensor seed, "
-      "Tensor offset, int logprobs_mode, int top_n) -> (Tensor tokens, Tensor logprobs, Tensor ranks, "
-      "Tensor top_ids, Tensor top_logprobs)");
+      "Tensor offset, int logprobs_mode, int top_n, Tensor? top_n_sigma_arr=None, float top_n_sigma_val=-1.) -> "
+      "(Tensor tokens, Tensor logprobs, Tensor ranks, Tensor top_ids, Tensor top_logprobs)");
   // Steps 1-3 of sample_stack (mask -> bias -> penalties) as processed float32 logits [B, V], and bool [B]: rows
   // that are invalid whatever follows (an id outside [-1, V), a NaN logit, a penalty out of range). The CUDA
-  // route of sample_stack (fastsample/stack_cuda.py) composes it with `sample`; its CPU kernel lets that route
+  // route of sample_stack (fastsample/stack/cuda.py) composes it with `sample`; its CPU kernel lets that route
   // be tested without a GPU (the CPU sampler itself is fused and never builds this copy).
   m.def(
       "stack_processed_logits(Tensor logits, Tensor? allowed_mask, Tensor? bias_ids, Tensor? bias_values, "

@@ -1,15 +1,19 @@
 """Typed wrappers over torch.ops.fastsample.* (the C++ CPU and CUDA kernels) and every register_fake.
 
 The schemas live in csrc/ops.cpp. Each backend module (this one, reference.py, triton/ops.py) exposes the
-same six op-level functions with the same signatures; fastsample/sampling.py validates arguments and
+same op-level functions with the same signatures (backends.Ops); fastsample/sampling.py validates arguments and
 picks one. Fake kernels give output shapes and dtypes so torch.compile and CUDA-graph capture can trace.
 """
 from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # a runtime import would be circular (fastsample.stack imports the backends)
+    from .stack.spec import StackOpArgs
 
 try:
     from . import _C  # noqa: F401  (loading the library registers the ops)
@@ -130,42 +134,32 @@ if AVAILABLE:
         return ids, ids.new_empty((batch, n)), ids.new_empty((batch,))
 
 
-def sample_stack(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bias_values: OptTensor,
-                 prompt_ids: OptTensor, output_ids: OptTensor, repetition_arr: OptTensor, repetition_val: float,
-                 frequency_arr: OptTensor, frequency_val: float, presence_arr: OptTensor, presence_val: float,
-                 temperature_arr: OptTensor, temperature_val: float, top_k_arr: OptTensor, top_k_val: int,
-                 top_p_arr: OptTensor, top_p_val: float, min_p_arr: OptTensor, min_p_val: float, vllm_order: bool,
-                 num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
-                 top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The stack sampler op (docs/ops.md "sample_stack"); same signature as reference_stack.sample_stack."""
-    return torch.ops.fastsample.sample_stack(
-        logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, repetition_arr, repetition_val,
-        frequency_arr, frequency_val, presence_arr, presence_val, temperature_arr, temperature_val, top_k_arr,
-        top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val, vllm_order, num_samples, seed, offset,
-        logprobs_mode, top_n)
+def sample_stack(args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The stack sampler (docs/ops.md "sample_stack"): the fused C++ op on CPU; on CUDA the route of
+    fastsample/stack/cuda.py (the CUDA kernels of steps 1-3, then the `sample` kernels or device torch ops)."""
+    if args.logits.device.type == "cuda":
+        from .stack import cuda
+
+        return cuda.sample_stack(args)
+    return torch.ops.fastsample.sample_stack(*args)
 
 
 if AVAILABLE:
 
     @torch.library.register_fake("fastsample::sample_stack")
-    def _sample_stack_fake(logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, repetition_arr,
-                           repetition_val, frequency_arr, frequency_val, presence_arr, presence_val,
-                           temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr,
-                           min_p_val, vllm_order, num_samples, seed, offset, logprobs_mode, top_n):
-        batch = logits.shape[0]
-        lp_rows = batch if logprobs_mode else 0
-        return (logits.new_empty((batch, num_samples), dtype=torch.int64),
-                logits.new_empty((lp_rows, num_samples), dtype=torch.float32),
-                logits.new_empty((lp_rows, num_samples), dtype=torch.int64),
-                logits.new_empty((batch, top_n), dtype=torch.int64),
-                logits.new_empty((batch, top_n), dtype=torch.float32))
+    def _sample_stack_fake(*op_args):
+        from .stack.spec import StackOpArgs
 
-
-if AVAILABLE:
+        args = StackOpArgs(*op_args)
+        batch = args.logits.shape[0]
+        lp_rows = batch if args.logprobs_mode else 0
+        new = args.logits.new_empty
+        return (new((batch, args.num_samples), dtype=torch.int64),
+                new((lp_rows, args.num_samples), dtype=torch.float32),
+                new((lp_rows, args.num_samples), dtype=torch.int64),
+                new((batch, args.top_n), dtype=torch.int64), new((batch, args.top_n), dtype=torch.float32))
 
     @torch.library.register_fake("fastsample::stack_processed_logits")
-    def _stack_processed_logits_fake(logits, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids,
-                                     repetition_arr, repetition_val, frequency_arr, frequency_val, presence_arr,
-                                     presence_val):
+    def _stack_processed_logits_fake(logits, *steps_2_3):
         return (logits.new_empty(logits.shape, dtype=torch.float32),
                 logits.new_empty((logits.shape[0],), dtype=torch.bool))

@@ -1,6 +1,6 @@
 """The op interface every backend implements, and the dispatch that picks a backend (docs/design.md, section 2).
 
-A backend is a module with the six op-level functions of `Ops`: fastsample._ops (the C++ kernels, CPU and
+A backend is a module with the op-level functions of `Ops`: fastsample._ops (the C++ kernels, CPU and
 CUDA), fastsample.triton.ops (Triton) and fastsample.reference (pure torch). The public API (sampling.py,
 speculative.py) checks arguments, turns scalar-or-tensor parameters into (tensor or None, scalar) pairs and
 per-row (seed, offset) tensors, and calls one of them through `ops_for`. Op functions trust their arguments:
@@ -10,11 +10,14 @@ input's device, and a per-row value out of range gives that row -1 (or a NaN / z
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from . import _ops
+
+if TYPE_CHECKING:  # a runtime import would be circular (the stack package dispatches through this module)
+    from .stack.spec import StackOpArgs
 
 Tensor = torch.Tensor
 OptTensor = torch.Tensor | None
@@ -22,7 +25,7 @@ BACKENDS = ("cpu", "cuda", "triton", "torch")
 
 
 class Ops(Protocol):
-    """The six op-level functions of a backend. ``<name>_arr`` is a per-row tensor [B] or None, in which case
+    """The op-level functions of a backend. ``<name>_arr`` is a per-row tensor [B] or None, in which case
     the scalar ``<name>_val`` holds for every row; ``seed`` and ``offset`` are int64 [B] (fastsample/_rng.py)."""
 
     def softmax(self, logits: Tensor, temperature_arr: OptTensor, temperature_val: float) -> Tensor:
@@ -48,6 +51,9 @@ class Ops(Protocol):
                                    seed: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(output_token_ids [B, n+1], accepted_num [B], emitted_num [B]) of speculative acceptance."""
 
+    def sample_stack(self, args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(tokens [B, n], logprobs, ranks, top_ids, top_logprobs) of the stack sampler (fastsample/stack/)."""
+
 
 OP_NAMES = tuple(name for name in Ops.__dict__ if not name.startswith("_"))
 
@@ -66,7 +72,8 @@ def backend_ops(name: str) -> Ops:
         raise RuntimeError(f"backend {name!r} needs the compiled extension fastsample._C, which failed to "
                            f"import ({_ops.IMPORT_ERROR}); reinstall with `pip install --no-build-isolation .`")
     if name == "cuda" and not _ops.cuda_built():
-        raise RuntimeError("backend 'cuda' was requested but fastsample._C was built without CUDA kernels")
+        raise RuntimeError("backend 'cuda' was requested but fastsample._C was built without CUDA kernels; pass "
+                           "backend='triton' (or 'torch') to run on CUDA tensors")
     return _ops
 
 

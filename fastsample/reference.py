@@ -12,7 +12,12 @@ that tokens agree with the float64 oracle (tests/oracle.py) everywhere but withi
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:  # fastsample/stack/ builds on this module
+    from .stack.spec import StackOpArgs
 
 Tensor = torch.Tensor
 OptTensor = torch.Tensor | None
@@ -316,3 +321,10 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
     emitted = emitted_num.unsqueeze(1)
     output = torch.where(position < emitted, prefix, torch.where(position == emitted, final.unsqueeze(1), -1))
     return output, accepted_num, emitted_num
+
+
+def sample_stack(args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The stack sampler, written out in fastsample/stack/reference.py."""
+    from .stack import reference as stack_reference  # that module builds on this one
+
+    return stack_reference.sample_stack(args)

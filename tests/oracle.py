@@ -605,18 +605,29 @@ def stack_processed_logits(x, allowed=None, bias_ids=None, bias_values=None, pro
     return y, bad
 
 
-def _stack_thresholds(y, w, top_k, top_p, min_p, vllm_order, tol) -> list[float]:
-    """Candidate thresholds theta (kept = y >= theta), primary first, in HF or vLLM v1 order."""
-    if not vllm_order:
+def top_n_sigma_threshold(y, n: float) -> float:
+    """Top-n-sigma (llama.cpp's rule): tokens with y >= the result are kept; max - n * sigma, sigma the population
+    standard deviation of the finite y (the max itself when sigma is 0); -inf when n <= 0 or the max is +inf."""
+    finite = y[y > -np.inf]
+    if not n > 0 or finite.size == 0 or finite.max() == np.inf:
+        return -np.inf
+    sigma = finite.std()
+    return finite.max() - n * sigma if sigma > 0 else finite.max()
+
+
+def _stack_thresholds(y, w, top_k, top_p, min_p, vllm_order, tol, top_n_sigma=-1.0) -> list[float]:
+    """Candidate thresholds theta (kept = y >= theta), primary first: top-n-sigma, then HF or vLLM v1 order."""
+    theta_s = top_n_sigma_threshold(y, top_n_sigma)
+    if not vllm_order and theta_s == -np.inf:
         return _thresholds(y, w, top_k, top_p, min_p, tol)
     vocab = y.size
     theta_k = np.partition(y, vocab - top_k)[vocab - top_k] if 0 < top_k < vocab else -np.inf
     thetas_m = _min_p_thresholds(y, w, min_p, tol) if min_p > 0 else [-np.inf]
     out = []
-    for theta_m in thetas_m:  # min-p on the full row, top-k, then top-p over the survivors of both
-        survivors = max(theta_k, theta_m)
+    for theta_m in thetas_m:  # top-p over the survivors of top-n-sigma, top-k and (vLLM order) min-p
+        survivors = max(theta_k, theta_s, theta_m if vllm_order else -np.inf)
         for theta in (_top_p_thresholds(y, w, survivors, top_p, tol) if top_p < 1 else [-np.inf]):
-            theta = max(survivors, theta)
+            theta = max(survivors, theta, theta_m)
             if theta not in out:
                 out.append(theta)
     return out
@@ -630,7 +641,7 @@ def _top_n(lp: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 def sample_stack(x, allowed=None, bias_ids=None, bias_values=None, prompt_ids=None, output_ids=None,
                  repetition=1.0, frequency=0.0, presence=0.0, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
                  vllm_order=False, num_samples=1, seed=0, offset=0, logprobs="processed", top_n=0,
-                 tol: float = REL_TOL) -> dict:
+                 tol: float = REL_TOL, top_n_sigma=-1.0) -> dict:
     """The stack sampler (docs/ops.md "sample_stack"): mask -> bias -> penalties -> temperature -> filters ->
     num_samples draws (Philox draws j = 0..n-1) -> logprobs, ranks and top-N.
 
@@ -648,13 +659,15 @@ def sample_stack(x, allowed=None, bias_ids=None, bias_values=None, prompt_ids=No
     temps, ks = _rows(temperature, batch, np.float64), _rows(top_k, batch, np.int64)
     ps, mps = _rows(top_p, batch, np.float64), _rows(min_p, batch, np.float64)
     reps, freqs, pres = (_rows(v, batch, np.float64) for v in (repetition, frequency, presence))
+    sigmas = _rows(top_n_sigma, batch, np.float64)
     seeds, offsets = _rows(seed, batch, np.int64), _rows(offset, batch, np.int64)
     out = {"tokens": np.full((batch, num_samples), -1, dtype=np.int64), "candidates": [],
            "logprobs": np.full((batch, num_samples), np.nan), "ranks": np.full((batch, num_samples), -1, np.int64),
            "top_ids": np.full((batch, top_n), -1, np.int64), "top_values": np.full((batch, top_n), np.nan),
            "processed": np.full((batch, vocab), np.nan)}
     for b in range(batch):
-        params_ok = reps[b] > 0 and np.isfinite(reps[b]) and np.isfinite(freqs[b]) and np.isfinite(pres[b])
+        params_ok = (reps[b] > 0 and np.isfinite(reps[b]) and np.isfinite(freqs[b]) and np.isfinite(pres[b])
+                     and np.isfinite(sigmas[b]))
         w = _weights(y[b], True, temps[b]) if params_ok and _params_valid(ps[b], mps[b]) else None
         if bad[b] or w is None or np.isnan(raw[b]).any():
             out["candidates"].append([{-1}] * num_samples)
@@ -665,7 +678,7 @@ def sample_stack(x, allowed=None, bias_ids=None, bias_values=None, prompt_ids=No
             tokens = [int(np.argmax(y[b]))] * num_samples
             cands = [{t} for t in tokens]
         else:
-            thetas = _stack_thresholds(y[b], w, ks[b], ps[b], mps[b], vllm_order, tol)
+            thetas = _stack_thresholds(y[b], w, ks[b], ps[b], mps[b], vllm_order, tol, sigmas[b])
             kept_w = np.where(y[b] >= thetas[0], w, 0.0)
             with np.errstate(divide="ignore"):
                 lp = np.log(kept_w / kept_w.sum())

@@ -23,9 +23,9 @@ def test_backend_implements_the_op_with_its_signature(module, op):
     assert inspect.signature(got).return_annotation == inspect.signature(want).return_annotation
 
 
-def test_the_protocol_has_the_six_ops():
+def test_the_protocol_has_the_seven_ops():
     assert backends.OP_NAMES == ("softmax", "top_k", "top_k_mask_logits", "renorm_probs", "sample",
-                                 "chain_speculative_sampling")
+                                 "chain_speculative_sampling", "sample_stack")
 
 
 def test_dispatch_by_device_and_request(monkeypatch):

@@ -16,9 +16,9 @@ import pytest
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
 ROOT = Path(__file__).resolve().parent.parent
-# Extras that are deliberately not part of `make install`: none yet. A test-only package that cannot be
-# installed everywhere belongs in such an extra, with its tests skipped (with a reason) where it is missing.
-OPTIONAL_EXTRAS: set[str] = set()
+# Extras that are deliberately not part of `make install`: llama-cpp-python compiles llama.cpp (an hour on 2 cores).
+# A test-only package that cannot be installed everywhere belongs here, its tests skipped (with a reason) without it.
+OPTIONAL_EXTRAS = {"llama-cpp"}
 # Installed with torch or by the build (torch itself comes first, from the CPU wheel; setuptools with it).
 PROVIDED = {"torch", "setuptools"}
 

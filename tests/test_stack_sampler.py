@@ -1,8 +1,8 @@
 """The stack sampler (fastsample.sample_stack, docs/ops.md "sample_stack") against tests/oracle.py.
 
-Backends: "cpu" (C++), "torch" (reference_stack.py), "triton" (triton/stack_sampler.py, run by the
+Backends: "cpu" (C++), "torch" (stack/reference.py), "triton" (triton/stack_sampler.py, run by the
 interpreter on CPU tensors here, so its tests use vocabularies of at most 1000 tokens) and "cuda"
-(stack_cuda.py over the CUDA kernels: on a GPU only; its composition is also tested on the CPU with a
+(stack/cuda.py over the CUDA kernels: on a GPU only; its composition is also tested on the CPU with a
 stand-in for the kernel). The CUDA route is tested at the end.
 """
 import math
@@ -22,7 +22,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 LOGPROB_TOL = dict(atol=3e-5, rtol=1e-5)
 
 
-CUDA_KERNELS = torch.cuda.is_available() and _ops.AVAILABLE and fastsample.stack_cuda.available()
+CUDA_KERNELS = torch.cuda.is_available() and _ops.cuda_built()
 
 
 def _on_gpu(fn):
@@ -93,7 +93,7 @@ def _oracle(x, args, **kw):
         conv(args.get("presence_penalty", 0.0)), conv(kw.get("temperature", 1.0)), conv(kw.get("top_k", 0)),
         conv(kw.get("top_p", 1.0)), conv(kw.get("min_p", 0.0)), kw.get("order", "hf") == "vllm",
         kw.get("num_samples") or 1, kw["seeds"], kw["offsets"], kw.get("logprobs") or "processed",
-        kw.get("top_logprobs", 0))
+        kw.get("top_logprobs", 0), top_n_sigma=conv(kw.get("top_n_sigma", -1.0)))
 
 
 def _run_and_check(backend, x, args, what, **kw):
@@ -149,6 +149,45 @@ def test_exact_tokens_every_step(backend, order, dtype):
                                       **filters)
                 flips, total = flips + f, total + n
     assert_rare(flips, total, f"{backend} stack sampler {order} {dtype}")
+
+
+# top-n-sigma alone, with the other filters, per row (0 and -1 turn it off for a row).
+SIGMA_FILTERS = [dict(top_n_sigma=1.0), dict(temperature=0.7, top_k=200, top_p=0.9, top_n_sigma=1.0),
+                 dict(temperature=1.3, min_p=0.02, top_p=0.95,
+                      top_n_sigma=torch.tensor([0.5, 0.0, -1.0, 2.0, 0.3, 1.0, 3.0, 0.7]))]
+
+
+@pytest.mark.parametrize("order", ["hf", "vllm"])
+def test_top_n_sigma_exact_tokens(backend, order):
+    """Top-n-sigma (llama.cpp's rule, before the other filters) against the oracle: tokens, and through the
+    processed logprobs and top-N the kept set itself; with and without steps 1-3 (masked tokens, -inf, are left
+    out of sigma)."""
+    flips = total = 0
+    vocab = 1000 if backend == "triton" else 3000
+    for s, steps in enumerate((STEPS[0], STEPS[4])):
+        x, args = _case(8, vocab, seed=70 + s, kind="peaked" if s else "flat",
+                        **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
+        for filters in SIGMA_FILTERS:
+            f, n = _run_and_check(backend, x, args, f"{backend} {order} top-n-sigma {steps} {filters}", order=order,
+                                  num_samples=2, logprobs="processed", top_logprobs=5, **filters)
+            flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} top-n-sigma {order}")
+
+
+def test_top_n_sigma_one_draw_and_bad_values(backend):
+    """The one-draw call with top-n-sigma (the device routes leave their fused `sample` path for it), and bad n:
+    a NaN or inf scalar is a ValueError naming it, a NaN or inf row of a tensor returns -1."""
+    x, args = _case(6, 500, seed=77)
+    seeds, offsets = np.full(6, 1234), np.arange(6)
+    want = _oracle(x, args, seeds=seeds, offsets=offsets, top_n_sigma=0.8)
+    got = fastsample.sample_stack(x, **args, top_n_sigma=0.8, seed=1234, backend=backend)
+    assert all(int(t) in c[0] for t, c in zip(got.tokens, want["candidates"]))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="top_n_sigma"):
+            fastsample.sample_stack(x, top_n_sigma=bad, backend=backend)
+    rows = torch.tensor([1.0, float("nan"), float("inf"), -float("inf"), 0.0, 2.0])
+    got = fastsample.sample_stack(x, top_n_sigma=rows, seed=0, backend=backend)
+    assert [int(t) >= 0 for t in got.tokens] == [True, False, False, False, True, True]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -382,36 +421,41 @@ def test_negative_penalties_and_bad_tensor_entries(backend):
                                   frequency_penalty=torch.tensor([-0.5, 0.0, float("nan")]), seed=0,
                                   backend=backend)
     assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
+    # Out of range without a history too (nothing penalised): the rule itself, not a NaN logit, drops the row.
+    got = fastsample.sample_stack(x, frequency_penalty=torch.tensor([0.0, float("nan"), 0.0]),
+                                  presence_penalty=torch.tensor([0.0, 0.0, float("inf")]), seed=0, backend=backend)
+    assert np64(got.tokens)[0] >= 0 and (np64(got.tokens)[1:] == -1).all()
 
 
 def test_cuda_route(monkeypatch):
-    """CUDA tensors take the CUDA C++ kernels (stack_cuda.py) when the extension has them, else Triton when no
-    backend is named; backend="cuda" without them is a RuntimeError, never a silent fallback. No GPU here, so
-    the device is faked by making the backend resolution answer "cuda"."""
-    from fastsample import stack, stack_cuda
+    """The stack sampler picks its backend through fastsample.backends like every op: "cuda" gives fastsample._ops,
+    whose sample_stack sends CUDA tensors to stack/cuda.py; "cuda" without the CUDA kernels is a RuntimeError that
+    names the way out, never a silent fallback. No GPU here, so the device is faked."""
+    from types import SimpleNamespace
 
-    monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
-    monkeypatch.delenv("FASTSAMPLE_BACKEND", raising=False)
-    x = torch.randn(2, 40)
-    monkeypatch.setattr(stack_cuda, "available", lambda: False)
-    assert stack._backend(x, None).__name__ == "fastsample.triton.stack_sampler"
+    from fastsample.stack import cuda as stack_cuda
+
+    monkeypatch.setattr(fastsample.stack.api, "ops_for", lambda x, backend: fastsample.backends.backend_ops("cuda"))
+    monkeypatch.setattr(_ops, "cuda_built", lambda: False)
     with pytest.raises(RuntimeError, match="backend='triton'"):
-        stack._backend(x, "cuda")
-    monkeypatch.setattr(stack_cuda, "available", lambda: True)
-    assert stack._backend(x, None) is stack_cuda and stack._backend(x, "cuda") is stack_cuda
+        fastsample.sample_stack(torch.randn(2, 40), backend="cuda")
+    seen = []
+    monkeypatch.setattr(stack_cuda, "sample_stack", seen.append)
+    on_cuda = SimpleNamespace(logits=SimpleNamespace(device=torch.device("cuda")))
+    _ops.sample_stack(on_cuda)
+    assert seen == [on_cuda]
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=0.8, top_k=50, top_p=0.9, min_p=0.05),
                                 dict(temperature=0.0), dict(order="vllm", top_p=0.8, min_p=0.1, num_samples=2,
                                                             logprobs="processed", top_logprobs=3)])
 def test_cuda_composition_on_cpu(monkeypatch, kw):
-    """stack_cuda.py (stack_processed_logits, then the `sample` op's fused path or the torch steps, and the
+    """stack/cuda.py (stack_processed_logits, then the `sample` op's fused path or the torch steps, and the
     invalid-row flags) run on CPU tensors, where both ops have CPU kernels; on a GPU the `backend` fixture's
     "cuda" runs every test of this file through the CUDA kernels."""
-    from fastsample import stack, stack_cuda
+    from fastsample.stack import cuda as stack_cuda
 
-    monkeypatch.setattr(stack, "resolve_backend", lambda x, backend: "cuda")
-    monkeypatch.setattr(stack_cuda, "available", lambda: True)
+    monkeypatch.setattr(fastsample.stack.api, "ops_for", lambda x, backend: stack_cuda)
     flips = total = 0
     for i, steps in enumerate(STEPS):
         x, args = _case(12, 300, seed=40 + i, **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
@@ -459,6 +503,17 @@ needs_extension = pytest.mark.skipif(not _ops.AVAILABLE, reason="fastsample._C i
 
 
 @needs_extension
+def test_the_op_schemas_come_from_the_one_argument_definition():
+    """csrc/ops.cpp spells the C++ schemas out; they must be fastsample/stack/spec.py's, parameter for parameter,
+    since every Python layer passes the op's arguments as spec.StackOpArgs."""
+    from fastsample.stack import spec
+
+    assert str(torch.ops.fastsample.sample_stack.default._schema) == spec.schema("fastsample::sample_stack")
+    assert str(torch.ops.fastsample.stack_processed_logits.default._schema) == spec.schema(
+        "fastsample::stack_processed_logits", spec.STEPS_1_3, spec.PROCESSED_RESULTS)
+
+
+@needs_extension
 def test_opcheck():
     x, args = _case(3, 70, seed=1)
     seed, offset = torch.tensor([1, 2, 3]), torch.arange(3)
@@ -469,6 +524,9 @@ def test_opcheck():
     torch.library.opcheck(op, (x.to(torch.bfloat16), None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0,
                                torch.tensor([0.0, 1.0, 0.5]), 1.0, None, 0, None, 1.0, None, 0.0, True, 1, seed,
                                offset, 0, 0))
+    torch.library.opcheck(op, (x, None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0, None, 0.8, None, 10,
+                               None, 0.9, None, 0.0, False, 1, seed, offset, 1, 2, torch.tensor([1.0, 0.0, 2.0]),
+                               -1.0))
 
 
 

@@ -1,12 +1,11 @@
 // CPU kernel of fastsample::stack_processed_logits: steps 1-3 of the stack sampler written out as processed
 // float32 logits [B, V] and the rows that are invalid whatever follows. The CPU stack sampler itself never
 // builds this copy (stack_sampler.cpp); this op exists so that the op the CUDA route composes
-// (fastsample/stack_cuda.py) runs, and is tested against the oracle, on every device.
+// (fastsample/stack/cuda.py) runs, and is tested against the oracle, on every device.
 //
 // Exactness invariant: the same resolve_overrides / override_logit as the fused CPU kernel (stack_row.h),
 // so a processed logit is the float32 rounding of docs/ops.md's float64 formula, bias values summed in list
 // order; untouched tokens are x, masked tokens -inf.
-#include <cmath>
 
 #include "stack_inputs.h"
 
@@ -24,10 +23,8 @@ void process_row(const T* x, const uint32_t* mask, int64_t vocab, const IdList& 
     nan = nan || v != v;
     y[i] = !mask || ((mask[i / 32] >> (i % 32)) & 1u) ? v : -kInf;
   }
-  const bool params_ok = pen.repetition > 0 && std::isfinite(pen.repetition) && std::isfinite(pen.frequency) &&
-                         std::isfinite(pen.presence);
   const bool ids_ok = resolve_overrides(bias, prompt, output, vocab, scratch, overrides);
-  bad = nan || !params_ok || !ids_ok;
+  bad = nan || !pen.valid() || !ids_ok;
   if (!ids_ok) return;
   for (const Override& o : overrides) {
     if (!mask || ((mask[o.id / 32] >> (o.id % 32)) & 1u)) y[o.id] = override_logit(o, static_cast<float>(x[o.id]), pen);

@@ -12,6 +12,7 @@
 #include <limits>
 #include <vector>
 
+#include "fastsample/stack_rules.h"
 #include "select.h"
 
 namespace fastsample::cpu::stack {
@@ -36,6 +37,7 @@ struct IdList {
 
 struct Penalties {
   double repetition, frequency, presence;
+  bool valid() const { return stack_penalties_valid(repetition, frequency, presence); }
 };
 
 // The processed logit of an override token with raw logit x (before the mask): docs/ops.md steps 2-3 in

@@ -1,5 +1,5 @@
 // CUDA glue of fastsample::stack_processed_logits, steps 1-3 of the stack sampler (kernels:
-// include/fastsample/cuda/stack_sampler.cuh; fastsample/stack_cuda.py composes the whole op from it).
+// include/fastsample/cuda/stack_sampler.cuh; fastsample/stack/cuda.py composes the whole op from it).
 #include "fastsample/cuda/stack_sampler.cuh"
 #include "glue.h"
 

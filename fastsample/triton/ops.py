@@ -10,11 +10,14 @@ from __future__ import annotations
 import torch
 from torch.library import triton_op
 
+from ..stack.spec import StackOpArgs
+
 from . import renorm as _renorm
 from . import sampling as _sampling
 from . import softmax as _softmax
 from . import speculative as _speculative
 from . import speculative_tree as _speculative_tree
+from . import stack_sampler as _stack_sampler
 from . import topk as _topk
 
 Tensor = torch.Tensor
@@ -109,3 +112,7 @@ def tree_speculative_sampling(draft_token_ids: Tensor, parents: Tensor, target_p
                               seed: Tensor, offset: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return torch.ops.fastsample_triton.tree_speculative_sampling(draft_token_ids, parents, target_probs, draft_probs,
                                                                  seed, offset)
+
+
+def sample_stack(args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return _stack_sampler.sample_stack(args)

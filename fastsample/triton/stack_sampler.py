@@ -12,7 +12,7 @@ float32 result only when the float64 value lies within a float64 ulp of a float3
   bit for "in the prompt"), and flags the row when an id lies outside [-1, V).
 - ``apply_overrides_kernel`` (a program per row and block of V): one read of the logits and the buffers, the
   bitmask bit of each token, one float32 write of the processed logits.
-- Steps 4-7: fastsample/stack_compose.py ``finish``, as for the CUDA backend, with the Triton kernels of the
+- Steps 4-7: fastsample/stack/compose.py ``finish``, as for the CUDA backend, with the Triton kernels of the
   ``sample`` op (sampling.py) for one draw in HF order without logprobs. The op reads no value on the host and
   is graph-safe.
 """
@@ -23,7 +23,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op, wrap_triton
 
-from .. import stack_compose
+from ..stack import compose
+from ..stack.spec import StackOpArgs, op_signature
 from . import sampling as _sampling
 from .jit import helper
 
@@ -138,24 +139,19 @@ def processed_logits(x: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bi
     return y, bad.bool()
 
 
-@triton_op("fastsample_triton::sample_stack", mutates_args=())
-def _sample_stack_op(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bias_values: OptTensor,
-                     prompt_ids: OptTensor, output_ids: OptTensor, repetition_arr: OptTensor, repetition_val: float,
-                     frequency_arr: OptTensor, frequency_val: float, presence_arr: OptTensor, presence_val: float,
-                     temperature_arr: OptTensor, temperature_val: float, top_k_arr: OptTensor, top_k_val: int,
-                     top_p_arr: OptTensor, top_p_val: float, min_p_arr: OptTensor, min_p_val: float,
-                     vllm_order: bool, num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
-                     top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    x = logits.contiguous()
-    rep, freq, pres = stack_compose.penalty_rows(repetition_arr, repetition_val, frequency_arr, frequency_val,
-                                                 presence_arr, presence_val, x.shape[0], x.device)
-    y, id_bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
-    return stack_compose.finish(
-        _sampling.sample, x, y, stack_compose.invalid_rows(x, id_bad, rep, freq, pres), lambda: (rep, freq, pres),
-        temperature_arr, temperature_val, top_k_arr, top_k_val, top_p_arr, top_p_val, min_p_arr, min_p_val,
-        vllm_order, num_samples, seed, offset, logprobs_mode, top_n)
+def _sample_stack_op(*op_args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    args = StackOpArgs(*op_args)
+    args = args._replace(logits=args.logits.contiguous())
+    y, id_bad = processed_logits(args.logits, args.allowed_mask, args.bias_ids, args.bias_values, args.prompt_ids,
+                                 args.output_ids, args.row("repetition"), args.row("frequency"),
+                                 args.row("presence"))
+    return compose.finish(_sampling.sample, args, y, compose.invalid_rows(args, id_bad))
 
 
-def sample_stack(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The op-level stack sampler (same signature as fastsample._ops.sample_stack)."""
+_sample_stack_op.__signature__ = op_signature()  # the op's parameters, from the one definition (spec.py)
+_sample_stack_op = triton_op("fastsample_triton::sample_stack", mutates_args=())(_sample_stack_op)
+
+
+def sample_stack(args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The op-level stack sampler (fastsample.backends.Ops.sample_stack)."""
     return torch.ops.fastsample_triton.sample_stack(*args)

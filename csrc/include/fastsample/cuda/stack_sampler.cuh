@@ -1,6 +1,6 @@
 // Steps 1-3 of the stack sampler (docs/ops.md "sample_stack"): grammar bitmask, sparse logit bias and
 // repetition / frequency / presence penalties, written as processed float32 logits [B, V] that the `sample`
-// kernels (sampling.cuh) or the torch steps of fastsample/stack_cuda.py then read.
+// kernels (sampling.cuh) or the torch steps of fastsample/stack/cuda.py then read.
 //
 // Exactness invariant: a processed logit is the float32 rounding of the float64 formula of docs/ops.md
 // (x + the sum of the token's bias values, the repetition penalty by the sign of that sum, then f * c + q for
@@ -20,6 +20,7 @@
 #pragma once
 
 #include "fastsample/cuda/common.cuh"
+#include "fastsample/stack_rules.h"
 
 namespace fastsample {
 namespace cuda {
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kOverrideThreads) stack_overrides_pass(StackOv
   const double r = stack_row_param(a.repetition, a.repetition_val, b);
   const double f = stack_row_param(a.frequency, a.frequency_val, b);
   const double q = stack_row_param(a.presence, a.presence_val, b);
-  if (threadIdx.x == 0 && !(r > 0.0 && isfinite(r) && isfinite(f) && isfinite(q))) atomicOr(&a.bad[b], 1);
+  if (threadIdx.x == 0 && !stack_penalties_valid(r, f, q)) atomicOr(&a.bad[b], 1);
   const int32_t* words = a.mask ? a.mask + b * a.mask_words : nullptr;
   for (int64_t slot = threadIdx.x; slot < cap; slot += blockDim.x) {
     const u32 key = __ldcg(&keys[slot]);

@@ -5,12 +5,14 @@ masked_fill, scatter_add the logit bias, scatter_add token counts for the penalt
 sort-based filters, a CDF per row and log_softmax + sort for the logprobs. Every step is a separate pass
 over [B, V]; nothing reads a tensor value on the host. The random numbers are those of reference.py
 (Philox draw j for sample j), so tokens match the compiled kernels and the float64 oracle.
+`sample_processed` (steps 4-7) is also the device composition's slow route (compose.py).
 """
 from __future__ import annotations
 
 import torch
 
-from .reference import _INF, _kth_largest, _per_row_tensor, _weights, philox_uniform
+from ..reference import _INF, _kth_largest, _weights, philox_uniform
+from .spec import StackOpArgs, penalties_ok
 
 Tensor = torch.Tensor
 OptTensor = torch.Tensor | None
@@ -63,12 +65,29 @@ def processed_logits(x: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bi
     return y, bad
 
 
-def _kept(y: Tensor, w: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor, vllm_order: bool) -> Tensor:
-    """The kept mask of the filters in HF order (top-k -> top-p -> min-p) or vLLM v1's (min-p -> top-k -> top-p)."""
+def _top_n_sigma(y: Tensor, n: Tensor) -> Tensor:
+    """bool [B, V]: kept by top-n-sigma (llama.cpp's rule): y >= max - n * sigma, sigma the population standard
+    deviation of the row's finite y, in float64; n <= 0 (and rows whose max is +inf, which share the mass
+    equally) keep everything."""
+    z = y.to(torch.float64)
+    finite = z > -_INF
+    count = finite.sum(dim=1, keepdim=True)
+    mean = torch.where(finite, z, 0.0).sum(dim=1, keepdim=True) / count
+    sigma = (torch.where(finite, (z - mean) ** 2, 0.0).sum(dim=1, keepdim=True) / count).sqrt()
+    top = z.amax(dim=1, keepdim=True)
+    cut = torch.where(sigma > 0, top - n.to(torch.float64).unsqueeze(1) * sigma, top)
+    return (z >= cut) | ~((n > 0).unsqueeze(1) & (top < _INF))
+
+
+def _kept(y: Tensor, w: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor, top_n_sigma: Tensor,
+          vllm_order: bool) -> Tensor:
+    """The kept mask of the filters: top-n-sigma first, then HF order (top-k -> top-p -> min-p) or vLLM v1's
+    (min-p -> top-k -> top-p); top-p counts the mass of the tokens every earlier filter kept."""
     kept_m = (w >= min_p.unsqueeze(1) * w.amax(dim=1, keepdim=True)) | (min_p <= 0).unsqueeze(1)
+    kept_s = _top_n_sigma(y, top_n_sigma)
     sorted_y, order = torch.sort(y, dim=1, descending=True)
     threshold, k_on = _kth_largest(sorted_y, top_k)
-    in_k = (sorted_y >= threshold) | ~k_on.unsqueeze(1)
+    in_k = ((sorted_y >= threshold) | ~k_on.unsqueeze(1)) & kept_s.gather(1, order)
     survivors = in_k & kept_m.gather(1, order) if vllm_order else in_k
     # Top-p over the survivors: the kept positions are a prefix of the sorted row; its last value is the
     # threshold, so ties with it are kept and so is the most probable token (clamp(min=1)).
@@ -77,49 +96,38 @@ def _kept(y: Tensor, w: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor, vll
     below = survivors & (mass - sorted_w < top_p.to(torch.float64).unsqueeze(1) * mass[:, -1:])
     last = below.sum(dim=1, keepdim=True).clamp(min=1) - 1
     kept_p = (y >= sorted_y.gather(1, last)) | (top_p >= 1).unsqueeze(1)
-    return ((y >= threshold) | ~k_on.unsqueeze(1)) & kept_p & kept_m
+    return ((y >= threshold) | ~k_on.unsqueeze(1)) & kept_p & kept_m & kept_s
 
 
-def sample_stack(logits: Tensor, allowed_mask: OptTensor, bias_ids: OptTensor, bias_values: OptTensor,
-                 prompt_ids: OptTensor, output_ids: OptTensor, repetition_arr: OptTensor, repetition_val: float,
-                 frequency_arr: OptTensor, frequency_val: float, presence_arr: OptTensor, presence_val: float,
-                 temperature_arr: OptTensor, temperature_val: float, top_k_arr: OptTensor, top_k_val: int,
-                 top_p_arr: OptTensor, top_p_val: float, min_p_arr: OptTensor, min_p_val: float, vllm_order: bool,
-                 num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
-                 top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The op-level stack sampler (same signature as fastsample._ops.sample_stack).
+def sample_stack(args: StackOpArgs) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The op-level stack sampler (backend "torch"; fastsample.backends.Ops.sample_stack).
 
-    logprobs_mode: 0 none, 1 processed, 2 raw. Returns (tokens int64 [B, n], logprobs float32 [B, n],
-    ranks int64 [B, n] (both [0, n] when logprobs_mode == 0), top_ids int64 [B, N], top_values float32 [B, N]).
+    Returns (tokens int64 [B, n], logprobs float32 [B, n], ranks int64 [B, n] (both [0, n] when
+    logprobs_mode == 0), top_ids int64 [B, N], top_values float32 [B, N]).
     """
-    batch, vocab = logits.shape
-    device = logits.device
-    x = logits.to(torch.float32)
-    param = lambda arr, val, dtype=torch.float32: _per_row_tensor(arr, val, batch, dtype, device)  # noqa: E731
-    rep, freq, pres = param(repetition_arr, repetition_val), param(frequency_arr, frequency_val), \
-        param(presence_arr, presence_val)
-    temperature, top_k = param(temperature_arr, temperature_val), param(top_k_arr, top_k_val, torch.int64)
-    top_p, min_p = param(top_p_arr, top_p_val), param(min_p_arr, min_p_val)
-
-    y, bad = processed_logits(x, allowed_mask, bias_ids, bias_values, prompt_ids, output_ids, rep, freq, pres)
-    return sample_processed(x, y, bad, rep, freq, pres, temperature, top_k, top_p, min_p, vllm_order, num_samples,
-                            seed, offset, logprobs_mode, top_n)
+    x = args.logits.to(torch.float32)
+    rep, freq, pres = args.row("repetition"), args.row("frequency"), args.row("presence")
+    y, bad = processed_logits(x, args.allowed_mask, args.bias_ids, args.bias_values, args.prompt_ids,
+                              args.output_ids, rep, freq, pres)
+    return sample_processed(x, y, bad, rep, freq, pres, args.row("temperature"), args.row("top_k"),
+                            args.row("top_p"), args.row("min_p"), args.row("top_n_sigma"), args.vllm_order,
+                            args.num_samples, args.seed, args.offset, args.logprobs_mode, args.top_n)
 
 
 def sample_processed(x: Tensor, y: Tensor, bad: Tensor, rep: Tensor, freq: Tensor, pres: Tensor,
-                     temperature: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor, vllm_order: bool,
-                     num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
+                     temperature: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor, top_n_sigma: Tensor,
+                     vllm_order: bool, num_samples: int, seed: Tensor, offset: Tensor, logprobs_mode: int,
                      top_n: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Steps 4-7 from the processed logits y (float32 [B, V]) and the rows `bad` with an out-of-range id; the
-    per-row parameters as [B] tensors. Shared with the Triton backend (fastsample/triton/stack_sampler.py),
-    which computes y and bad in a kernel. Returns what `sample_stack` returns."""
+    per-row parameters as [B] tensors. Shared with the device routes (compose.py), which compute y and bad
+    in kernels. Returns what `sample_stack` returns."""
     batch, vocab = x.shape
     device = x.device
     w, valid, greedy = _weights(y, True, temperature)
-    params_ok = ((rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite() & (top_p >= 0) & (top_p <= 1)
-                 & (min_p >= 0) & (min_p <= 1))
+    params_ok = (penalties_ok(rep, freq, pres) & (top_p >= 0) & (top_p <= 1) & (min_p >= 0) & (min_p <= 1)
+                 & top_n_sigma.isfinite())
     valid = valid & params_ok & ~bad & ~x.isnan().any(dim=1)
-    kept_w = torch.where(_kept(y, w, top_k, top_p, min_p, vllm_order) | greedy.unsqueeze(1), w, 0.0)
+    kept_w = torch.where(_kept(y, w, top_k, top_p, min_p, top_n_sigma, vllm_order) | greedy.unsqueeze(1), w, 0.0)
 
     draws = torch.arange(num_samples, device=device)
     u = philox_uniform(seed.unsqueeze(1), offset.unsqueeze(1), draws.unsqueeze(0))  # [B, n]

@@ -1,26 +1,25 @@
 """The stack sampler: an inference stack's whole sampling step in one call (docs/ops.md "sample_stack").
 
 grammar bitmask -> logit bias -> repetition/frequency/presence penalties -> temperature (T = 0 greedy) ->
-min-p/top-k/top-p (HF or vLLM v1 order) -> n draws -> logprobs, ranks and top-N. Arguments are checked here
-on the host without reading tensor values; the backends implement the op `sample_stack`
-(fastsample/_ops.py: C++ CPU; fastsample/stack_cuda.py: CUDA C++; fastsample/triton/stack_sampler.py: Triton;
-fastsample/reference_stack.py: pure torch). CUDA tensors take the CUDA C++ kernels when the extension has them,
-else Triton (docs/design.md section 2).
+top-n-sigma -> min-p/top-k/top-p (HF or vLLM v1 order) -> n draws -> logprobs, ranks and top-N. Arguments are
+checked here on the host without reading tensor values, packed into one `StackOpArgs` (spec.py), and passed to the
+`sample_stack` of the backend that fastsample.backends picks, as for every op (fastsample/_ops.py: C++ on CPU,
+the CUDA route of cuda.py on CUDA; fastsample/triton/ops.py: Triton; fastsample/reference.py: this package's
+reference.py). CUDA tensors take the CUDA C++ kernels when the extension has them, else Triton.
 """
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 
-from . import _ops, _rng, stack_cuda
-from .backends import resolve_backend
-from .sampling import _check_matrix, _check_param, _filters
+from .. import _rng
+from ..backends import ops_for
+from ..sampling import _check_matrix, _check_param, _filters
+from .spec import LOGPROBS_MODES, StackOpArgs
 
 Tensor = torch.Tensor
-_LOGPROBS_MODES = {None: 0, "processed": 1, "raw": 2}
 _ORDERS = ("hf", "vllm")
 
 
@@ -32,30 +31,6 @@ class StackSample(NamedTuple):
     ranks: Tensor | None  # int64, shape of tokens: tokens with a logprob >= the sampled token's; -1 on invalid rows
     top_ids: Tensor | None  # int64 [B, N], descending logprob, ties to the lower id
     top_logprobs: Tensor | None  # float32 [B, N]
-
-
-def _backend(x: Tensor, backend: str | None):
-    name = resolve_backend(x, backend)
-    if name == "torch":
-        from . import reference_stack
-
-        return reference_stack
-    if name == "cpu":
-        if not _ops.AVAILABLE:
-            raise RuntimeError(f"backend {name!r} needs the compiled extension fastsample._C ({_ops.IMPORT_ERROR})")
-        return _ops
-    if name == "cuda" and _ops.AVAILABLE and stack_cuda.available():
-        return stack_cuda
-    if name == "triton":
-        from .triton import stack_sampler
-
-        return stack_sampler
-    if name == "cuda" and backend is None and not os.environ.get("FASTSAMPLE_BACKEND"):
-        from .triton import stack_sampler  # the default route of CUDA tensors (docs/ops.md)
-
-        return stack_sampler
-    raise RuntimeError(f"backend {name!r} was requested but fastsample._C was built without CUDA kernels; pass "
-                       f"backend='triton' (or 'torch') to run sample_stack on {x.device}")
 
 
 def _ids(name: str, ids, batch: int, device: torch.device) -> Tensor | None:
@@ -101,9 +76,9 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
                  output_ids: Tensor | None = None, repetition_penalty: float | Tensor = 1.0,
                  frequency_penalty: float | Tensor = 0.0, presence_penalty: float | Tensor = 0.0,
                  temperature: float | Tensor = 1.0, top_k: int | Tensor = 0, top_p: float | Tensor = 1.0,
-                 min_p: float | Tensor = 0.0, order: str = "hf", num_samples: int | None = None,
-                 logprobs: str | None = None, top_logprobs: int = 0, generator=None, seed=None, offset=None,
-                 backend: str | None = None) -> StackSample:
+                 min_p: float | Tensor = 0.0, top_n_sigma: float | Tensor = -1.0, order: str = "hf",
+                 num_samples: int | None = None, logprobs: str | None = None, top_logprobs: int = 0,
+                 generator=None, seed=None, offset=None, backend: str | None = None) -> StackSample:
     """An inference stack's whole sampling step in one call.
 
     Parameters
@@ -119,6 +94,9 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     frequency_penalty, presence_penalty : float or Tensor [B] (any sign). On output tokens with count c:
         logit -= f * c + q * (c > 0).
     temperature, top_k, top_p, min_p : as in `fastsample.sample`; T == 0 means greedy for that row.
+    top_n_sigma : float or Tensor [B]. Top-n-sigma (llama.cpp's rule): keep the tokens whose processed logit is
+        >= max - n * sigma, sigma the standard deviation of the row's finite processed logits; before the other
+        filters. n <= 0 (the default, -1) disables it; NaN or inf is a ValueError (a -1 row for a tensor).
     order : "hf" (top-k -> top-p -> min-p, the default) or "vllm" (min-p -> top-k -> top-p, vLLM v1's).
     num_samples : int >= 1, optional. Draws per row (with replacement, Philox draws 0..n-1); when given,
         tokens are [B, n], else [B].
@@ -161,13 +139,14 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
                  *_penalty("presence_penalty", presence_penalty, batch, device, False))
     t_arr, t_val = _check_param("temperature", temperature, batch, device, 0.0, math.inf)
     filters = _filters(batch, device, top_k, top_p, min_p)
+    top_n_sigma = _check_param("top_n_sigma", top_n_sigma, batch, device, -math.inf, math.inf)
     if order not in _ORDERS:
         raise ValueError(f"order must be one of {_ORDERS}, got {order!r}")
     if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int)):
         raise TypeError(f"num_samples must be an int or None, got {type(num_samples).__name__}")
     if num_samples is not None and num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    if logprobs not in _LOGPROBS_MODES:
+    if logprobs not in LOGPROBS_MODES:
         raise ValueError(f"logprobs must be None, 'processed' or 'raw', got {logprobs!r}")
     if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int):
         raise TypeError(f"top_logprobs must be an int, got {type(top_logprobs).__name__}")
@@ -175,10 +154,10 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
         raise ValueError(f"top_logprobs must be in [0, {vocab}] and needs logprobs='processed' or 'raw', got "
                          f"{top_logprobs} with logprobs={logprobs!r}")
     seed_t, offset_t = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
-    ops = _backend(logits, backend)
-    tokens, lp, ranks, top_ids, top_lp = ops.sample_stack(
-        logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val, *filters,
-        order == "vllm", num_samples or 1, seed_t, offset_t, _LOGPROBS_MODES[logprobs], top_logprobs)
+    args = StackOpArgs(logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val,
+                       *filters, order == "vllm", num_samples or 1, seed_t, offset_t, LOGPROBS_MODES[logprobs],
+                       top_logprobs, *top_n_sigma)
+    tokens, lp, ranks, top_ids, top_lp = ops_for(logits, backend).sample_stack(args)
     if num_samples is None:
         tokens, lp, ranks = tokens[:, 0], lp[:, 0] if logprobs else lp, ranks[:, 0] if logprobs else ranks
     if logprobs is None:
