@@ -13,10 +13,12 @@ Semantics
   ``top_k <= 0`` or ``>= V`` and ``top_p >= 1`` filter nothing.
 - ``filter_apply_order="top_k_first"``: top-k, then top-p over the renormalised survivors (fastsample's fused
   op). ``"joint"``: a token is kept iff it is in both the top-k set and the top-p nucleus of the unfiltered
-  distribution (both sets are prefixes of the sorted row, so this is their intersection).
+  distribution (both sets are prefixes of the sorted row, so this is their intersection). From logits:
+  ``torch.softmax`` then the probs path, so both entry points give the same tokens.
 - ``indices``: output i is drawn from row ``indices[i]`` of the input, with the i-th entry of tensor
-  parameters and of per-row seeds. Indices are checked against the number of rows for CPU tensors (a device
-  tensor is not read on the host).
+  parameters (shape = len(indices), FlashInfer's documented rule) and of per-output seeds, and Philox draw 0
+  of the (seed, offset) pair it would get as row i of a copied batch ``x[indices]``. With more outputs than
+  rows the rows are never copied (fastsample/indexed.py). Indices outside the rows raise a ValueError.
 - Invalid rows (a NaN, a negative or infinite probability, zero mass, every logit -inf): FlashInfer's
   convention, sample 0 and ``valid = False``; fastsample's own API returns -1 there instead.
 - Random numbers: fastsample's Philox rule (docs/design.md section 4), not FlashInfer's curand streams: the same
@@ -101,7 +103,7 @@ def _sampling_param(name: str, value, batch: int, integer: bool):
 
 
 def _checked_indices(x: Tensor, indices: Optional[Tensor]) -> Optional[Tensor]:
-    """``indices`` as int64 on x's device, every value checked to be a row of x (CPU tensors here; device
+    """``indices`` on x's device (int32 stays int32: no n-sized copy), every value checked to be a row of x (CPU tensors here; device
     tensors where the grouped path reads them, see _draw)."""
     if indices is None:
         return None
@@ -109,7 +111,7 @@ def _checked_indices(x: Tensor, indices: Optional[Tensor]) -> Optional[Tensor]:
         raise TypeError("indices must be an int32 or int64 tensor of shape (batch_size,)")
     if indices.dim() != 1:
         raise ValueError(f"indices must be 1-D, got shape {list(indices.shape)}")
-    indices = indices.to(device=x.device, dtype=torch.int64)
+    indices = indices.to(device=x.device)
     if indices.device.type == "cpu":
         _check_bounds(indices, x.shape[0])
     return indices
@@ -164,7 +166,7 @@ def _check_nan(check_nan: bool, x: Tensor, name: str = "probs") -> None:
 def _finish(tokens: Tensor, indices: Optional[Tensor], return_valid: bool):
     """fastsample's -1 rows -> FlashInfer's (0, valid=False); ids in int32 or the dtype of ``indices``."""
     valid = tokens >= 0
-    samples = torch.where(valid, tokens, 0).to(indices.dtype if indices is not None else torch.int32)
+    samples = tokens.clamp_(min=0).to(indices.dtype if indices is not None else torch.int32)  # in place: O(n) once
     return (samples, valid) if return_valid else samples
 
 

@@ -36,7 +36,7 @@ def sample_indexed(x: Tensor, indices: Tensor, params: dict[str, Param],
     Parameters
     ----------
     x : Tensor [R, V], the rows (logits or probabilities: ``weights`` knows which).
-    indices : Tensor [n] int64, each in [0, R) (checked by the caller).
+    indices : Tensor [n] int32 or int64, each in [0, R) (checked by the caller).
     params : filter parameters, each a scalar or a tensor [n] (one value per output).
     weights : ``weights(rows [g, V], group_params)`` -> float32 [g, V] kept weights, all zeros on an invalid
         row; ``group_params`` has the scalars as given and the tensors as one value per row of ``rows``.
@@ -91,7 +91,7 @@ def _groups(rows: int, indices: Tensor, params: dict[str, Param]):
         table[group_rows] = torch.arange(group_rows.shape[0], device=indices.device)
         return group_rows, dict(params), lambda start, stop: table[indices[start:stop]]
     # Float parameters take part by their bits, so equal values group together and NaN is one value.
-    columns = [indices] + [v.view(torch.int32).to(torch.int64) if v.dtype == torch.float32 else v
+    columns = [indices.to(torch.int64)] + [v.view(torch.int32).to(torch.int64) if v.dtype == torch.float32 else v
                            for v in tensors.values()]
     keys, group = torch.unique(torch.stack(columns, dim=1), dim=0, return_inverse=True)
     group_params = dict(params)
