@@ -18,6 +18,7 @@ import torch
 import oracle
 from conftest import assert_rare, check_tokens, chi_square_pvalue
 from fastsample import flashinfer as fi
+from fastsample import indexed
 
 DOC_ATOL = 1.5e-4  # the docstrings print 4 decimals
 
@@ -294,6 +295,24 @@ def test_indices_exact_with_per_output_params(outputs, backend):
     check_indexed(got, logits, indices, True, seed=12, offset=np.arange(outputs))
 
 
+def test_indices_blocks_do_not_change_tokens(monkeypatch):
+    """The grouped path works a block of CDF rows and a block of outputs at a time (memory bounds); with
+    blocks of one row and 4 outputs, every output still gets its own group and offset: the same tokens."""
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.rand(6, 40, generator=gen)
+    indices = torch.randint(0, 6, (30,), generator=gen)
+    top_p = torch.rand(30, generator=gen) * 0.5 + 0.5
+    calls = (lambda: fi.top_p_sampling_from_probs(probs, 0.8, indices, seed=2, offset=5),
+             lambda: fi.top_p_sampling_from_probs(probs, top_p, indices, seed=2, offset=5),
+             lambda: fi.sampling_from_probs(probs, indices, seed=torch.arange(30), offset=torch.zeros(30).long()),
+             lambda: fi.sampling_from_probs(probs, torch.zeros(30, dtype=torch.int64), seed=2, offset=5))
+    whole = [call() for call in calls]
+    monkeypatch.setattr(indexed, "CDF_ENTRIES", 40)
+    monkeypatch.setattr(indexed, "OUTPUT_BLOCK", 4)
+    for call, want in zip(calls, whole):
+        assert torch.equal(call(), want)
+
+
 def test_indices_many_draws_of_few_rows_follow_each_rows_distribution(backend):
     """2 rows, 3000 outputs each (interleaved): each row's draws fit its own distribution, and per-output
     seeds make output i's token depend on its own seed only (here: equal to a one-output call)."""
@@ -341,9 +360,11 @@ def test_error_wording_matches_flashinfer():
             call(torch.ones(2))
 
 
-def test_joint_logits_equal_probs_draw_for_draw():
+def test_joint_logits_equal_probs_draw_for_draw(monkeypatch):
     """joint order: the logits entry point is softmax then the probs path, so it gives the tokens of
-    top_k_top_p_sampling_from_probs(torch.softmax(logits)) with the same generator state."""
+    top_k_top_p_sampling_from_probs(torch.softmax(logits)) with the same generator state. Random rows rarely
+    show a last-bit difference between two softmax implementations, so the probabilities the probs path
+    receives are also checked to be torch.softmax's, bit for bit."""
     gen = torch.Generator().manual_seed(4)
     logits = torch.rand(24, 1000, generator=gen) * 5
     for indices in (None, torch.randint(0, 24, (60,), generator=gen)):
@@ -353,6 +374,11 @@ def test_joint_logits_equal_probs_draw_for_draw():
         want = fi.top_k_top_p_sampling_from_probs(torch.softmax(logits, -1), 500, 0.5, indices, "joint",
                                                   generator=g_probs)
         assert torch.equal(got, want)
+    seen = []
+    draw = fi._draw
+    monkeypatch.setattr(fi, "_draw", lambda x, *args, **kwargs: seen.append(x) or draw(x, *args, **kwargs))
+    fi.top_k_top_p_sampling_from_logits(logits, 500, 0.5, filter_apply_order="joint")
+    assert len(seen) == 1 and torch.equal(seen[0], torch.softmax(logits, -1))
 
 
 def test_indices_memory_stays_o_outputs(backend):
