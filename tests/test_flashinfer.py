@@ -313,6 +313,27 @@ def test_indices_blocks_do_not_change_tokens(monkeypatch):
         assert torch.equal(call(), want)
 
 
+def test_draw_from_cdfs_cpu_op_equals_torch_rule():
+    """The grouped path's per-output draw: the C++ op (CPU) and its torch twin (other devices) agree, -1 on a
+    zero or NaN total, and a group id outside the CDF rows is an error before anything is read."""
+    gen = torch.Generator().manual_seed(8)
+    cdf = torch.rand(4, 50, generator=gen).double()
+    cdf[:, ::3] = 0  # dropped tokens
+    cdf = cdf.cumsum(1)
+    cdf[2] = 0
+    cdf[3, 7:] = float("nan")
+    group = torch.randint(0, 4, (500,), generator=gen)
+    for seed, offset, step in ((torch.tensor([5]), torch.tensor([2**40]), 1),
+                               (torch.arange(500), torch.full((500,), -3), 0)):
+        cpu = indexed._draw_cpu(cdf, group, seed, offset, step)
+        assert torch.equal(cpu, indexed._draw_torch(cdf, group, seed, offset, step))
+        assert ((cpu == -1) == (group >= 2)).all()
+        kept = cdf[0].diff(prepend=cdf[0, :1] * 0) > 0
+        assert kept[cpu[group == 0]].all()
+    with pytest.raises(IndexError, match="group ids"):
+        indexed._draw_cpu(cdf, torch.tensor([0, 4]), torch.tensor([1]), torch.tensor([0]), 1)
+
+
 def test_indices_many_draws_of_few_rows_follow_each_rows_distribution(backend):
     """2 rows, 3000 outputs each (interleaved): each row's draws fit its own distribution, and per-output
     seeds make output i's token depend on its own seed only (here: equal to a one-output call)."""
