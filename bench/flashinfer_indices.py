@@ -9,8 +9,9 @@ it to bench/results/flashinfer-indices.md. Like the rest of bench/, it records a
 from __future__ import annotations
 
 import argparse
+import os
 import platform
-import resource
+import re
 import statistics
 import subprocess
 import time
@@ -38,8 +39,9 @@ def _cpu_name() -> str:
     return platform.machine()
 
 
-def _rss_kib() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() // 1024
+def _status_kib(key: str) -> int:
+    """A memory line of /proc/self/status in KiB (VmRSS now, VmHWM the peak since the last reset)."""
+    return int(re.search(key + r":\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
 def main() -> None:
@@ -52,7 +54,8 @@ def main() -> None:
     torch.manual_seed(42)
     probs = torch.softmax(torch.randn(1, args.vocab), dim=-1)
     indices = torch.zeros(args.draws, dtype=torch.int32)  # as FlashInfer's test_sampling_freq
-    before = _rss_kib()
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS, so the peak below is this run's
+    before = _status_kib("VmRSS")
     rows = []
     for name, call in CALLS.items():
         times = []
@@ -61,13 +64,14 @@ def main() -> None:
             call(probs, indices)
             times.append(time.perf_counter() - start)
         rows.append(f"| {name} | {statistics.median(times[1:]):.2f} | {min(times[1:]):.2f} |")
-    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    growth = (_status_kib("VmHWM") - before) / 1024
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"# {args.draws:,} draws from one row through `indices`, V = {args.vocab}",
              "",
              f"{_cpu_name()}, {torch.get_num_threads()} threads, CPU ISA path "
              f"`{torch.ops.fastsample_cpu.isa() if _ops.AVAILABLE else 'none'}`; commit {commit}, "
-             f"{datetime.now(timezone.utc):%Y-%m-%d}. Peak resident-memory growth over all calls: {growth:.0f} MiB "
+             f"{datetime.now(timezone.utc):%Y-%m-%d}, load average {os.getloadavg()[0]:.1f} (a shared machine). "
+             f"Peak resident-memory growth over all calls: {growth:.0f} MiB "
              f"(a copy of the rows would be {args.draws * args.vocab * 4 / 2**30:,.0f} GiB).",
              "",
              "| call | median s | min s |", "|---|---|---|", *rows]
