@@ -295,9 +295,12 @@ def test_indices_exact_with_per_output_params(outputs, backend):
     check_indexed(got, logits, indices, True, seed=12, offset=np.arange(outputs))
 
 
-def test_indices_blocks_do_not_change_tokens(monkeypatch):
+def test_indices_blocks_do_not_change_tokens(monkeypatch, backend):
     """The grouped path works a block of CDF rows and a block of outputs at a time (memory bounds); with
-    blocks of one row and 4 outputs, every output still gets its own group and offset: the same tokens."""
+    blocks of one row and 4 outputs, every output still gets its own group and offset: the same tokens.
+    Not under the Triton interpreter: one-row blocks mean ~50 kernel launches, each costly there."""
+    if backend == "triton":
+        pytest.skip("the blocking is backend-independent Python; see the docstring")
     gen = torch.Generator().manual_seed(3)
     probs = torch.rand(6, 40, generator=gen)
     indices = torch.randint(0, 6, (30,), generator=gen)
