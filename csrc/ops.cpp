@@ -30,6 +30,9 @@ TORCH_LIBRARY(fastsample, m) {
       "sample(Tensor x, bool is_logits, Tensor? temperature_arr, float temperature_val, Tensor? top_k_arr, "
       "int top_k_val, Tensor? top_p_arr, float top_p_val, Tensor? min_p_arr, float min_p_val, Tensor seed, "
       "Tensor offset, bool return_logprobs) -> (Tensor tokens, Tensor logprobs)");
+  // Output i inverts CDF row group[i] ([G, V] float64 prefix sums of kept weights) with Philox draw 0 of
+  // (seed, offset + offset_step * i); -1 where the row total is not finite and positive (fastsample/indexed.py).
+  m.def("draw_from_cdfs(Tensor cdf, Tensor group, Tensor seed, Tensor offset, int offset_step) -> Tensor");
   // log(sum(exp(logits))) per row in one online pass: the single-pass limit of the benchmarks.
   m.def("logsumexp(Tensor logits) -> Tensor");
   // Speculative acceptance (docs/design.md section 5): output [B, n+1] padded with -1, accepted_num [B], emitted_num [B].

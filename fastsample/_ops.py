@@ -84,6 +84,12 @@ def tree_speculative_sampling(draft_token_ids: Tensor, parents: Tensor, target_p
                                                           offset)
 
 
+def draw_from_cdfs(cdf: Tensor, group: Tensor, seed: Tensor, offset: Tensor, offset_step: int) -> Tensor:
+    """Output i inverts CDF row ``group[i]`` with Philox draw 0 of (seed, offset + offset_step * i) (CPU only;
+    fastsample/indexed.py)."""
+    return torch.ops.fastsample.draw_from_cdfs(cdf, group, seed, offset, offset_step)
+
+
 def logsumexp(logits: Tensor) -> Tensor:
     """log(sum(exp(logits))) per row in one read of the logits (C++ backends only): the single-pass limit
     that benchmarks compare every op with."""
@@ -95,6 +101,10 @@ if AVAILABLE:
     @torch.library.register_fake("fastsample::logsumexp")
     def _logsumexp_fake(logits):
         return logits.new_empty((logits.shape[0],), dtype=torch.float32)
+
+    @torch.library.register_fake("fastsample::draw_from_cdfs")
+    def _draw_from_cdfs_fake(cdf, group, seed, offset, offset_step):
+        return group.new_empty(group.shape, dtype=torch.int64)
 
     @torch.library.register_fake("fastsample::softmax")
     def _softmax_fake(logits, temperature_arr, temperature_val):

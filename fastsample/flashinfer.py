@@ -13,10 +13,12 @@ Semantics
   ``top_k <= 0`` or ``>= V`` and ``top_p >= 1`` filter nothing.
 - ``filter_apply_order="top_k_first"``: top-k, then top-p over the renormalised survivors (fastsample's fused
   op). ``"joint"``: a token is kept iff it is in both the top-k set and the top-p nucleus of the unfiltered
-  distribution (both sets are prefixes of the sorted row, so this is their intersection).
+  distribution (both sets are prefixes of the sorted row, so this is their intersection). From logits:
+  ``torch.softmax`` then the probs path, so both entry points give the same tokens.
 - ``indices``: output i is drawn from row ``indices[i]`` of the input, with the i-th entry of tensor
-  parameters and of per-row seeds. Indices are checked against the number of rows for CPU tensors (a device
-  tensor is not read on the host).
+  parameters (shape = len(indices), FlashInfer's documented rule) and of per-output seeds, and Philox draw 0
+  of the (seed, offset) pair it would get as row i of a copied batch ``x[indices]``. With more outputs than
+  rows the rows are never copied (fastsample/indexed.py). Indices outside the rows raise a ValueError.
 - Invalid rows (a NaN, a negative or infinite probability, zero mass, every logit -inf): FlashInfer's
   convention, sample 0 and ``valid = False``; fastsample's own API returns -1 there instead.
 - Random numbers: fastsample's Philox rule (docs/design.md section 4), not FlashInfer's curand streams: the same
@@ -52,7 +54,10 @@ from typing import Optional, Tuple, Union
 
 import torch
 
+from . import _rng as fs_rng
 from . import sampling as fs
+from .indexed import sample_indexed
+from .sampling import _renorm as fs_renorm
 from .speculative import chain_speculative_sampling as _fs_chain_speculative_sampling
 
 Tensor = torch.Tensor
@@ -76,29 +81,46 @@ def _checked_probs(name: str, x: Tensor) -> Tensor:
     return x
 
 
-def _int_param(value):
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.int64)
-    return value if isinstance(value, int) else int(value)
+def _sampling_param(name: str, value, batch: int, integer: bool):
+    """A scalar-or-per-request sampling parameter, checked and cast as FlashInfer's kernels read it: an int64
+    (``top_k``) or float32 tensor of shape (batch,), or a Python int / float.
+
+    Shape errors carry the phrases of FlashInfer's own check (csrc/sampling_utils.h), which its tests match,
+    and name the argument.
+    """
+    if not isinstance(value, torch.Tensor):
+        return int(value) if integer else float(value)
+    if value.dim() == 0:
+        raise ValueError(f"Expected a 1D tensor of shape (batch_size,) or scalar for the sampling parameter "
+                         f"{name}, but got a 0-dimensional tensor.")
+    if value.dim() > 1:
+        raise ValueError(f"Expected a 1D tensor or scalar for the sampling parameter {name}, but got a "
+                         f"{value.dim()}D tensor.")
+    if value.shape[0] != batch:
+        raise ValueError(f"Sampling parameter tensor batch size mismatch: expected {name} of length {batch} "
+                         f"(the batch size), but got length {value.shape[0]}.")
+    return value.to(torch.int64 if integer else torch.float32)
 
 
-def _float_param(value):
-    if isinstance(value, torch.Tensor):
-        return value.to(torch.float32)
-    return float(value)
-
-
-def _rows_for(x: Tensor, indices: Optional[Tensor]) -> Tensor:
-    """The input rows the outputs draw from: ``x[indices]`` (checked on CPU), or ``x`` itself."""
+def _checked_indices(x: Tensor, indices: Optional[Tensor]) -> Optional[Tensor]:
+    """``indices`` on x's device (int32 stays int32: no n-sized copy), every value checked to be a row of x:
+    CPU tensors here, device tensors where the grouped path reads them (see _draw)."""
     if indices is None:
-        return x
+        return None
     if not isinstance(indices, torch.Tensor) or indices.dtype not in (torch.int32, torch.int64):
         raise TypeError("indices must be an int32 or int64 tensor of shape (batch_size,)")
     if indices.dim() != 1:
         raise ValueError(f"indices must be 1-D, got shape {list(indices.shape)}")
-    if indices.device.type == "cpu" and indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(x)):
-        raise ValueError(f"indices must be in [0, {len(x)}) (the rows of the input)")
-    return x.index_select(0, indices.to(device=x.device, dtype=torch.int64))
+    indices = indices.to(device=x.device)
+    if indices.device.type == "cpu":
+        _check_bounds(indices, x.shape[0])
+    return indices
+
+
+def _check_bounds(indices: Tensor, rows: int) -> None:
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= rows):
+        raise ValueError(f"indices must be in [0, {rows}) (the rows of the input), got values in "
+                         f"[{int(indices.min())}, {int(indices.max())}]")
 
 
 def _row_tensor(name: str, value: Tensor, batch: int, device) -> Tensor:
@@ -111,20 +133,29 @@ def _row_tensor(name: str, value: Tensor, batch: int, device) -> Tensor:
     return value.view(torch.int64)  # same bits: a Philox key takes the 64-bit pattern
 
 
-def _rng(seed, offset, batch: int, device, generator) -> dict:
-    """FlashInfer's seed/offset rules -> fastsample's ``generator / seed / offset`` keywords. A length-1
-    tensor pair acts like the int pair (row b: seed, offset + b), read on the device without a host sync."""
+def _rng(seed, offset, batch: int, device, generator) -> Tuple[Tensor, Tensor, int]:
+    """FlashInfer's seed/offset forms -> ``(seed [1] or [B], offset [1] or [B], step)``: output b draws with
+    seed[b] (or seed[0]) and offset[b], or offset[0] + step * b when offset is [1]. One seed for the batch (an
+    int, a length-1 tensor, or drawn from ``generator`` when seed or offset is None) gives step 1, so that
+    outputs differ; a per-output seed keeps the offset as given (fastsample's rule, batch invariance). Nothing
+    here reads a tensor's value on the host."""
     if seed is None or offset is None:
-        return {"generator": generator}
+        seed_t, offset_t = fs_rng.per_row_seed_offset(1, device, generator)
+        return seed_t, offset_t, 1
     if isinstance(seed, torch.Tensor) != isinstance(offset, torch.Tensor):
         raise ValueError("seed and offset must both be tensors or both be scalars")
     if not isinstance(seed, torch.Tensor):
-        return {"seed": int(seed), "offset": int(offset)}
+        seed_t, offset_t = fs_rng.per_row_seed_offset(1, device, None, int(seed), int(offset))
+        return seed_t, offset_t, 1
     seed, offset = _row_tensor("seed", seed, batch, device), _row_tensor("offset", offset, batch, device)
-    if offset.shape[0] != batch:
-        rows = torch.arange(batch, dtype=torch.int64, device=device)
-        offset = offset + rows if seed.shape[0] != batch else offset.expand(batch)
-    return {"seed": seed.expand(batch).contiguous(), "offset": offset.contiguous()}
+    return seed, offset, int(seed.shape[0] == 1 and offset.shape[0] == 1)
+
+
+def _rng_kwargs(rng: Tuple[Tensor, Tensor, int], batch: int) -> dict:
+    """The per-row ``seed`` and ``offset`` tensors [B] of fastsample's API for ``_rng``'s triple."""
+    seed, offset, step = rng
+    rows = torch.arange(batch, dtype=torch.int64, device=seed.device)
+    return {"seed": seed.expand(batch).contiguous(), "offset": (offset + step * rows).contiguous()}
 
 
 def _check_nan(check_nan: bool, x: Tensor, name: str = "probs") -> None:
@@ -135,26 +166,62 @@ def _check_nan(check_nan: bool, x: Tensor, name: str = "probs") -> None:
 def _finish(tokens: Tensor, indices: Optional[Tensor], return_valid: bool):
     """fastsample's -1 rows -> FlashInfer's (0, valid=False); ids in int32 or the dtype of ``indices``."""
     valid = tokens >= 0
-    samples = torch.where(valid, tokens, 0).to(indices.dtype if indices is not None else torch.int32)
+    # In place: 5,000,000 draws then hold one n-sized int64 copy fewer.
+    samples = tokens.clamp_(min=0).to(indices.dtype if indices is not None else torch.int32)
     return (samples, valid) if return_valid else samples
 
 
-def _draw(x: Tensor, indices, generator, seed, offset, is_logits: bool, top_k=0, top_p=1.0, min_p=None):
-    """One token per output row with fastsample's fused sampler (filters in HF order)."""
-    rows = _rows_for(x, indices)
-    kwargs = _rng(seed, offset, rows.shape[0], rows.device, generator)
+def _kept_weights(rows: Tensor, is_logits: bool, joint: bool, top_k=0, top_p=1.0, min_p=0.0) -> Tensor:
+    """float32 weights of the tokens the filters keep, 0 elsewhere (all 0 on an invalid row): the
+    distribution the fused samplers draw from, as one row block of the grouped path."""
+    probs = fs.softmax(rows) if is_logits else rows
+    if joint:  # the nucleus of the unfiltered distribution, then its top k (see _draw)
+        return fs.top_k_renorm_probs(fs.top_p_renorm_probs(probs, top_p), top_k)
+    return fs_renorm(probs, None, top_k=top_k, top_p=top_p, min_p=min_p)
+
+
+def _draw(x: Tensor, indices: Optional[Tensor], generator, seed, offset, is_logits: bool, top_k=0, top_p=1.0,
+          min_p=None, joint: bool = False) -> Tensor:
+    """One token per output (int64, -1 on an invalid row), filters in HF order, or joint.
+
+    ``joint``: the top-k set and the top-p nucleus of the same distribution are both prefixes of the sorted
+    row, so their intersection is top-k over the top-p-renormalised probabilities.
+
+    With ``indices`` and more outputs than rows, fastsample/indexed.py groups the outputs by row and draws
+    from each row's CDF (never a copy of x[indices]); with at most as many outputs as rows the copy is no
+    larger than x and the fused kernels sample it (no host sync). Both give output b the token of row
+    x[indices[b]] with its own seed and offset (docs/ops.md "FlashInfer drop-in").
+    """
+    indices = _checked_indices(x, indices)
+    batch = x.shape[0] if indices is None else indices.shape[0]
+    params = {"top_k": _sampling_param("top_k", top_k, batch, True),
+              "top_p": _sampling_param("top_p", top_p, batch, False),
+              "min_p": _sampling_param("min_p", 0.0 if min_p is None else min_p, batch, False)}
+    rng = _rng(seed, offset, batch, x.device, generator)
+    if indices is not None and batch > x.shape[0]:
+        if indices.device.type != "cpu":
+            _check_bounds(indices, x.shape[0])  # the grouped path syncs anyway
+        weights = lambda rows, p: _kept_weights(rows, is_logits, joint, **p)  # noqa: E731
+        return sample_indexed(x, indices, params, weights, *rng)
+    rows = x if indices is None else x.index_select(0, indices)
+    kwargs = _rng_kwargs(rng, batch)
+    if joint:
+        nucleus = fs.top_p_renorm_probs(fs.softmax(rows) if is_logits else rows, params["top_p"])
+        return fs.top_k_sampling_from_probs(nucleus, params["top_k"], **kwargs)
     if is_logits:
-        return fs.sample(rows, 1.0, top_k, top_p, 0.0 if min_p is None else min_p, **kwargs)
+        return fs.sample(rows, 1.0, params["top_k"], params["top_p"], params["min_p"], **kwargs)
     if min_p is not None:
-        return fs.min_p_sampling_from_probs(rows, min_p, **kwargs)
-    return fs.top_k_top_p_sampling_from_probs(rows, top_k, top_p, **kwargs)
+        return fs.min_p_sampling_from_probs(rows, params["min_p"], **kwargs)
+    return fs.top_k_top_p_sampling_from_probs(rows, params["top_k"], params["top_p"], **kwargs)
 
 
 # ------------------------------------------------------------------------------------ flashinfer.sampling
 def softmax(logits: Tensor, temperature: Optional[Union[Tensor, float]] = None,
             enable_pdl: Optional[bool] = None) -> Tensor:
     """Temperature-scaled safe softmax; float32 [B, V]. ``enable_pdl`` has no effect (see the module doc)."""
-    return fs.softmax(logits, None if temperature is None else _float_param(temperature))
+    if temperature is not None:
+        temperature = _sampling_param("temperature", temperature, logits.shape[0], False)
+    return fs.softmax(logits, temperature)
 
 
 def sampling_from_logits(logits: Tensor, indices: Optional[Tensor] = None, deterministic: bool = True,
@@ -184,7 +251,7 @@ def top_p_sampling_from_probs(probs: Tensor, top_p: Union[Tensor, float], indice
     """One id per output row from the top-p nucleus of ``probs``."""
     probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
-    tokens = _draw(probs, indices, generator, seed, offset, False, top_p=_float_param(top_p))
+    tokens = _draw(probs, indices, generator, seed, offset, False, top_p=top_p)
     return _finish(tokens, indices, return_valid)
 
 
@@ -196,7 +263,7 @@ def top_k_sampling_from_probs(probs: Tensor, top_k: Union[Tensor, int], indices:
     """One id per output row from the top-k tokens of ``probs`` (ties at the k-th value kept)."""
     probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
-    tokens = _draw(probs, indices, generator, seed, offset, False, top_k=_int_param(top_k))
+    tokens = _draw(probs, indices, generator, seed, offset, False, top_k=top_k)
     return _finish(tokens, indices, return_valid)
 
 
@@ -208,17 +275,8 @@ def min_p_sampling_from_probs(probs: Tensor, min_p: Union[Tensor, float], indice
     """One id per output row from the tokens with p >= min_p * max(p)."""
     probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
-    min_p = _float_param(min_p)
     tokens = _draw(probs, indices, generator, seed, offset, False, min_p=min_p)
     return _finish(tokens, indices, return_valid)
-
-
-def _joint(probs: Tensor, indices, top_k, top_p, generator, seed, offset) -> Tensor:
-    """``filter_apply_order="joint"``: the top-k set and the top-p nucleus of the same distribution, both
-    prefixes of the sorted row, intersected: top-k over the top-p-renormalised probabilities."""
-    rows = _rows_for(probs, indices)
-    nucleus = fs.top_p_renorm_probs(rows, top_p)
-    return fs.top_k_sampling_from_probs(nucleus, top_k, **_rng(seed, offset, rows.shape[0], rows.device, generator))
 
 
 def _check_order(filter_apply_order: str) -> None:
@@ -233,13 +291,14 @@ def top_k_top_p_sampling_from_logits(logits: Tensor, top_k: Union[Tensor, int], 
                                      offset: Optional[Union[int, Tensor]] = None) -> Tensor:
     """softmax(logits), then top-k and top-p (``filter_apply_order``), then one id per output row."""
     _check_order(filter_apply_order)
-    top_k, top_p = _int_param(top_k), _float_param(top_p)
+    _check_nan(check_nan, logits, "logits")
     if filter_apply_order == "joint":
-        probs = fs.softmax(logits)
-        _check_nan(check_nan, probs)
-        tokens = _joint(probs, indices, top_k, top_p, generator, seed, offset)
+        # FlashInfer's joint logits path is softmax followed by its probs path, and its users (and tests) expect
+        # the tokens of top_k_top_p_sampling_from_probs(torch.softmax(logits, -1), ...): torch's softmax gives
+        # the very same probabilities, so the two entry points agree draw for draw.
+        probs = torch.softmax(logits.to(torch.float32), dim=-1)
+        tokens = _draw(probs, indices, generator, seed, offset, False, top_k, top_p, joint=True)
     else:
-        _check_nan(check_nan, logits, "logits")
         tokens = _draw(logits, indices, generator, seed, offset, True, top_k=top_k, top_p=top_p)
     return _finish(tokens, indices, False)
 
@@ -254,27 +313,26 @@ def top_k_top_p_sampling_from_probs(probs: Tensor, top_k: Union[Tensor, int], to
     _check_order(filter_apply_order)
     probs = _checked_probs("probs", probs)
     _check_nan(check_nan, probs)
-    top_k, top_p = _int_param(top_k), _float_param(top_p)
-    if filter_apply_order == "joint":
-        tokens = _joint(probs, indices, top_k, top_p, generator, seed, offset)
-    else:
-        tokens = _draw(probs, indices, generator, seed, offset, False, top_k=top_k, top_p=top_p)
+    joint = filter_apply_order == "joint"
+    tokens = _draw(probs, indices, generator, seed, offset, False, top_k, top_p, joint=joint)
     return _finish(tokens, indices, return_valid)
 
 
 def top_p_renorm_probs(probs: Tensor, top_p: Union[Tensor, float], is_deterministic: bool = False) -> Tensor:
     """``probs`` renormalised over each row's top-p nucleus, 0 elsewhere; the input's dtype."""
-    return fs.top_p_renorm_probs(_checked_probs("probs", probs), _float_param(top_p)).to(probs.dtype)
+    top_p = _sampling_param("top_p", top_p, len(probs), False)
+    return fs.top_p_renorm_probs(_checked_probs("probs", probs), top_p).to(probs.dtype)
 
 
 def top_k_renorm_probs(probs: Tensor, top_k: Union[Tensor, int]) -> Tensor:
     """``probs`` renormalised over each row's top-k tokens, 0 elsewhere; the input's dtype."""
-    return fs.top_k_renorm_probs(_checked_probs("probs", probs), _int_param(top_k)).to(probs.dtype)
+    top_k = _sampling_param("top_k", top_k, len(probs), True)
+    return fs.top_k_renorm_probs(_checked_probs("probs", probs), top_k).to(probs.dtype)
 
 
 def top_k_mask_logits(logits: Tensor, top_k: Union[Tensor, int]) -> Tensor:
     """``logits`` with every token outside the row's top-k set to -inf; the input's dtype."""
-    return fs.top_k_mask_logits(logits, _int_param(top_k)).to(logits.dtype)
+    return fs.top_k_mask_logits(logits, _sampling_param("top_k", top_k, len(logits), True)).to(logits.dtype)
 
 
 top_p_renorm_prob = top_p_renorm_probs
@@ -296,7 +354,7 @@ def chain_speculative_sampling(draft_probs, draft_token_ids, target_probs,
     draft_probs, target_probs = _checked_probs("draft_probs", draft_probs), _checked_probs("target_probs", target_probs)
     batch, device = draft_probs.shape[0], draft_probs.device
     tokens, accepted, emitted = _fs_chain_speculative_sampling(
-        draft_probs, draft_token_ids, target_probs, **_rng(seed, offset, batch, device, generator))
+        draft_probs, draft_token_ids, target_probs, **_rng_kwargs(_rng(seed, offset, batch, device, generator), batch))
     outputs = []
     for given, count in ((maybe_output_accepted_token_num, accepted),
                          (maybe_output_emitted_draft_token_num, emitted)):

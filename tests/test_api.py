@@ -435,6 +435,8 @@ def _opcheck_cases():
                                       (ids, torch.tensor([-1, 0, 1]).expand(batch, 3), p.to(torch.float16), None,
                                        seed, offset)],
         "logsumexp": [(logits,), (logits.to(torch.float16),)],
+        "draw_from_cdfs": [(probs.double().cumsum(1), torch.tensor([3, 0, 0, 2, 3, 1]), seed[:1], offset[:1], 1),
+                           (probs.double().cumsum(1), torch.tensor([1, 1, 0, 2]), seed, offset, 0)],
         # the stack sampler's own cases, with masks and histories, are in test_stack_sampler.py
         "sample_stack": [(logits, None, None, None, None, ids, None, 1.2, None, 0.1, None, 0.0, t_arr, NAN, k_arr, 0,
                           None, 0.9, None, 0.05, True, 2, seed, offset, 1, 3)],

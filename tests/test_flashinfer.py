@@ -6,14 +6,19 @@ return_valid, joint order, seed/offset forms, maybe_output_* accumulation, top_k
 distributions against tests/oracle.py.
 """
 import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import oracle
-from conftest import chi_square_pvalue
+from conftest import assert_rare, check_tokens, chi_square_pvalue
 from fastsample import flashinfer as fi
+from fastsample import indexed
 
 DOC_ATOL = 1.5e-4  # the docstrings print 4 decimals
 
@@ -270,3 +275,170 @@ def test_parameter_tensors_cast_as_flashinfer():
         assert out.dtype == torch.int32 and torch.equal(out.long(), want)
     renormed = fi.top_k_renorm_probs(probs[:2], torch.tensor([1, 3], dtype=torch.int32))
     torch.testing.assert_close(renormed, torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]))
+
+
+# ------------------------------------------------------------------------------------ indices (issue 30)
+def check_indexed(got, x, indices, is_logits=False, seed=0, offset=0, **params):
+    """Output i of ``got`` against the oracle's token for row x[indices[i]] with Philox draw 0 of
+    (seed_i, offset_i): exact except within rounding of a CDF step (counted, must stay rare)."""
+    rows = x[indices.long()].numpy()
+    want, _, candidates = oracle.sample_with_candidates(rows, is_logits, seed=seed, offset=offset, **params)
+    assert_rare(check_tokens(torch.where(got.long() >= 0, got.long(), -1), want, candidates, "indexed"), len(rows))
+
+
+@pytest.mark.parametrize("outputs", [3, 23])  # fewer outputs than rows (copied rows), more (grouped by row)
+def test_indices_exact_with_per_output_params(outputs, backend):
+    """Repeated indices and per-output parameters (FlashInfer's documented rule: one value per output, shape =
+    len(indices)): output i is row indices[i] sampled with its own top_k / top_p / min_p and offset o + i."""
+    gen = torch.Generator().manual_seed(outputs)
+    probs = torch.rand(5, 40, generator=gen) ** 4
+    indices = torch.randint(0, 5, (outputs,), generator=gen, dtype=torch.int32)
+    top_k = torch.randint(1, 45, (outputs,), generator=gen)
+    top_p = torch.rand(outputs, generator=gen) * 0.5 + 0.5
+    min_p = torch.rand(outputs, generator=gen) * 0.3
+    offsets = 9 + np.arange(outputs)
+    got = fi.top_k_top_p_sampling_from_probs(probs, top_k, top_p, indices=indices, seed=11, offset=9)
+    assert got.dtype == torch.int32 and got.shape == (outputs,)
+    check_indexed(got, probs, indices, seed=11, offset=offsets, top_k=top_k.numpy(), top_p=top_p.numpy())
+    got = fi.min_p_sampling_from_probs(probs, min_p, indices=indices.long(), seed=11, offset=9)
+    assert got.dtype == torch.int64
+    check_indexed(got, probs, indices, seed=11, offset=offsets, min_p=min_p.numpy())
+    logits = probs.log()
+    got = fi.sampling_from_logits(logits, indices, seed=12, offset=0)
+    check_indexed(got, logits, indices, True, seed=12, offset=np.arange(outputs))
+
+
+def test_indices_blocks_do_not_change_tokens(monkeypatch, backend):
+    """The grouped path works a block of CDF rows and a block of outputs at a time (memory bounds); with
+    blocks of one row and 4 outputs, every output still gets its own group and offset: the same tokens.
+    Not under the Triton interpreter: one-row blocks mean ~50 kernel launches, each costly there."""
+    if backend == "triton":
+        pytest.skip("the blocking is backend-independent Python; see the docstring")
+    gen = torch.Generator().manual_seed(3)
+    probs = torch.rand(6, 40, generator=gen)
+    indices = torch.randint(0, 6, (30,), generator=gen)
+    top_p = torch.rand(30, generator=gen) * 0.5 + 0.5
+    calls = (lambda: fi.top_p_sampling_from_probs(probs, 0.8, indices, seed=2, offset=5),
+             lambda: fi.top_p_sampling_from_probs(probs, top_p, indices, seed=2, offset=5),
+             lambda: fi.sampling_from_probs(probs, indices, seed=torch.arange(30), offset=torch.zeros(30).long()),
+             lambda: fi.sampling_from_probs(probs, torch.zeros(30, dtype=torch.int64), seed=2, offset=5))
+    whole = [call() for call in calls]
+    monkeypatch.setattr(indexed, "CDF_ENTRIES", 40)
+    monkeypatch.setattr(indexed, "OUTPUT_BLOCK", 4)
+    for call, want in zip(calls, whole):
+        assert torch.equal(call(), want)
+
+
+def test_draw_from_cdfs_cpu_op_equals_torch_rule():
+    """The grouped path's per-output draw: the C++ op (CPU) and its torch twin (other devices) agree, -1 on a
+    zero or NaN total, and a group id outside the CDF rows is an error before anything is read."""
+    gen = torch.Generator().manual_seed(8)
+    cdf = torch.rand(4, 50, generator=gen).double()
+    cdf[:, ::3] = 0  # dropped tokens
+    cdf = cdf.cumsum(1)
+    cdf[2] = 0
+    cdf[3, 7:] = float("nan")
+    group = torch.randint(0, 4, (500,), generator=gen)
+    for seed, offset, step in ((torch.tensor([5]), torch.tensor([2**40]), 1),
+                               (torch.arange(500), torch.full((500,), -3), 0)):
+        cpu = indexed._draw_cpu(cdf, group, seed, offset, step)
+        assert torch.equal(cpu, indexed._draw_torch(cdf, group, seed, offset, step))
+        assert ((cpu == -1) == (group >= 2)).all()
+        kept = cdf[0].diff(prepend=cdf[0, :1] * 0) > 0
+        assert kept[cpu[group == 0]].all()
+    with pytest.raises(IndexError, match="group ids"):
+        indexed._draw_cpu(cdf, torch.tensor([0, 4]), torch.tensor([1]), torch.tensor([0]), 1)
+
+
+def test_indices_many_draws_of_few_rows_follow_each_rows_distribution(backend):
+    """2 rows, 3000 outputs each (interleaved): each row's draws fit its own distribution, and per-output
+    seeds make output i's token depend on its own seed only (here: equal to a one-output call)."""
+    probs = torch.tensor([[0.5, 0.25, 0.125, 0.125], [0.0, 0.1, 0.2, 0.7]])
+    n = draws_for(backend)
+    indices = torch.arange(2 * n) % 2
+    tokens = fi.sampling_from_probs(probs, indices, seed=5, offset=0)
+    for row in (0, 1):
+        assert chi_square_pvalue(tokens[row::2], probs[row].double().numpy()) > 1e-4
+    seeds = torch.arange(100, 100 + 2 * n)
+    offsets = torch.zeros(2 * n, dtype=torch.int64)
+    tokens = fi.sampling_from_probs(probs, indices, seed=seeds, offset=offsets)
+    for i in (0, 1, 2 * n - 1):
+        alone = fi.sampling_from_probs(probs, indices[i:i + 1], seed=seeds[i:i + 1], offset=offsets[i:i + 1])
+        assert alone.item() == tokens[i].item()
+
+
+def test_indices_checked():
+    probs = torch.full((3, 4), 0.25)
+    for bad in ([3], [-1], [0, 1, 2, 3, 0]):  # out of range with fewer and with more outputs than rows
+        with pytest.raises(ValueError, match=r"indices must be in \[0, 3\)"):
+            fi.sampling_from_probs(probs, indices=torch.tensor(bad))
+    with pytest.raises(TypeError, match="indices"):
+        fi.sampling_from_probs(probs, indices=torch.zeros(5))
+    with pytest.raises(ValueError, match="indices must be 1-D"):
+        fi.sampling_from_probs(probs, indices=torch.zeros(2, 2, dtype=torch.int64))
+    # Parameters follow the outputs: a tensor per row is the wrong length once len(indices) != rows.
+    with pytest.raises(ValueError, match="batch size mismatch: expected top_p of length 5"):
+        fi.top_p_sampling_from_probs(probs, torch.full((3,), 0.9), indices=torch.zeros(5, dtype=torch.int64))
+
+
+def test_error_wording_matches_flashinfer():
+    """FlashInfer's tests match these phrases (its csrc/sampling_utils.h); the messages also name the argument."""
+    probs = torch.full((3, 4), 0.25)
+    calls = {"top_p": lambda v: fi.top_p_sampling_from_probs(probs, v),
+             "top_k": lambda v: fi.top_k_sampling_from_probs(probs, v),
+             "min_p": lambda v: fi.min_p_sampling_from_probs(probs, v)}
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"Expected a 1D tensor or scalar.*{name}.*got a 2D tensor"):
+            call(torch.ones(3, 4))
+        with pytest.raises(ValueError, match=rf"Expected a 1D tensor of shape \(batch_size,\) or scalar.*{name}"
+                                             r".*got a 0-dimensional tensor"):
+            call(torch.tensor(1))
+        with pytest.raises(ValueError, match=rf"Sampling parameter tensor batch size mismatch.*{name}"):
+            call(torch.ones(2))
+
+
+def test_joint_logits_equal_probs_draw_for_draw(monkeypatch):
+    """joint order: the logits entry point is softmax then the probs path, so it gives the tokens of
+    top_k_top_p_sampling_from_probs(torch.softmax(logits)) with the same generator state. Random rows rarely
+    show a last-bit difference between two softmax implementations, so the probabilities the probs path
+    receives are also checked to be torch.softmax's, bit for bit."""
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.rand(24, 1000, generator=gen) * 5
+    for indices in (None, torch.randint(0, 24, (60,), generator=gen)):
+        g_logits = torch.Generator().manual_seed(9)
+        g_probs = g_logits.clone_state()
+        got = fi.top_k_top_p_sampling_from_logits(logits, 500, 0.5, indices, "joint", generator=g_logits)
+        want = fi.top_k_top_p_sampling_from_probs(torch.softmax(logits, -1), 500, 0.5, indices, "joint",
+                                                  generator=g_probs)
+        assert torch.equal(got, want)
+    seen = []
+    draw = fi._draw
+    monkeypatch.setattr(fi, "_draw", lambda x, *args, **kwargs: seen.append(x) or draw(x, *args, **kwargs))
+    fi.top_k_top_p_sampling_from_logits(logits, 500, 0.5, filter_apply_order="joint")
+    assert len(seen) == 1 and torch.equal(seen[0], torch.softmax(logits, -1))
+
+
+def test_indices_memory_stays_o_outputs(backend):
+    """2,000,000 draws from one row of 128256 tokens: copying the rows would take 2e6 x 128256 x 4 bytes
+    (1 TB); the grouped path's peak memory growth stays under 100 MB (the ids themselves are 16 MB).
+    Measured in a fresh process by its peak resident size (VmHWM, reset before the call; getrusage's maxrss
+    would start from this test process's size, inherited across fork and exec). Once, on the cpu backend: the
+    grouping is the same on every backend, and the others' draws here run in torch ops (torch) or under the
+    Triton interpreter, whose own copies would be measured instead."""
+    if backend != "cpu":
+        pytest.skip("measured on the cpu backend only (see the docstring)")
+    draws, vocab = 2_000_000, 128256
+    script = ("import re, torch; from fastsample import flashinfer as fi\n"
+              "kib = lambda key: int(re.search(key + r':\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+              "probs = torch.softmax(torch.randn(1, VOCAB), -1); idx = torch.zeros(DRAWS, dtype=torch.int64)\n"
+              "open('/proc/self/clear_refs', 'w').write('5')  # VmHWM := VmRSS\n"
+              "rss = kib('VmRSS')\n"
+              "out = fi.top_k_sampling_from_probs(probs, 50, indices=idx, seed=1, offset=0)\n"
+              "assert out.shape == idx.shape and int(out.max()) < VOCAB\n"
+              "print(kib('VmHWM') - rss)\n").replace("DRAWS", str(draws)).replace("VOCAB", str(vocab))
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    growth_kib = int(result.stdout)
+    assert growth_kib < 100 * 1024, f"peak memory grew by {growth_kib / 1024:.0f} MiB"
