@@ -35,14 +35,8 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
     outside [0, V) is rejected at its position; a row whose probabilities at the sampled position are
     invalid (NaN, negative, all zero) gets -1 there.
     """
-    for name, t, dim in (("draft_probs", draft_probs, 3), ("target_probs", target_probs, 3),
-                         ("draft_token_ids", draft_token_ids, 2)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != dim:
-            raise ValueError(f"{name} must have {dim} dimensions, got shape {list(t.shape)}")
-        if t.device.type not in ("cpu", "cuda"):
-            raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {t.device}")
+    _check_tensors([("draft_probs", draft_probs, 3), ("target_probs", target_probs, 3),
+                    ("draft_token_ids", draft_token_ids, 2)])
     batch, n, vocab = draft_probs.shape
     if draft_token_ids.shape != (batch, n):
         raise ValueError(f"draft_token_ids must have shape [{batch}, {n}], got {list(draft_token_ids.shape)}")
@@ -63,11 +57,8 @@ def chain_speculative_sampling(draft_probs: Tensor, draft_token_ids: Tensor, tar
         seed_t, offset_t)
 
 
-def _check_tree(draft_token_ids, parents, target, target_name: str, draft_probs):
-    """(batch, nodes, vocab) after the checks of docs/ops.md's bad-input table for the tree ops."""
-    named = [("draft_token_ids", draft_token_ids, 2), ("parents", parents, 2), (target_name, target, 3)]
-    if draft_probs is not None:
-        named.append(("draft_probs", draft_probs, 3))
+def _check_tensors(named) -> None:
+    """Each (name, t, dim): a torch.Tensor with `dim` dimensions on a CPU or CUDA device, else an error naming it."""
     for name, t, dim in named:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -75,6 +66,15 @@ def _check_tree(draft_token_ids, parents, target, target_name: str, draft_probs)
             raise ValueError(f"{name} must have {dim} dimensions, got shape {list(t.shape)}")
         if t.device.type not in ("cpu", "cuda"):
             raise ValueError(f"{name} must be on a CPU or CUDA device, got a tensor on {t.device}")
+
+
+def _check_tree(draft_token_ids, parents, target, target_name: str, draft_probs):
+    """(batch, nodes, vocab) after the checks of docs/ops.md's bad-input table for the tree ops."""
+    named = [("draft_token_ids", draft_token_ids, 2), ("parents", parents, 2), (target_name, target, 3)]
+    if draft_probs is not None:
+        named.append(("draft_probs", draft_probs, 3))
+    _check_tensors(named)
+    for name, t, _ in named:
         if t.device != target.device:
             raise ValueError(f"{name} must be on {target.device} like {target_name}, got {t.device}")
     batch, nodes = draft_token_ids.shape
