@@ -56,11 +56,13 @@ def _returned_cache(out, keyword: str):
     return out.cache if keyword == "cache" else out.past_key_values
 
 
-def forward(model, input_ids: Tensor, attention_mask: Tensor, cache=None) -> tuple[Tensor, Any]:
+def forward(model, input_ids: Tensor, attention_mask: Tensor, cache=None,
+            position_ids: Tensor | None = None) -> tuple[Tensor, Any]:
     """One model call on new tokens ``input_ids`` [B, T].
 
     ``attention_mask`` [B, cache + T] covers every cache column and the new tokens (0 = padding or hole).
     Positions count the unmasked columns before each token, as HF ``generate`` does for left padding.
+    Tree steps pass a 4-D additive mask [B, 1, T, cache + T] and their own ``position_ids`` [B, T] instead.
     Returns float32 logits [B, T, V] and the updated cache.
     """
     call = getattr(model, "forward", model)
@@ -70,7 +72,9 @@ def forward(model, input_ids: Tensor, attention_mask: Tensor, cache=None) -> tup
     if _accepts(call, "attention_mask"):
         kwargs["attention_mask"] = attention_mask
     if _accepts(call, "position_ids"):
-        kwargs["position_ids"] = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        kwargs["position_ids"] = position_ids
     out = model(**kwargs)
     return out.logits.float(), _returned_cache(out, keyword)
 
