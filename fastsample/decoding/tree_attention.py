@@ -86,7 +86,8 @@ def keep_path(session, start: int, accepted_nodes: Tensor, emitted: Tensor, long
     """Keep the root column ``start`` and the accepted path (node i sits at column start + 1 + i) as columns
     start + 1 ..; rows with a shorter path get holes; everything after start + 1 + longest is dropped."""
     path = accepted_nodes[:, :longest]
-    index = torch.cat([torch.zeros_like(path[:, :1]), path.clamp(min=0) + 1], dim=1)
+    root = torch.zeros((path.shape[0], 1), dtype=path.dtype, device=path.device)
+    index = torch.cat([root, path.clamp(min=0) + 1], dim=1)
     session.past = keep_columns(session.past, start, index)
     keep = torch.arange(longest + 1, device=path.device)[None] <= emitted[:, None]
     session.mask = torch.cat([session.mask[:, :start], keep.to(torch.int64)], dim=1)
