@@ -181,7 +181,8 @@ def _tree(target, source, input_ids: Tensor, attention_mask: Tensor, depth: int,
         used = torch.cat([torch.ones_like(pending), (tokens >= 0).to(torch.int64)], 1)
         feed = torch.cat([pending, tokens.clamp(min=0)], 1)
         start = tgt.length
-        logits = tree_call(tgt, feed, anc, tgt.mask.sum(1, keepdim=True) + depths, used)
+        before = 0 if tgt.mask is None else tgt.mask.sum(1, keepdim=True)
+        logits = tree_call(tgt, feed, anc, before + depths, used)
         if do_sample:
             out, path, emitted = tree_speculative_sampling(tokens, parents, probs(logits), draft_probs,
                                                            seed=seeds, offset=base + stride - 1)

@@ -55,8 +55,8 @@ def tree_call(session, tokens: Tensor, allowed_new: Tensor, positions: Tensor, v
     if not _accepts(getattr(call, "__func__", call), "attention_mask"):
         raise TypeError("tree speculative decoding needs a model that takes attention_mask (a 4-D tree mask)")
     batch, width = tokens.shape
-    if session.mask is None:
-        raise ValueError("tree_call needs a session that has read at least one token")
+    if session.mask is None:  # nothing read yet (a one-token prompt): an empty cache
+        session.mask = torch.zeros((batch, 0), dtype=torch.int64, device=tokens.device)
     if cache_allowed is None:
         cache_allowed = session.mask.bool()[:, None, :].expand(batch, width, -1)
     allowed = torch.cat([cache_allowed, allowed_new], dim=2)
