@@ -77,12 +77,32 @@ def test_speculative_prints_statistics(dirs, capsys):
     assert stats.startswith("acceptance rate ") and "tokens per target forward" in stats
 
 
+@pytest.mark.parametrize("extra", [["--draft", "DRAFT", "--tree", "3,2"], ["--proposer", "ngram", "--gamma", "3"],
+                                   ["--proposer", "ngram", "--tree", "2,2", "--sample"],
+                                   ["--draft", "DRAFT", "--tree", "2,2", "--tree-mode", "sample", "--sample"]])
+def test_speculative_trees(dirs, capsys, extra):
+    args = ["--model", dirs["target"], "--prompt", PROMPT + " w5 w6", "--max-new-tokens", "8"]
+    assert main(args) == 0
+    greedy_text = capsys.readouterr().out.strip()
+    extra = [dirs["draft"] if a == "DRAFT" else a for a in extra]
+    assert main(args + ["--strategy", "speculative"] + extra) == 0
+    text, stats = capsys.readouterr().out.strip().splitlines()
+    assert text == greedy_text or "--sample" in extra
+    assert text.startswith(PROMPT) and "tokens per target forward" in stats
+    assert ("tree 2,2" in stats or "tree 3,2" in stats) == ("--tree" in extra)
+
+
 def test_errors(dirs, capsys, tmp_path):
     missing = str(tmp_path / "nope")
     assert main(["--model", missing, "--prompt", "w1"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["--model", dirs["target"], "--prompt", "w1", "--strategy", "speculative"]) == 2
     assert "needs --draft" in capsys.readouterr().err
+    assert main(["--model", dirs["target"], "--prompt", "w1", "--strategy", "speculative", "--proposer", "ngram",
+                 "--draft", dirs["draft"]]) == 2
+    assert "drop --draft" in capsys.readouterr().err
+    assert main(["--model", dirs["target"], "--prompt", "w1", "--strategy", "speculative", "--tree", "3"]) == 2
+    assert "DEPTH,BRANCHING" in capsys.readouterr().err
     assert main(["--model", dirs["target"], "--prompt", "w1", "--strategy", "contrastive",
                  "--amateur", dirs["other_vocab"]]) == 2
     assert "tokenizer mismatch" in capsys.readouterr().err

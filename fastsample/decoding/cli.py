@@ -48,7 +48,20 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--beta", type=float, help="O'Brien & Lewis weight; omit for Li et al.'s log-ratio")
     g.add_argument("--amateur-temperature", type=float, default=1.0)
     g.add_argument("--gamma", type=int, default=4, help="draft tokens per target forward")
+    g.add_argument("--proposer", choices=("draft", "ngram"), default="draft",
+                   help="speculative: a draft model (--draft DIR) or prompt lookup (ngram, no draft model)")
+    g.add_argument("--tree", metavar="DEPTH,BRANCHING", type=_tree_arg,
+                   help="speculative: propose a token tree instead of a chain of --gamma tokens")
+    g.add_argument("--tree-mode", choices=("topk", "sample"), default="topk",
+                   help="draft trees: top-k expansion (default) or children sampled from the draft (--sample)")
     return p
+
+
+def _tree_arg(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"--tree takes DEPTH,BRANCHING (two positive ints), got {text!r}")
+    return int(parts[0]), int(parts[1])
 
 
 def _load(directory: str, role: str, need_tokenizer: bool):
@@ -88,6 +101,10 @@ def _run(args) -> None:
     from ..processors import EntropyAdaptiveSampler, EpsilonFilter, NoRepeatNGram, RepetitionPenalty, TypicalFilter
 
     second = {"speculative": ("draft", args.draft), "contrastive": ("amateur", args.amateur)}.get(args.strategy)
+    if args.strategy == "speculative" and args.proposer == "ngram":
+        if args.draft is not None:
+            raise UsageError("--proposer ngram uses no draft model: drop --draft")
+        second = None
     if second and second[1] is None:
         raise UsageError(f"--strategy {args.strategy} needs --{second[0]} DIR")
     model, tok = _load(args.model, "model", need_tokenizer=True)
@@ -130,7 +147,9 @@ def _run(args) -> None:
                                      **beams, **common)
             seqs = out if isinstance(out, torch.Tensor) else out.sequences
         else:
-            out = speculative_decode(model, other, ids, mask, gamma=args.gamma, do_sample=args.sample,
+            out = speculative_decode(model, other if second else None, ids, mask, gamma=args.gamma,
+                                     proposer=args.proposer, tree=args.tree, tree_mode=args.tree_mode,
+                                     do_sample=args.sample,
                                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                      seed=args.seed, **common)
             seqs, stats = out.sequences, out
@@ -138,7 +157,9 @@ def _run(args) -> None:
         print(tok.decode(row[row != pad] if pad is not None else row, skip_special_tokens=True))
     if stats is not None:
         print(f"acceptance rate {stats.acceptance_rate:.3f}, tokens per target forward "
-              f"{stats.tokens_per_target_forward:.3f} ({stats.target_forwards} target forwards, gamma {args.gamma})")
+              f"{stats.tokens_per_target_forward:.3f} ({stats.target_forwards} target forwards, "
+              + (f"tree {args.tree[0]},{args.tree[1]}" if args.tree else f"gamma {args.gamma}")
+              + f", proposer {args.proposer})")
 
 
 def main(argv: list[str] | None = None) -> int:
