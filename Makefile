@@ -16,6 +16,7 @@ test: install
 bench: install
 	$(PYTHON) -m bench
 	$(PYTHON) -m bench.generate
+	$(PYTHON) -m bench.speculative
 
 # Compiles every CUDA source for sm_80 and sm_90; needs nvcc only (no GPU, no CUDA build of torch).
 check-cuda:

@@ -36,3 +36,9 @@ OPS = [
                           lambda fn, d: fn(d["draft"], d["draft_ids_i32"], d["target"])),
     }, probs_only=True),
 ]
+
+
+if __name__ == "__main__":  # `python -m bench.speculative`: the decoders end to end (bench/speculative_decode.py)
+    from .speculative_decode import main
+
+    raise SystemExit(main())

@@ -28,15 +28,18 @@ Tensor = torch.Tensor
 
 
 def ngram_continuations(seq: list[int], depth: int, branches: int, max_ngram: int = 3) -> list[list[int]]:
-    """Up to ``branches`` distinct continuations (each <= ``depth`` tokens) that followed earlier occurrences of
-    the last n tokens of ``seq``, longest n first, then the most recent occurrence first."""
+    """Up to ``branches`` distinct continuations of ``depth`` tokens that followed earlier occurrences of the
+    last n tokens of ``seq``, longest n first, then the most recent occurrence first. A continuation that runs
+    into the end of ``seq`` goes on copying from the same distance (a period: "a b a b" continues "a b a b")."""
     found: list[list[int]] = []
     length = len(seq)
     for n in range(min(max_ngram, length - 1), 0, -1):
         suffix = seq[-n:]
         for start in range(length - n - 1, -1, -1):
             if seq[start:start + n] == suffix:
-                cont = seq[start + n:start + n + depth]
+                cont: list[int] = []
+                for src in range(start + n, start + n + depth):
+                    cont.append(seq[src] if src < length else cont[src - length])
                 if cont not in found:
                     found.append(cont)
                     if len(found) == branches:
