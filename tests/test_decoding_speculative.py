@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from fastsample.decoding import greedy_decode, left_pad, speculative_decode
+from fastsample.decoding.proposers import ngram_continuations, trie
 from test_decoding_model import PAD, prompts, tiny_gpt2, tiny_llama, truncated_draft
 from test_decoding_sample import chi_square_p
 
@@ -286,3 +287,13 @@ def test_tree_arguments_checked(llama_pair):
             speculative_decode(target, draft, ids, mask, max_new_tokens=4, **kwargs)
     with pytest.raises(ValueError, match="draft"):
         speculative_decode(target, None, ids, mask, max_new_tokens=4)
+
+
+def test_ngram_continuations_and_trie():
+    assert ngram_continuations([5, 6, 7, 5, 6, 8, 5, 6], 3, 4) == [[8, 5, 6], [7, 5, 6]]
+    assert ngram_continuations([1, 2, 1, 2], 4, 3) == [[1, 2, 1, 2]]  # copies on past the end: a period
+    assert ngram_continuations([1, 2, 3], 2, 3) == []
+    assert ngram_continuations([4, 1, 4, 2, 4, 3, 4], 1, 2) == [[3], [2]]  # most recent first, up to 2
+    conts = [[8, 5, 6], [7, 5, 6], [8, 5, 9]]
+    assert trie(conts, 8) == ([8, 5, 6, 7, 5, 6, 9], [-1, 0, 1, -1, 3, 4, 1])
+    assert trie(conts, 4) == ([8, 5, 6, 7], [-1, 0, 1, -1])

@@ -175,7 +175,7 @@ def _tree(target, source, input_ids: Tensor, attention_mask: Tensor, depth: int,
     pending = input_ids[:, -1:]
     while True:
         base = output.steps * stride
-        tokens, parents, draft_probs = source.propose(seeds * 0 + base)
+        tokens, parents, draft_probs = source.propose(torch.full_like(seeds, base))
         anc = ancestors(parents)
         depths = anc.sum(-1) - 1
         used = torch.cat([torch.ones_like(pending), (tokens >= 0).to(torch.int64)], 1)
