@@ -22,6 +22,8 @@ from .spec import LOGPROBS_MODES, ORDERS, TAIL_PARAMS, StackOpArgs, TailArgs
 
 Tensor = torch.Tensor
 _ORDERS = ORDERS
+# The scalars that turn a long-tail step on when they differ from their default (spec.TAIL_PARAMS).
+_SWITCHES = ("typical_p", "epsilon", "eta", "xtc_probability", "dynatemp_range", "dry_multiplier")
 
 
 class StackSample(NamedTuple):
@@ -222,8 +224,9 @@ def _tail_args(batch: int, vocab: int, device: torch.device, order: str, breaker
             raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
         dtype = torch.int64 if integer else torch.float32
         rows[name] = arr if arr is not None else torch.full((batch,), val, dtype=dtype, device=device)
-        if name in ("typical_p", "epsilon", "eta", "xtc_probability", "dynatemp_range", "dry_multiplier"):
-            on = on or arr is not None or val != default
+        # A per-row tensor takes the long-tail route (its rows are checked there); a scalar only when it is a
+        # step's switch and not off.
+        on = on or arr is not None or (name in _SWITCHES and val != default)
     if breakers is not None:
         if isinstance(breakers, (list, tuple)):
             if not all(isinstance(b, int) and not isinstance(b, bool) for b in breakers):
