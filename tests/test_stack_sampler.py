@@ -800,3 +800,21 @@ def test_xtc_coin_uses_its_own_draw():
     plain = fastsample.sample_stack(x, logprobs="processed", top_logprobs=1, seed=5, backend="torch")
     changed = np64(got.top_ids[:, 0]) != np64(plain.top_ids[:, 0])
     assert (changed <= (u <= 0.5)).all() and changed.any()
+
+
+def test_dry_in_small_blocks_equals_one_block(monkeypatch):
+    """DRY's history comparison split into blocks of a few columns gives the same processed logits."""
+    from fastsample.stack import tail
+
+    vocab = 50
+    gen = torch.Generator().manual_seed(12)
+    x = make_logits(3, vocab, "flat", 12)
+    hist = _repeating_history(3, 45, vocab, gen, period=4)
+    kw = dict(dry_multiplier=1.2, dry_base=1.5, dry_allowed_length=1, logprobs="processed", top_logprobs=vocab,
+              seed=3, backend="torch")
+    whole = fastsample.sample_stack(x, output_ids=hist, **kw)
+    monkeypatch.setattr(tail, "_DRY_CHUNK", 7)
+    blocks = fastsample.sample_stack(x, output_ids=hist, **kw)
+    assert torch.equal(whole.top_ids, blocks.top_ids) and torch.equal(whole.top_logprobs, blocks.top_logprobs)
+    plain = fastsample.sample_stack(x, output_ids=hist, **{**kw, "dry_multiplier": 0.0})
+    assert not torch.equal(whole.top_logprobs, plain.top_logprobs)

@@ -22,6 +22,7 @@ _INF = float("inf")
 _LN2 = math.log(2.0)
 # llama.cpp clamps DRY's exponent so that base ** exponent stays a finite float: log(FLT_MAX) as it writes it.
 DRY_FLOAT_MAX_LOG = 88.7228391
+_DRY_CHUNK = 1 << 24  # elements of one block of DRY's history comparison
 
 
 def steps_1_3(args: StackOpArgs, backend: str) -> tuple[Tensor, Tensor]:
@@ -56,8 +57,8 @@ def history(prompt_ids: Tensor | None, output_ids: Tensor | None, batch: int, de
 
 def dry(y: Tensor, prompt_ids: Tensor | None, output_ids: Tensor | None, t: TailArgs) -> Tensor:
     """DRY (llama.cpp's rule, docs/ops.md): y - penalty on each token that would extend a repeat of the end of
-    the history of at least dry_allowed_length tokens. Work O(L^2) on the history [B, L], then one scatter of at
-    most L values per row; y float32 [B, V] in, float32 out (the penalty rounded to float32 and subtracted in
+    the history of at least dry_allowed_length tokens. Work O(L^2) compares on the history [B, L] (in blocks), then one scatter of at
+    most L values per row (memory O(B * L) plus one bounded block); y float32 [B, V] in, float32 out (the penalty rounded to float32 and subtracted in
     float32, as llama.cpp does)."""
     batch, vocab = y.shape
     device = y.device
@@ -80,13 +81,18 @@ def dry(y: Tensor, prompt_ids: Tensor | None, output_ids: Tensor | None, t: Tail
     else:
         rep_limit = m
     allowed = t.dry_allowed_length
-    # run[b, e]: how many tokens ending at column e equal the tokens ending at the last column (e < L - 1).
-    idx = cols.unsqueeze(1) - cols.unsqueeze(0)  # [e, j] -> column e - j
-    suffix = hw.flip(1)  # suffix[b, j] = hw[b, L - 1 - j]
-    earlier = hw.gather(1, idx.clamp(min=0).reshape(1, -1).expand(batch, -1)).view(batch, L, L)
-    eq = (earlier == suffix.unsqueeze(1)) & (idx >= 0).unsqueeze(0)
-    run = torch.cummin(eq.to(torch.uint8), dim=2).values.sum(dim=2, dtype=torch.int64)
-    run = torch.minimum(run, rep_limit.unsqueeze(1))
+    # run[b, e]: how many tokens ending at column e equal the tokens ending at the last column (e < L - 1),
+    # in chunks of columns e so that the [B, chunk, L] comparison stays within _DRY_CHUNK elements.
+    suffix = hw.flip(1).unsqueeze(1)  # suffix[b, 0, j] = hw[b, L - 1 - j]
+    chunk = max(1, _DRY_CHUNK // max(1, batch * L))
+    runs = []
+    for start in range(0, L, chunk):
+        e = cols[start:start + chunk]
+        idx = e.unsqueeze(1) - cols.unsqueeze(0)  # [e, j] -> column e - j
+        earlier = hw.gather(1, idx.clamp(min=0).reshape(1, -1).expand(batch, -1)).view(batch, e.numel(), L)
+        eq = (earlier == suffix) & (idx >= 0).unsqueeze(0)
+        runs.append(torch.cummin(eq.to(torch.uint8), dim=2).values.sum(dim=2, dtype=torch.int64))
+    run = torch.minimum(torch.cat(runs, dim=1), rep_limit.unsqueeze(1))
     base = t.dry_base
     row_on = (t.dry_multiplier > 0) & (base >= 1) & (last_n != 0) & (m > allowed) & (rep_limit >= allowed)
     nxt = torch.cat([hw[:, 1:], hw.new_full((batch, 1), -1)], dim=1)  # the token after column e
@@ -94,11 +100,13 @@ def dry(y: Tensor, prompt_ids: Tensor | None, output_ids: Tensor | None, t: Tail
     if breakers is not None and breakers.shape[1] > 0:
         on = on & ~((nxt.unsqueeze(2) == breakers.unsqueeze(1)) & (breakers.unsqueeze(1) >= 0)).any(dim=2)
     on = on & (nxt >= 0) & (nxt < vocab)
-    # The longest repeat each token would extend, kept on the first entry of that token only.
-    same = (nxt.unsqueeze(2) == nxt.unsqueeze(1)) & on.unsqueeze(2) & on.unsqueeze(1)
-    length = torch.where(same, run.unsqueeze(1), -1).amax(dim=2)
-    first = on & ~(same & (cols.unsqueeze(0) < cols.unsqueeze(1)).unsqueeze(0)).any(dim=2)
-    exponent = length - allowed.unsqueeze(1)
+    # The longest repeat each token would extend: sort the entries by (token, longest run first) and keep the
+    # first entry of each token (O(L log L); the entries that are off sort last).
+    key = torch.where(on, nxt * (L + 1) + (L - run), torch.iinfo(torch.int64).max)
+    key, order = torch.sort(key, dim=1)
+    nxt, run, on = nxt.gather(1, order), run.gather(1, order), on.gather(1, order)
+    first = on & torch.cat([torch.ones_like(on[:, :1]), nxt[:, 1:] != nxt[:, :-1]], dim=1)
+    exponent = run - allowed.unsqueeze(1)
     log_base = torch.log(base)  # float32, as llama.cpp's std::log(float)
     max_exp = torch.where(base > torch.tensor(1.000001, dtype=torch.float32),
                           torch.trunc(torch.tensor(DRY_FLOAT_MAX_LOG, dtype=torch.float32) / log_base), 0)
