@@ -18,7 +18,7 @@ from .. import _rng
 from ..backends import ops_for, resolve_backend
 from ..sampling import _check_matrix, _check_param, _filters
 from . import tail
-from .spec import LOGPROBS_MODES, ORDERS, TAIL_PARAMS, StackOpArgs, TailArgs
+from .spec import LOGPROBS_MODES, ORDERS, TAIL_DEFAULTS, TAIL_PARAMS, StackOpArgs, TailArgs
 
 Tensor = torch.Tensor
 _ORDERS = ORDERS
@@ -193,7 +193,8 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
                                 dynatemp_exponent=dynatemp_exponent, dry_multiplier=dry_multiplier,
                                 dry_base=dry_base, dry_allowed_length=dry_allowed_length,
                                 dry_penalty_last_n=dry_penalty_last_n, mirostat_tau=mirostat_tau,
-                                mirostat_eta=mirostat_eta))
+                                mirostat_eta=mirostat_eta),
+                           _base_active(filters, top_n_sigma))
     seed_t, offset_t = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
     args = StackOpArgs(logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val,
                        *filters, order == "vllm", num_samples or 1, seed_t, offset_t, LOGPROBS_MODES[logprobs],
@@ -211,11 +212,20 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     return StackSample(tokens, lp, ranks, top_ids if top_logprobs else None, top_lp if top_logprobs else None, mu)
 
 
+def _base_active(filters, top_n_sigma) -> set:
+    """The fused filters that can be on in some row (a tensor, or a scalar away from its off value)."""
+    k_arr, k_val, p_arr, p_val, m_arr, m_val = filters
+    s_arr, s_val = top_n_sigma
+    return {step for step, on in (("top_k", k_arr is not None or k_val > 0), ("top_p", p_arr is not None or p_val < 1),
+                                  ("min_p", m_arr is not None or m_val > 0),
+                                  ("top_n_sigma", s_arr is not None or s_val > 0)) if on}
+
+
 def _tail_args(batch: int, vocab: int, device: torch.device, order: str, breakers, mu, num_samples,
-               values: dict) -> TailArgs | None:
+               values: dict, base_active: set) -> TailArgs | None:
     """The long-tail steps' arguments checked and as [B] tensors (spec.TAIL_PARAMS), or None when every one
     of them is off and the order is not "llama.cpp" (then the compiled op runs alone)."""
-    rows, on = {}, order == "llama.cpp" or mu is not None
+    rows, on, tensors = {}, order == "llama.cpp" or mu is not None, set()
     for name, kind, default, lo, hi in TAIL_PARAMS:
         integer = kind == "int"
         value = values[name]
@@ -224,6 +234,8 @@ def _tail_args(batch: int, vocab: int, device: torch.device, order: str, breaker
             raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
         dtype = torch.int64 if integer else torch.float32
         rows[name] = arr if arr is not None else torch.full((batch,), val, dtype=dtype, device=device)
+        if arr is not None:
+            tensors.add(name)
         # A per-row tensor takes the long-tail route (its rows are checked there); a scalar only when it is a
         # step's switch and not off.
         on = on or arr is not None or (name in _SWITCHES and val != default)
@@ -252,4 +264,9 @@ def _tail_args(batch: int, vocab: int, device: torch.device, order: str, breaker
             raise ValueError(f"mirostat_mu (mirostat v2) needs one draw per row, got num_samples={num_samples}")
     if not on:
         return None
-    return TailArgs(**rows, dry_sequence_breakers=breakers, mirostat_mu=mu, order=order)
+    active = {step for step, name in (("typical_p", "typical_p"), ("epsilon", "epsilon"), ("eta", "eta"),
+                                      ("xtc", "xtc_probability"), ("dynatemp", "dynatemp_range"),
+                                      ("dry", "dry_multiplier"))
+              if name in tensors or values[name] != TAIL_DEFAULTS[name]}
+    return TailArgs(**rows, dry_sequence_breakers=breakers, mirostat_mu=mu, order=order,
+                    active=frozenset(active | base_active))

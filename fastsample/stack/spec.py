@@ -150,6 +150,11 @@ class TailArgs(NamedTuple):
     dry_sequence_breakers: Optional[Tensor]
     mirostat_mu: Optional[Tensor]
     order: str
+    # The steps that can be on in some row (host-side, from which arguments are tensors or scalars away from
+    # their off value): "top_n_sigma", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "xtc",
+    # "dynatemp", "dry". The others are skipped without a pass over the logits.
+    active: frozenset = frozenset({"top_n_sigma", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "xtc",
+                                   "dynatemp", "dry"})
 
 
 def tail_params_ok(t: TailArgs) -> Tensor:

@@ -222,6 +222,14 @@ def temperature(z: Tensor, temp: Tensor, dyn_range: Tensor, dyn_exp: Tensor) -> 
     return scaled, greedy
 
 
+def static_temperature(z: Tensor, temp: Tensor) -> tuple[Tensor, Tensor]:
+    """`temperature` without dynamic temperature: z / T; T == 0 rows greedy (only their maxima, at 0)."""
+    greedy = temp == 0
+    scaled = z / torch.where(greedy, 1.0, temp.double()).unsqueeze(1)
+    zmax = z.amax(dim=1, keepdim=True)
+    return torch.where(greedy.unsqueeze(1), torch.where(z == zmax, 0.0, -_INF), scaled), greedy
+
+
 def mirostat_truncate(z: Tensor, mu: Tensor) -> Tensor:
     """Mirostat v2's truncation: keep the tokens whose surprise -log2 p is <= mu (at least the maxima)."""
     w, s, zmax = _weights(z)
@@ -243,10 +251,14 @@ def filtered(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]
     top = z.amax(dim=1, keepdim=True)
     z = torch.where(top == _INF, torch.where(z == _INF, 0.0, -_INF), z)  # +inf tokens share the mass
     greedy = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-    u_xtc = philox_uniform(args.seed, args.offset, XTC_DRAW)
     for step in ORDER_STEPS[t.order]:
+        if step != "temperature" and step not in t.active:
+            continue
         if step == "temperature":
-            z, greedy = temperature(z, args.row("temperature"), t.dynatemp_range, t.dynatemp_exponent)
+            if "dynatemp" in t.active:
+                z, greedy = temperature(z, args.row("temperature"), t.dynatemp_range, t.dynatemp_exponent)
+            else:
+                z, greedy = static_temperature(z, args.row("temperature"))
         elif step == "top_n_sigma":
             z = top_n_sigma(z, args.row("top_n_sigma"))
         elif step == "top_k":
@@ -262,7 +274,7 @@ def filtered(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]
         elif step == "eta":
             z = eta(z, t.eta)
         elif step == "xtc":
-            z = xtc(z, t.xtc_probability, t.xtc_threshold, u_xtc)
+            z = xtc(z, t.xtc_probability, t.xtc_threshold, philox_uniform(args.seed, args.offset, XTC_DRAW))
     if t.mirostat_mu is not None:
         z = mirostat_truncate(z, t.mirostat_mu)
     return z, greedy
@@ -275,7 +287,7 @@ def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
     batch, vocab = x.shape
     device = x.device
     y, bad = steps_1_3(args, backend)
-    if args.prompt_ids is not None or args.output_ids is not None:
+    if "dry" in t.active and (args.prompt_ids is not None or args.output_ids is not None):
         y = dry(y, args.prompt_ids, args.output_ids, t)
     z, greedy = filtered(y, args, t)
     temp, top_p_, min_p_ = args.row("temperature"), args.row("top_p"), args.row("min_p")
