@@ -818,3 +818,34 @@ def test_dry_in_small_blocks_equals_one_block(monkeypatch):
     assert torch.equal(whole.top_ids, blocks.top_ids) and torch.equal(whole.top_logprobs, blocks.top_logprobs)
     plain = fastsample.sample_stack(x, output_ids=hist, **{**kw, "dry_multiplier": 0.0})
     assert not torch.equal(whole.top_logprobs, plain.top_logprobs)
+
+
+@pytest.mark.skipif(not _ops.AVAILABLE, reason="needs the compiled extension")
+@pytest.mark.parametrize("case", range(len(TAIL_CASES)))
+def test_cpu_filter_kernel_equals_torch_steps(case, monkeypatch):
+    """The CPU kernel of the long-tail filter chain (op stack_tail_filters) keeps the same tokens, with the same
+    float64 logits, as tail.py's torch steps, in every order."""
+    from fastsample.stack import tail
+
+    if not tail.cpu_kernel_available():
+        pytest.skip("fastsample._C was built before the stack_tail_filters kernel: rebuild it")
+    kw = dict(TAIL_CASES[case])
+    x, args = _case(_ROWS, 1500, seed=200 + case, kind="peaked" if case % 2 else "flat")
+    args["output_ids"] = _repeating_history(_ROWS, 40, 1500, torch.Generator().manual_seed(case))
+    calls = []
+    real = tail.filtered_cpu
+
+    def both(y, op_args, t):
+        z_cpu, g_cpu = real(y, op_args, t)
+        z_ref, g_ref = tail.filtered(y, op_args, t)
+        calls.append(1)
+        assert torch.equal(g_cpu, g_ref)
+        assert torch.equal(z_cpu > -math.inf, z_ref > -math.inf), "kept sets differ"
+        torch.testing.assert_close(z_cpu, z_ref, rtol=1e-12, atol=1e-12)
+        return z_cpu, g_cpu
+
+    monkeypatch.setattr(tail, "filtered_cpu", both)
+    for order in ("hf", "vllm", "llama.cpp"):
+        kw["order"] = order
+        fastsample.sample_stack(x, **args, **kw, seed=9, backend="cpu")
+    assert len(calls) >= 1  # orders "hf" and "vllm" without a long-tail step take the fused op instead

@@ -244,6 +244,37 @@ ORDER_STEPS = {
 }
 
 
+# Step codes of the CPU kernel csrc/cpu/stack_tail.cpp (op stack_tail_filters).
+CPU_STEP_CODES = {"temperature": 0, "dynatemp": 1, "top_n_sigma": 2, "top_k": 3, "top_p": 4, "min_p": 5,
+                  "typical_p": 6, "epsilon": 7, "eta": 8, "xtc": 9}
+
+
+def cpu_kernel_available() -> bool:
+    """Whether the extension has the CPU kernel of the filter chain (an extension built before it lacks it)."""
+    try:
+        return hasattr(torch.ops.fastsample, "stack_tail_filters")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]:
+    """`filtered` in the CPU kernel: one float64 copy of each row, the steps in order, rows in parallel."""
+    codes = []
+    for step in ORDER_STEPS[t.order]:
+        if step == "temperature":
+            codes.append(CPU_STEP_CODES["dynatemp" if "dynatemp" in t.active else "temperature"])
+        elif step in t.active:
+            codes.append(CPU_STEP_CODES[step])
+    u_xtc = (philox_uniform(args.seed, args.offset, XTC_DRAW) if "xtc" in t.active
+             else torch.zeros_like(t.xtc_probability))
+    row = lambda name: args.row(name)  # noqa: E731
+    return torch.ops.fastsample.stack_tail_filters(
+        y.contiguous(), row("temperature"), row("top_k"), row("top_p"), row("min_p"), row("top_n_sigma"),
+        t.typical_p.contiguous(), t.epsilon.contiguous(), t.eta.contiguous(), t.xtc_probability.contiguous(),
+        t.xtc_threshold.contiguous(), u_xtc.contiguous(), t.dynatemp_range.contiguous(),
+        t.dynatemp_exponent.contiguous(), None if t.mirostat_mu is None else t.mirostat_mu.contiguous(), codes)
+
+
 def filtered(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]:
     """The final float64 logits z (dropped tokens -inf) of the chosen order from the processed logits y (after
     DRY), and the greedy rows."""
@@ -289,7 +320,10 @@ def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
     y, bad = steps_1_3(args, backend)
     if "dry" in t.active and (args.prompt_ids is not None or args.output_ids is not None):
         y = dry(y, args.prompt_ids, args.output_ids, t)
-    z, greedy = filtered(y, args, t)
+    if backend == "cpu" and cpu_kernel_available():
+        z, greedy = filtered_cpu(y, args, t)
+    else:
+        z, greedy = filtered(y, args, t)
     temp, top_p_, min_p_ = args.row("temperature"), args.row("top_p"), args.row("min_p")
     params_ok = (penalties_ok(args.row("repetition"), args.row("frequency"), args.row("presence"))
                  & (top_p_ >= 0) & (top_p_ <= 1) & (min_p_ >= 0) & (min_p_ <= 1) & args.row("top_n_sigma").isfinite()
