@@ -331,7 +331,7 @@ def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
     if t.dry_sequence_breakers is not None:  # a breaker id outside [-1, V) makes its row invalid
         br = t.dry_sequence_breakers
         params_ok = params_ok & ~((br < -1) | (br >= vocab)).any(dim=1)
-    valid = params_ok & ~bad & ~x.isnan().any(dim=1) & (y.amax(dim=1) > -_INF)
+    valid = params_ok & ~bad & (y.amax(dim=1) > -_INF)  # `bad` has the NaN rows (steps_1_3)
     zmax = z.amax(dim=1, keepdim=True)
     kept_w = torch.where(z > -_INF, torch.exp(z - zmax), 0.0)
     draws = torch.arange(args.num_samples, device=device)
@@ -341,10 +341,9 @@ def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
     token = torch.searchsorted(cdf, u.to(torch.float64) * total, right=True).clamp(max=vocab - 1)
     token = torch.where(greedy.unsqueeze(1), z.argmax(dim=1, keepdim=True), token)
     tokens = torch.where(valid.unsqueeze(1), token, -1)
-    lp_final = torch.log(kept_w / total)
     mu = None
     if t.mirostat_mu is not None:
-        surprise = -lp_final.gather(1, token[:, :1]).squeeze(1) / _LN2
+        surprise = -torch.log(kept_w.gather(1, token[:, :1]).squeeze(1) / total.squeeze(1)) / _LN2
         new_mu = t.mirostat_mu.double() - t.mirostat_eta.double() * (surprise - t.mirostat_tau.double())
         mu = torch.where(valid, new_mu.float(), t.mirostat_mu)
     if args.logprobs_mode == 0:
@@ -352,7 +351,7 @@ def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
         return (tokens, empty, empty.long(), torch.empty(batch, 0, dtype=torch.int64, device=device),
                 torch.empty(batch, 0, device=device), mu)
     if args.logprobs_mode == 1:
-        lp = lp_final
+        lp = torch.log(kept_w / total)
     else:
         raw = x.to(torch.float64)
         lp = torch.log_softmax(raw, dim=1)
