@@ -66,4 +66,13 @@ TORCH_LIBRARY(fastsample, m) {
       "Tensor? prompt_ids, Tensor? output_ids, Tensor? repetition_arr, float repetition_val, "
       "Tensor? frequency_arr, float frequency_val, Tensor? presence_arr, float presence_val) -> "
       "(Tensor processed, Tensor bad)");
+  // The filter chain of the stack sampler's long-tail route (docs/ops.md "Long-tail steps"; CPU only: other
+  // devices run fastsample/stack/tail.py's torch ops): float32 processed logits y [B, V] (after DRY), per-row
+  // parameters [B], the step codes to run in order (tail.CPU_STEP_CODES), mirostat's mu or None ->
+  // (z float64 [B, V] with dropped tokens -inf, greedy bool [B]).
+  m.def(
+      "stack_tail_filters(Tensor y, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
+      "Tensor top_n_sigma, Tensor typical_p, Tensor epsilon, Tensor eta, Tensor xtc_probability, "
+      "Tensor xtc_threshold, Tensor u_xtc, Tensor dynatemp_range, Tensor dynatemp_exponent, Tensor? mirostat_mu, "
+      "int[] steps) -> (Tensor z, Tensor greedy)");
 }

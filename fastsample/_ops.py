@@ -169,6 +169,12 @@ if AVAILABLE:
                 new((lp_rows, args.num_samples), dtype=torch.int64),
                 new((batch, args.top_n), dtype=torch.int64), new((batch, args.top_n), dtype=torch.float32))
 
+    if hasattr(torch.ops.fastsample, "stack_tail_filters"):
+
+        @torch.library.register_fake("fastsample::stack_tail_filters")
+        def _stack_tail_filters_fake(y, *rest):
+            return (y.new_empty(y.shape, dtype=torch.float64), y.new_empty((y.shape[0],), dtype=torch.bool))
+
     @torch.library.register_fake("fastsample::stack_processed_logits")
     def _stack_processed_logits_fake(logits, *steps_2_3):
         return (logits.new_empty(logits.shape, dtype=torch.float32),

@@ -12,8 +12,8 @@ What runs where, per step (HF's order throughout):
   HF's semantics (``RepetitionPenalty``, ``NoRepeatNGram``), else HF's object as generate built it;
 - the run of ``temperature -> top_k -> top_p -> min_p`` warpers (``filter_value=-inf``, ``min_tokens_to_keep=1``,
   the defaults generate uses) and the draw: one fused ``fastsample.sample`` call;
-- warpers after that run (``typical_p``, ``epsilon_cutoff``: fastsample's ``TypicalFilter`` /
-  ``EpsilonFilter``; ``eta_cutoff``, watermarking and anything else: HF's) need the filtered logits, so when
+- warpers after that run (``typical_p``, ``epsilon_cutoff``, ``eta_cutoff``: fastsample's ``TypicalFilter`` /
+  ``EpsilonFilter`` / ``EtaFilter``, the stack sampler's steps; watermarking and anything else: HF's) need the filtered logits, so when
   any is present the fused warpers are applied as masks by fastsample's kernels
   (``fastsample.processors.filter_logits``), those warpers run, and ``fastsample.sample`` draws from the result;
 - greedy (``do_sample=False``): ``fastsample.greedy`` (argmax, lowest id on ties, as ``torch.argmax``).
@@ -89,6 +89,8 @@ def _own_processor(proc):
         return fs_proc.TypicalFilter(proc.mass, proc.min_tokens_to_keep)
     if kind is hf_lp.EpsilonLogitsWarper:
         return fs_proc.EpsilonFilter(proc.epsilon, proc.min_tokens_to_keep)
+    if kind is hf_lp.EtaLogitsWarper and getattr(proc, "min_tokens_to_keep", 1) == 1:
+        return fs_proc.EtaFilter(float(proc.epsilon))
     return proc
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from . import sampling as fs
+from .stack import tail
 
 Tensor = torch.Tensor
 
@@ -93,6 +94,8 @@ class TypicalFilter:
         self.mass, self.min_keep = float(mass), int(min_tokens_to_keep)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.min_keep <= 1:  # the stack sampler's typical-p step (fastsample/stack/tail.py), in float64
+            return _shared_filter(tail.typical, scores, self.mass)
         logp = torch.log_softmax(scores, dim=-1)
         entropy = -torch.nansum(logp.exp() * logp, dim=-1, keepdim=True)  # nansum: -inf logits give 0 * -inf
         distance = (-logp - entropy).abs()
@@ -116,9 +119,33 @@ class EpsilonFilter:
         self.epsilon, self.min_keep = float(epsilon), int(min_tokens_to_keep)
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.min_keep <= 1:  # the stack sampler's epsilon step (fastsample/stack/tail.py), in float64
+            return _shared_filter(tail.epsilon, scores, self.epsilon)
         probs = torch.softmax(scores, dim=-1)
         kth_best = fs.top_k(scores, min(self.min_keep, scores.shape[1]))[0][:, -1:]
         return scores.masked_fill((probs < self.epsilon) & (scores < kth_best), -math.inf)
+
+
+class EtaFilter:
+    """Eta sampling (Hewitt et al. 2022; HF ``EtaLogitsWarper``): drop tokens with probability
+    < min(epsilon, sqrt(epsilon) * exp(-entropy)), keeping the most probable token(s). The stack sampler's eta
+    step (fastsample/stack/tail.py, ``sample_stack(eta=...)``), in float64."""
+
+    def __init__(self, epsilon: float):
+        if not 0 < epsilon < 1:
+            raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return _shared_filter(tail.eta, scores, self.epsilon)
+
+
+def _shared_filter(step, scores: Tensor, value: float) -> Tensor:
+    """scores with the tokens that a long-tail step of the stack sampler drops set to -inf (the step decides in
+    float64 on the float32 scores, as sample_stack does)."""
+    param = torch.full((scores.shape[0],), value, dtype=torch.float32, device=scores.device)
+    kept = step(scores.to(torch.float32).double(), param) > -math.inf
+    return scores.masked_fill(~kept, -math.inf)
 
 
 def filter_logits(scores: Tensor, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0) -> Tensor:

@@ -701,3 +701,232 @@ def sample_stack(x, allowed=None, bias_ids=None, bias_values=None, prompt_ids=No
         out["ranks"][b] = [np.count_nonzero(lp >= lp[t]) for t in tokens]
         out["top_ids"][b], out["top_values"][b] = _top_n(lp, top_n)
     return out
+
+
+# ------------------------------------------------------------------- the stack sampler's long-tail steps
+DRY_FLOAT_MAX_LOG = np.float32(88.7228391)  # llama.cpp's log(FLT_MAX)
+XTC_DRAW = 0xFFFFFFFF  # the Philox draw index of XTC's coin
+
+
+def dry_penalties(history, vocab: int, multiplier, base, allowed_length: int, last_n: int, breakers) -> dict:
+    """DRY (llama.cpp's rule) on one row: {token: float32 penalty}. history: the token ids, oldest first;
+    breakers: a collection of token ids. Naive O(n^2) matching, written from the rule, not from llama.cpp."""
+    multiplier, base = np.float32(multiplier), np.float32(base)
+    hist = [int(t) for t in history]
+    if not (multiplier > 0 and base >= 1 and last_n != 0):
+        return {}
+    m = len(hist) if last_n < 0 else min(len(hist), last_n)
+    win = hist[len(hist) - m:]
+    if m <= allowed_length:
+        return {}
+    rep_limit = m
+    for i in range(m):  # distance from the end of the last breaker
+        if win[m - 1 - i] in breakers:
+            rep_limit = i
+            break
+    if rep_limit < allowed_length:
+        return {}
+    longest: dict[int, int] = {}
+    for end in range(m - 1):  # an earlier occurrence ending at `end`, followed by win[end + 1]
+        n = 0
+        while n <= end and win[end - n] == win[m - 1 - n]:
+            n += 1
+        n = min(n, rep_limit)
+        if n >= allowed_length:
+            token = win[end + 1]
+            longest[token] = max(longest.get(token, -1), n)
+    max_exp = int(DRY_FLOAT_MAX_LOG / np.log(base)) if base > np.float32(1.000001) else 0
+    out = {}
+    for token, n in longest.items():
+        if token in breakers or not 0 <= token < vocab:
+            continue
+        e = n - allowed_length
+        if max_exp > 0 and e > max_exp:
+            e = max_exp
+        out[token] = np.float32(np.float64(multiplier) * np.float64(base) ** e)
+    return out
+
+
+def _softmax_parts(z):
+    zmax = z.max()
+    w = np.exp(z - zmax)
+    return w, w.sum(), zmax
+
+
+def _entropy(z) -> float:
+    w, s, zmax = _softmax_parts(z)
+    p = w / s
+    logp = z - zmax - np.log(s)
+    return float(-sum(p[i] * logp[i] for i in range(z.size) if w[i] > 0))
+
+
+def _keep_prefix(key, w, limit, s, descending) -> float:
+    """Take tokens in key order (ties by id) while the mass before them is < limit * s; the key of the last."""
+    ids = [i for i in range(key.size) if w[i] > 0]
+    ids.sort(key=lambda i: (-key[i] if descending else key[i], i))
+    before, last = 0.0, ids[0]
+    for i in ids:
+        if before < limit * s:
+            last = i
+        before += w[i]
+    return key[last]
+
+
+def tail_step(z, step: str, p: dict, u_xtc: float):
+    """One filter of the long-tail chain on float64 logits z (-inf = dropped). Returns z (and greedy for
+    "temperature")."""
+    neg = -np.inf
+    w, s, zmax = _softmax_parts(z)
+    alive = z > neg
+    if step == "top_n_sigma":
+        theta = top_n_sigma_threshold(z, p["top_n_sigma"])
+        return np.where(z >= theta, z, neg)
+    if step == "top_k":
+        k = p["top_k"]
+        if 0 < k < z.size:
+            return np.where(z >= np.sort(z)[::-1][k - 1], z, neg)
+        return z
+    if step == "top_p":
+        if p["top_p"] >= 1:
+            return z
+        return np.where(z >= _keep_prefix(z, w, p["top_p"], s, True), z, neg)
+    if step == "min_p":
+        return np.where(w >= p["min_p"], z, neg) if p["min_p"] > 0 else z
+    if step == "typical_p":
+        if p["typical_p"] >= 1:
+            return z
+        h = _entropy(z)
+        with np.errstate(invalid="ignore"):
+            shifted = np.where(alive, np.abs(-(z - zmax - np.log(s)) - h), np.inf)
+        cut = _keep_prefix(shifted, w, p["typical_p"], s, False)
+        return np.where(alive & (shifted <= cut), z, neg)
+    if step in ("epsilon", "eta"):
+        e = p[step]
+        if not e > 0:
+            return z
+        cut = e if step == "epsilon" else min(e, np.sqrt(e) * np.exp(-_entropy(z)))
+        return np.where((w / s >= cut) | (z == zmax), z, neg)
+    if step == "xtc":
+        prob, thr = p["xtc_probability"], p["xtc_threshold"]
+        above = alive & (w / s >= thr)
+        if prob > 0 and thr <= 0.5 and u_xtc <= prob and alive.sum() >= 2 and above.sum() >= 2:
+            lowest = z[above].min()
+            return np.where(~above | (z <= lowest), z, neg)
+        return z
+    raise ValueError(step)
+
+
+def tail_temperature(z, temp, dyn_range, dyn_exp):
+    """(z / T, greedy): static T, or llama.cpp's temp_ext with dyn_range > 0; T == 0 leaves the maxima at 0."""
+    n = int((z > -np.inf).sum())
+    t = temp
+    if dyn_range > 0:
+        if n <= 1:
+            return z, temp == 0
+        lo, hi = max(0.0, temp - dyn_range), temp + dyn_range
+        t = lo + (hi - lo) * max(_entropy(z) / np.log(n), 0.0) ** dyn_exp
+    if temp == 0 or t <= 0:
+        return np.where(z == z.max(), 0.0, -np.inf), True
+    return z / t, False
+
+
+TAIL_ORDERS = {
+    "hf": ("temperature", "top_n_sigma", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "xtc"),
+    "vllm": ("temperature", "top_n_sigma", "min_p", "top_k", "top_p", "typical_p", "epsilon", "eta", "xtc"),
+    "llama.cpp": ("top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "epsilon", "eta", "xtc", "temperature"),
+}
+TAIL_RANGES = {"typical_p": (0, 1), "epsilon": (0, 1), "eta": (0, 1), "xtc_probability": (0, 1),
+               "xtc_threshold": (0, 1), "dynatemp_range": (0, np.inf), "dynatemp_exponent": (0, np.inf),
+               "dry_multiplier": (0, np.inf), "dry_base": (0, np.inf), "dry_allowed_length": (0, 2**31 - 1),
+               "dry_penalty_last_n": (-1, 2**31 - 1), "mirostat_tau": (0, np.inf), "mirostat_eta": (0, np.inf)}
+TAIL_DEFAULTS = {"typical_p": 1.0, "epsilon": 0.0, "eta": 0.0, "xtc_probability": 0.0, "xtc_threshold": 0.1,
+                 "dynatemp_range": 0.0, "dynatemp_exponent": 1.0, "dry_multiplier": 0.0, "dry_base": 1.75,
+                 "dry_allowed_length": 2, "dry_penalty_last_n": -1, "mirostat_tau": 5.0, "mirostat_eta": 0.1}
+
+
+def sample_stack_tail(x, allowed=None, bias_ids=None, bias_values=None, prompt_ids=None, output_ids=None,
+                      repetition=1.0, frequency=0.0, presence=0.0, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
+                      top_n_sigma=-1.0, order="hf", num_samples=1, seed=0, offset=0, logprobs="processed",
+                      top_n=0, dry_sequence_breakers=None, mirostat_mu=None, tol: float = REL_TOL, **tail) -> dict:
+    """The stack sampler with the long-tail steps (docs/ops.md "Long-tail steps"): steps 1-3 (rounded to
+    float32, as every backend's processed logits are), DRY, the filters of `order` one after the other, each on
+    the softmax of the survivors of the ones before, mirostat v2's truncation, draws 0..n-1. `tail` holds the
+    long-tail parameters by their public names (scalars or [B]); dry_sequence_breakers: [B, L] (-1 padding),
+    one list, or None; mirostat_mu: [B] or None (off).
+
+    Returns the dict of `sample_stack`, plus mirostat_mu (float32 [B] or None).
+    """
+    raw = _matrix(x)
+    batch, vocab = raw.shape
+    y, bad = stack_processed_logits(raw, allowed, bias_ids, bias_values, prompt_ids, output_ids, repetition,
+                                    frequency, presence)
+    y = y.astype(np.float32).astype(np.float64)
+    rows = {name: _rows(tail.get(name, TAIL_DEFAULTS[name]), batch, np.float64) for name in TAIL_DEFAULTS}
+    base = {"temperature": _rows(temperature, batch, np.float64), "top_k": _rows(top_k, batch, np.int64),
+            "top_p": _rows(top_p, batch, np.float64), "min_p": _rows(min_p, batch, np.float64),
+            "top_n_sigma": _rows(top_n_sigma, batch, np.float64)}
+    reps, freqs, pres = (_rows(v, batch, np.float64) for v in (repetition, frequency, presence))
+    seeds, offsets = _rows(seed, batch, np.int64), _rows(offset, batch, np.int64)
+    mus = None if mirostat_mu is None else np.asarray(mirostat_mu, dtype=np.float64).copy()
+    brk = None if dry_sequence_breakers is None else np.asarray(dry_sequence_breakers, dtype=np.int64).reshape(
+        -1 if np.ndim(dry_sequence_breakers) == 2 else 1, np.shape(dry_sequence_breakers)[-1])
+    out = {"tokens": np.full((batch, num_samples), -1, dtype=np.int64), "candidates": [],
+           "logprobs": np.full((batch, num_samples), np.nan), "ranks": np.full((batch, num_samples), -1, np.int64),
+           "top_ids": np.full((batch, top_n), -1, np.int64), "top_values": np.full((batch, top_n), np.nan),
+           "processed": np.full((batch, vocab), np.nan),
+           "mirostat_mu": None if mus is None else mus.astype(np.float32)}
+    for b in range(batch):
+        p = {name: v[b] for name, v in rows.items()} | {name: v[b] for name, v in base.items()}
+        breakers = set() if brk is None else {int(t) for t in brk[b if brk.shape[0] > 1 else 0] if t != -1}
+        ok = (reps[b] > 0 and np.isfinite(reps[b]) and np.isfinite(freqs[b]) and np.isfinite(pres[b])
+              and np.isfinite(p["top_n_sigma"]) and 0 <= p["top_p"] <= 1 and 0 <= p["min_p"] <= 1
+              and 0 <= p["temperature"] < np.inf and all(lo <= p[n] <= hi for n, (lo, hi) in TAIL_RANGES.items())
+              and all(-1 <= t < vocab for t in breakers) and (mus is None or not np.isnan(mus[b])))
+        if bad[b] or not ok or np.isnan(raw[b]).any() or not (y[b] > -np.inf).any():
+            out["candidates"].append([{-1}] * num_samples)
+            continue
+        row = y[b].copy()
+        hist = [int(t) for ids in (prompt_ids, output_ids) if ids is not None for t in np.asarray(ids)[b] if t != -1]
+        for token, pen in dry_penalties(hist, vocab, p["dry_multiplier"], p["dry_base"],
+                                        int(p["dry_allowed_length"]), int(p["dry_penalty_last_n"]), breakers).items():
+            row[token] = np.float64(np.float32(np.float32(row[token]) - pen))
+        z = row
+        if z.max() == np.inf:
+            z = np.where(z == np.inf, 0.0, -np.inf)
+        greedy = False
+        u_xtc = float(uniform(seeds[b], offsets[b], XTC_DRAW))
+        for step in TAIL_ORDERS[order]:
+            if step == "temperature":
+                z, greedy = tail_temperature(z, p["temperature"], p["dynatemp_range"], p["dynatemp_exponent"])
+            else:
+                z = tail_step(z, step, p, u_xtc)
+        if mus is not None:
+            w, s, zmax = _softmax_parts(z)
+            surprise = -(z - zmax - np.log(s)) / np.log(2.0)
+            z = np.where((surprise <= mus[b]) | (z == zmax), z, -np.inf)
+        kept_w = np.where(z > -np.inf, np.exp(z - z.max()), 0.0)
+        with np.errstate(divide="ignore"):
+            lp = np.log(kept_w / kept_w.sum())
+        if greedy:
+            tokens = [int(np.argmax(z))] * num_samples
+            cands = [{t} for t in tokens]
+        else:
+            tokens, cands = [], []
+            for u in uniform(seeds[b], offsets[b], np.arange(num_samples)):
+                token, _, c = _inverse_cdf(kept_w, u, tol)
+                tokens.append(token)
+                cands.append(c)
+        if mus is not None:
+            surprise = -lp[tokens[0]] / np.log(2.0)
+            out["mirostat_mu"][b] = np.float32(mus[b] - p["mirostat_eta"] * (surprise - p["mirostat_tau"]))
+        out["processed"][b] = lp
+        if logprobs == "raw":
+            w_raw = _weights(raw[b], True, 1.0)
+            with np.errstate(divide="ignore"):
+                lp = np.log(w_raw / w_raw.sum())
+        out["tokens"][b] = tokens
+        out["candidates"].append(cands)
+        out["logprobs"][b] = lp[tokens]
+        out["ranks"][b] = [np.count_nonzero(lp >= lp[t]) for t in tokens]
+        out["top_ids"][b], out["top_values"][b] = _top_n(lp, top_n)
+    return out

@@ -441,6 +441,15 @@ def _opcheck_cases():
         "sample_stack": [(logits, None, None, None, None, ids, None, 1.2, None, 0.1, None, 0.0, t_arr, NAN, k_arr, 0,
                           None, 0.9, None, 0.05, True, 2, seed, offset, 1, 3)],
         "stack_processed_logits": [(logits, None, None, None, None, ids, None, 1.2, None, 0.1, None, 0.0)],
+        # the long-tail filter chain (step codes of fastsample/stack/tail.py CPU_STEP_CODES), with and without mu
+        "stack_tail_filters": [(logits, t_arr, k_arr, p_arr, mp_arr, torch.full((batch,), 1.5), p_arr,
+                                torch.full((batch,), 0.01), torch.full((batch,), 0.02), torch.full((batch,), 0.5),
+                                torch.full((batch,), 0.1), torch.rand(batch, generator=gen),
+                                torch.full((batch,), 0.3), torch.ones(batch), None, [1, 2, 3, 4, 5, 6, 7, 8, 9]),
+                               (logits, t_arr, k_arr, p_arr, mp_arr, torch.full((batch,), -1.0), p_arr,
+                                torch.zeros(batch), torch.zeros(batch), torch.zeros(batch), torch.full((batch,), 0.1),
+                                torch.zeros(batch), torch.zeros(batch), torch.ones(batch), torch.full((batch,), 4.0),
+                                [2, 3, 6, 4, 5, 9, 0])],
     }
 
 

@@ -127,3 +127,32 @@ def test_bench_is_not_part_of_the_package(capsys):
     """The package never imports the repository's bench/: `python -m fastsample bench` says where it went."""
     assert fastsample_cli(["bench", "--full"]) == 2
     assert "python -m bench" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra,stack", [
+    (["--order", "llama.cpp", "--top-k", "20", "--typical-p", "0.9", "--xtc-probability", "0.5",
+      "--xtc-threshold", "0.05", "--dynatemp-range", "0.4", "--dry-multiplier", "0.8", "--dry-allowed-length", "1",
+      "--dry-sequence-breakers", "3,4"],
+     dict(order="llama.cpp", typical_p=0.9, xtc_probability=0.5, xtc_threshold=0.05, dynatemp_range=0.4,
+          dry_multiplier=0.8, dry_allowed_length=1, dry_sequence_breakers=[3, 4])),
+    (["--mirostat", "2", "--mirostat-tau", "3.0", "--eta", "0.001", "--top-n-sigma", "2.0"],
+     dict(mirostat=True, mirostat_tau=3.0, eta=0.001, top_n_sigma=2.0)),
+])
+def test_stack_sampler_options(dirs, capsys, extra, stack):
+    """The stack sampler's long-tail options print what sample_decode(stack=...) generates."""
+    from fastsample.decoding import sample_decode
+
+    assert main(["--model", dirs["target"], "--prompt", PROMPT, "--strategy", "sample", "--max-new-tokens", "8",
+                 "--seed", "5"] + extra) == 0
+    ids = torch.tensor([[8, 9, 10, 11]])
+    top_k = 20 if "--top-k" in extra else 0
+    new = sample_decode(dirs["model"], ids, max_new_tokens=8, top_k=top_k, stack=stack, seed=5, eos_token_id=2,
+                        pad_token_id=1)[0, 4:]
+    expect = " ".join([PROMPT] + [f"w{t - 3}" for t in new.tolist() if t > 2])
+    assert capsys.readouterr().out.strip() == expect
+
+
+def test_stack_sampler_option_errors(dirs, capsys):
+    assert main(["--model", dirs["target"], "--prompt", PROMPT, "--strategy", "sample",
+                 "--dry-multiplier", "1", "--dry-sequence-breakers", "a,b"]) == 2
+    assert "--dry-sequence-breakers" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import (
     EpsilonLogitsWarper,
+    EtaLogitsWarper,
     MinPLogitsWarper,
     NoRepeatNGramLogitsProcessor,
     RepetitionPenaltyLogitsProcessor,
@@ -18,6 +19,7 @@ from transformers.generation.logits_process import (
 from fastsample.processors import (
     EntropyAdaptiveSampler,
     EpsilonFilter,
+    EtaFilter,
     NoRepeatNGram,
     PresenceFrequencyPenalty,
     RepetitionPenalty,
@@ -84,6 +86,17 @@ def test_epsilon(seed, epsilon, min_keep):
     _, scores = random_case(seed)
     ours = EpsilonFilter(epsilon, min_keep)(None, scores)
     ref = EpsilonLogitsWarper(epsilon, min_tokens_to_keep=min_keep)(None, scores.clone())
+    assert torch.equal(torch.isinf(ours), torch.isinf(ref))
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("epsilon", [1e-4, 3e-3, 0.02, 0.5])
+def test_eta(seed, epsilon):
+    """EtaFilter (the stack sampler's eta step) keeps HF's EtaLogitsWarper's set."""
+    _, scores = random_case(seed)
+    scores[1, ::4] = -math.inf
+    ours = EtaFilter(epsilon)(None, scores)
+    ref = EtaLogitsWarper(epsilon)(None, scores.clone())
     assert torch.equal(torch.isinf(ours), torch.isinf(ref))
 
 

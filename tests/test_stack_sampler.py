@@ -542,6 +542,30 @@ def test_compile_fullgraph_equals_eager():
 
     compiled = torch.compile(step, fullgraph=True)
     for got, want in zip(compiled(x, seed), step(x, seed)):
+        if want is None:  # mirostat_mu without mirostat
+            assert got is None
+            continue
+        assert torch.equal(got, want) or torch.allclose(got, want, equal_nan=True)
+
+
+def test_compile_fullgraph_long_tail_equals_eager():
+    """The long-tail route (steps 1-3 kernel, DRY, the llama.cpp chain, mirostat) traces without a graph break
+    and gives the eager results."""
+    x, args = _case(4, 300, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    args["output_ids"] = _repeating_history(4, 30, 300, gen)
+    seed = torch.tensor([1, 2, 3, 4])
+
+    def step(x, seed, mu):
+        out = fastsample.sample_stack(x, **args, order="llama.cpp", temperature=0.8, top_k=50, typical_p=0.95,
+                                      xtc_probability=0.5, xtc_threshold=0.05, dynatemp_range=0.3,
+                                      dry_multiplier=0.8, dry_sequence_breakers=[1, 2], mirostat_mu=mu,
+                                      logprobs="processed", top_logprobs=3, seed=seed, backend="cpu")
+        return tuple(out)
+
+    mu = torch.full((4,), 8.0)
+    compiled = torch.compile(step, fullgraph=True)
+    for got, want in zip(compiled(x, seed, mu), step(x, seed, mu)):
         assert torch.equal(got, want) or torch.allclose(got, want, equal_nan=True)
 
 
@@ -549,7 +573,8 @@ def test_empty_batch_and_one_token_vocab(backend):
     empty = fastsample.sample_stack(torch.randn(0, 40), prompt_ids=torch.zeros(0, 3, dtype=torch.int64),
                                     repetition_penalty=1.2, num_samples=2, logprobs="raw", top_logprobs=3, seed=1,
                                     backend=backend)
-    assert [tuple(t.shape) for t in empty] == [(0, 2), (0, 2), (0, 2), (0, 3), (0, 3)]
+    assert [tuple(t.shape) for t in empty[:5]] == [(0, 2), (0, 2), (0, 2), (0, 3), (0, 3)]
+    assert empty.mirostat_mu is None
     one = fastsample.sample_stack(torch.randn(3, 1), top_k=1, top_p=0.5, logprobs="processed", top_logprobs=1,
                                   seed=1, backend=backend)
     assert one.tokens.tolist() == [0, 0, 0] and one.ranks.tolist() == [1, 1, 1]
@@ -600,3 +625,227 @@ def test_gpu_opcheck_of_the_cuda_overrides_op():
             x.to(dtype), args["allowed_mask"], args["bias_ids"], args["bias_values"], args["prompt_ids"],
             args["output_ids"], None, 1.2, torch.tensor([0.1, 0.0, 0.3]), 0.0, None, 0.1))))
     torch.library.opcheck(op, (x.cuda(), None, None, None, None, None, None, 1.0, None, 0.0, None, 0.0))
+
+
+# ------------------------------------------------------------------------ long-tail steps (stack/tail.py)
+def _tail_oracle(x, args, seeds, offsets, **kw):
+    """oracle.sample_stack_tail with the public keyword names (float scalars rounded to float32)."""
+    conv = lambda v: np64(v) if isinstance(v, torch.Tensor) else (f32(v) if isinstance(v, float) else v)  # noqa
+    vocab = x.shape[1]
+    mask = args.get("allowed_mask")
+    kw = {k: (conv(v) if k not in ("order", "num_samples", "logprobs", "top_logprobs",
+                                   "dry_sequence_breakers") else v) for k, v in kw.items()}
+    breakers = kw.pop("dry_sequence_breakers", None)
+    if isinstance(breakers, torch.Tensor):
+        breakers = np64(breakers)
+    return oracle.sample_stack_tail(
+        np64(x), None if mask is None else oracle.allowed_from_bitmask(np64(mask), vocab),
+        *(np64(args[k]) if k in args else None for k in ("bias_ids", "bias_values", "prompt_ids", "output_ids")),
+        conv(args.get("repetition_penalty", 1.0)), conv(args.get("frequency_penalty", 0.0)),
+        conv(args.get("presence_penalty", 0.0)), num_samples=kw.pop("num_samples", None) or 1, seed=seeds,
+        offset=offsets, logprobs=kw.pop("logprobs", None) or "processed", top_n=kw.pop("top_logprobs", 0),
+        dry_sequence_breakers=breakers, **kw)
+
+
+def _tail_check(backend, x, args, what, **kw):
+    """sample_stack with long-tail steps against the oracle: tokens (near-ties counted), logprobs, ranks,
+    top-N and mirostat_mu. Returns (flips, draws)."""
+    rows = x.shape[0]
+    seed = 4321
+    seeds, offsets = np.full(rows, seed), np.arange(rows)
+    want = _tail_oracle(x, args, seeds, offsets, **kw)
+    got = fastsample.sample_stack(x, **args, **kw, seed=seed, backend=backend)
+    tokens = np64(got.tokens).reshape(rows, -1)
+    flips = 0
+    for b in range(rows):
+        for j, cands in enumerate(want["candidates"][b]):
+            assert tokens[b, j] in cands, f"{what}: row {b} draw {j}: got {tokens[b, j]}, oracle {sorted(cands)[:5]}"
+            flips += tokens[b, j] != want["tokens"][b, j]
+    same = (tokens == want["tokens"]).all(axis=1)
+    if kw.get("logprobs"):
+        np.testing.assert_allclose(np64(got.logprobs).reshape(rows, -1)[same], want["logprobs"][same],
+                                   equal_nan=True, err_msg=f"{what}: logprobs", **LOGPROB_TOL)
+        assert (np64(got.ranks).reshape(rows, -1)[same] == want["ranks"][same]).all(), f"{what}: ranks"
+        if kw.get("top_logprobs"):
+            np.testing.assert_allclose(np64(got.top_logprobs)[same], want["top_values"][same], equal_nan=True,
+                                       err_msg=f"{what}: top logprobs", **LOGPROB_TOL)
+            assert (np64(got.top_ids)[same] == want["top_ids"][same]).all(), f"{what}: top ids"
+    if kw.get("mirostat_mu") is not None:
+        np.testing.assert_allclose(np64(got.mirostat_mu)[same], want["mirostat_mu"][same], rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{what}: mirostat_mu")
+    else:
+        assert got.mirostat_mu is None
+    return int(flips), tokens.size
+
+
+def _repeating_history(rows, length, vocab, gen, period=7):
+    """Output ids [rows, length] that repeat a random phrase (so DRY has matches), with -1 padding at the end
+    of some rows."""
+    phrase = torch.randint(0, vocab, (rows, period), generator=gen)
+    ids = phrase.repeat(1, length // period + 1)[:, :length].clone()
+    ids[:, length // 2] = torch.randint(0, vocab, (rows,), generator=gen)  # one break in the pattern
+    ids[1::2, length - 3:] = -1
+    return ids
+
+
+_ROWS = 8
+TAIL_CASES = [
+    dict(typical_p=0.9), dict(typical_p=0.3, temperature=0.7, top_k=100),
+    dict(typical_p=torch.tensor([0.9, 1.0, 0.0, 0.5, 0.95, 0.2, 1.0, 0.7])),
+    dict(epsilon=3e-3), dict(eta=3e-3, temperature=1.3), dict(epsilon=1e-3, eta=1e-2, top_p=0.95),
+    dict(xtc_probability=1.0, xtc_threshold=0.02),
+    dict(xtc_probability=torch.tensor([0.5] * _ROWS), xtc_threshold=torch.tensor([0.02, 0.1, 0.6, 0.0, 0.05,
+                                                                               0.01, 0.3, 0.02])),
+    dict(dynatemp_range=0.5), dict(dynatemp_range=1.0, temperature=0.5, dynatemp_exponent=2.0, min_p=0.01),
+    dict(dynatemp_range=torch.tensor([0.0, 0.3, 1.5, 0.8, 2.0, 0.1, 0.5, 0.9]), temperature=0.8),
+    dict(dry_multiplier=0.8, dry_base=1.75, dry_allowed_length=2),
+    dict(dry_multiplier=2.0, dry_base=3.0, dry_allowed_length=torch.tensor([0, 1, 2, 3, 4, 2, 2, 5]),
+         dry_penalty_last_n=torch.tensor([-1, 0, 10, 20, 5, -1, 3, 40]), dry_sequence_breakers=[5, 9]),
+    dict(mirostat_mu=torch.tensor([10.0, 3.0, 6.0, 1.0, 0.0, 20.0, 5.0, 8.0]), mirostat_tau=3.0,
+         mirostat_eta=0.2),
+    dict(order="llama.cpp", temperature=0.8, top_k=200, top_p=0.9, min_p=0.02),
+    dict(order="llama.cpp", temperature=0.9, top_n_sigma=1.5, top_k=300, typical_p=0.9, top_p=0.95, min_p=0.01,
+         xtc_probability=1.0, xtc_threshold=0.02, dynatemp_range=0.3, dry_multiplier=0.8),
+    dict(order="vllm", temperature=0.9, min_p=0.02, top_k=300, top_p=0.9, typical_p=0.95, eta=1e-3),
+]
+
+
+@pytest.mark.parametrize("case", range(len(TAIL_CASES)))
+def test_long_tail_steps_exact(backend, case):
+    """Each long-tail step alone and in chains, scalar and per-row, against oracle.sample_stack_tail: tokens,
+    processed logprobs, ranks, top-N (so the kept set) and mirostat's updated mu; with steps 1-3 on and off."""
+    kw = TAIL_CASES[case]
+    flips = total = 0
+    vocab = 500 if backend == "triton" else 2000
+    for s, steps in enumerate((STEPS[0], STEPS[4])):
+        x, args = _case(_ROWS, vocab, seed=90 + s + 3 * case, kind="peaked" if case % 2 else "flat",
+                        **dict(zip(("mask", "bias", "penalties"), map(bool, steps))))
+        gen = torch.Generator().manual_seed(case)
+        args["output_ids"] = _repeating_history(_ROWS, 40, vocab, gen)
+        draws = {} if "mirostat_mu" in kw else dict(num_samples=2)
+        f, n = _tail_check(backend, x, args, f"{backend} {kw} {steps}", logprobs="processed", top_logprobs=20,
+                           **draws, **kw)
+        flips, total = flips + f, total + n
+    assert_rare(flips, total, f"{backend} long-tail {kw}")
+
+
+def test_long_tail_one_draw_without_logprobs(backend):
+    """The plain call (one draw, tokens only) through the long-tail route on each backend."""
+    x, args = _case(_ROWS, 300, seed=5, kind="peaked")
+    kw = dict(order="llama.cpp", typical_p=0.9, xtc_probability=1.0, xtc_threshold=0.05, temperature=0.8)
+    want = _tail_oracle(x, args, np.full(_ROWS, 4321), np.arange(_ROWS), **kw)
+    got = fastsample.sample_stack(x, **args, **kw, seed=4321, backend=backend)
+    assert got.tokens.shape == (_ROWS,)
+    assert all(int(t) in c[0] for t, c in zip(got.tokens, want["candidates"]))
+
+
+def test_dry_penalties_applied(backend):
+    """DRY changes the processed distribution exactly as the oracle's override list says (a test that fails if
+    DRY did nothing: the oracle must find penalties)."""
+    vocab = 40
+    gen = torch.Generator().manual_seed(3)
+    x = make_logits(4, vocab, "flat", 3)
+    hist = _repeating_history(4, 30, vocab, gen, period=5)
+    prompt = torch.randint(0, vocab, (4, 6), generator=gen)
+    kw = dict(dry_multiplier=1.5, dry_base=2.0, dry_allowed_length=2, dry_penalty_last_n=25,
+              dry_sequence_breakers=torch.tensor([[-1, -1], [int(hist[1, 20]), -1], [0, 1], [-1, 2]]))
+    penalised = sum(bool(oracle.dry_penalties([int(t) for t in torch.cat([prompt[b], hist[b]]) if t >= 0], vocab,
+                                              1.5, 2.0, 2, 25, {int(t) for t in kw["dry_sequence_breakers"][b]
+                                                                if t >= 0})) for b in range(4))
+    assert penalised >= 3
+    args = dict(prompt_ids=prompt, output_ids=hist)
+    _tail_check(backend, x, args, f"{backend} DRY", logprobs="processed", top_logprobs=vocab, **kw)
+
+
+def test_dry_exponent_clamp_and_off_switches(backend):
+    """Long repeats with a large base hit llama.cpp's exponent clamp (a finite penalty); multiplier 0, base < 1
+    and dry_penalty_last_n = 0 turn DRY off (the tokens equal plain sampling)."""
+    vocab = 30
+    x = make_logits(2, vocab, "flat", 4)
+    hist = torch.tensor([[1, 2, 3] * 30, [4, 5] * 45])
+    _tail_check(backend, x, dict(output_ids=hist), f"{backend} DRY clamp", logprobs="processed", top_logprobs=vocab,
+                dry_multiplier=0.5, dry_base=100.0, dry_allowed_length=1)
+    plain = fastsample.sample_stack(x, output_ids=hist, seed=1, backend=backend, logprobs="processed")
+    for off in (dict(dry_multiplier=0.0), dict(dry_multiplier=1.0, dry_base=0.5),
+                dict(dry_multiplier=1.0, dry_penalty_last_n=0)):
+        got = fastsample.sample_stack(x, output_ids=hist, seed=1, backend=backend, logprobs="processed",
+                                      order="llama.cpp", **off)
+        assert torch.equal(got.tokens, plain.tokens), off
+        torch.testing.assert_close(got.logprobs, plain.logprobs)
+
+
+def test_mirostat_state_loop(backend):
+    """Mirostat v2 over several steps: mu from one call feeds the next, equal to the oracle at every step."""
+    x = make_logits(4, 200, "peaked", 8)
+    mu = torch.full((4,), 2 * 3.0)
+    for step in range(4):
+        seeds, offsets = np.full(4, 11 + step), np.arange(4)
+        want = _tail_oracle(x, {}, seeds, offsets, mirostat_mu=mu, mirostat_tau=3.0, mirostat_eta=0.1)
+        got = fastsample.sample_stack(x, mirostat_mu=mu, mirostat_tau=3.0, mirostat_eta=0.1, seed=11 + step,
+                                      backend=backend)
+        assert all(int(t) in c[0] for t, c in zip(got.tokens, want["candidates"]))
+        np.testing.assert_allclose(np64(got.mirostat_mu), want["mirostat_mu"], rtol=1e-5, atol=1e-6)
+        mu = got.mirostat_mu
+    assert not torch.equal(mu, torch.full((4,), 6.0))
+
+
+def test_xtc_coin_uses_its_own_draw():
+    """XTC's coin is Philox draw 0xFFFFFFFF: with probability 0.5 some rows apply it and some do not, exactly
+    where the oracle's uniform says."""
+    x = make_logits(64, 100, "peaked", 9)
+    u = oracle.uniform(np.full(64, 5), np.arange(64), oracle.XTC_DRAW)
+    assert 0 < (u <= 0.5).sum() < 64
+    got = fastsample.sample_stack(x, xtc_probability=0.5, xtc_threshold=0.01, logprobs="processed",
+                                  top_logprobs=1, seed=5, backend="torch")
+    plain = fastsample.sample_stack(x, logprobs="processed", top_logprobs=1, seed=5, backend="torch")
+    changed = np64(got.top_ids[:, 0]) != np64(plain.top_ids[:, 0])
+    assert (changed <= (u <= 0.5)).all() and changed.any()
+
+
+def test_dry_in_small_blocks_equals_one_block(monkeypatch):
+    """DRY's history comparison split into blocks of a few columns gives the same processed logits."""
+    from fastsample.stack import tail
+
+    vocab = 50
+    gen = torch.Generator().manual_seed(12)
+    x = make_logits(3, vocab, "flat", 12)
+    hist = _repeating_history(3, 45, vocab, gen, period=4)
+    kw = dict(dry_multiplier=1.2, dry_base=1.5, dry_allowed_length=1, logprobs="processed", top_logprobs=vocab,
+              seed=3, backend="torch")
+    whole = fastsample.sample_stack(x, output_ids=hist, **kw)
+    monkeypatch.setattr(tail, "_DRY_CHUNK", 7)
+    blocks = fastsample.sample_stack(x, output_ids=hist, **kw)
+    assert torch.equal(whole.top_ids, blocks.top_ids) and torch.equal(whole.top_logprobs, blocks.top_logprobs)
+    plain = fastsample.sample_stack(x, output_ids=hist, **{**kw, "dry_multiplier": 0.0})
+    assert not torch.equal(whole.top_logprobs, plain.top_logprobs)
+
+
+@pytest.mark.skipif(not _ops.AVAILABLE, reason="needs the compiled extension")
+@pytest.mark.parametrize("case", range(len(TAIL_CASES)))
+def test_cpu_filter_kernel_equals_torch_steps(case, monkeypatch):
+    """The CPU kernel of the long-tail filter chain (op stack_tail_filters) keeps the same tokens, with the same
+    float64 logits, as tail.py's torch steps, in every order."""
+    from fastsample.stack import tail
+
+    if not tail.cpu_kernel_available():
+        pytest.skip("fastsample._C was built before the stack_tail_filters kernel: rebuild it")
+    kw = dict(TAIL_CASES[case])
+    x, args = _case(_ROWS, 1500, seed=200 + case, kind="peaked" if case % 2 else "flat")
+    args["output_ids"] = _repeating_history(_ROWS, 40, 1500, torch.Generator().manual_seed(case))
+    calls = []
+    real = tail.filtered_cpu
+
+    def both(y, op_args, t):
+        z_cpu, g_cpu = real(y, op_args, t)
+        z_ref, g_ref = tail.filtered(y, op_args, t)
+        calls.append(1)
+        assert torch.equal(g_cpu, g_ref)
+        assert torch.equal(z_cpu > -math.inf, z_ref > -math.inf), "kept sets differ"
+        torch.testing.assert_close(z_cpu, z_ref, rtol=1e-12, atol=1e-12)
+        return z_cpu, g_cpu
+
+    monkeypatch.setattr(tail, "filtered_cpu", both)
+    for order in ("hf", "vllm", "llama.cpp"):
+        kw["order"] = order
+        fastsample.sample_stack(x, **args, **kw, seed=9, backend="cpu")
+    assert len(calls) >= 1  # orders "hf" and "vllm" without a long-tail step take the fused op instead

@@ -33,6 +33,21 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--min-p", type=float, default=0.0)
     g.add_argument("--typical-p", type=float, help="typical filtering mass (sample)")
     g.add_argument("--epsilon", type=float, help="epsilon cutoff (sample)")
+    g.add_argument("--order", choices=("hf", "vllm", "llama.cpp"), help="filter order of the stack sampler")
+    g.add_argument("--top-n-sigma", type=float, help="top-n-sigma n (stack sampler)")
+    g.add_argument("--eta", type=float, help="eta cutoff (stack sampler)")
+    g.add_argument("--xtc-probability", type=float, help="XTC probability (stack sampler)")
+    g.add_argument("--xtc-threshold", type=float, help="XTC threshold (stack sampler, default 0.1)")
+    g.add_argument("--dynatemp-range", type=float, help="dynamic temperature range (stack sampler)")
+    g.add_argument("--dynatemp-exponent", type=float, help="dynamic temperature exponent (default 1)")
+    g.add_argument("--dry-multiplier", type=float, help="DRY multiplier (stack sampler)")
+    g.add_argument("--dry-base", type=float, help="DRY base (default 1.75)")
+    g.add_argument("--dry-allowed-length", type=int, help="DRY allowed length (default 2)")
+    g.add_argument("--dry-penalty-last-n", type=int, help="DRY window in tokens (default -1: everything)")
+    g.add_argument("--dry-sequence-breakers", metavar="IDS", help="DRY sequence breakers: comma-separated token ids")
+    g.add_argument("--mirostat", type=int, choices=(0, 2), default=0, help="2: mirostat v2 (stack sampler)")
+    g.add_argument("--mirostat-tau", type=float, help="mirostat target surprise (default 5)")
+    g.add_argument("--mirostat-eta", type=float, help="mirostat learning rate (default 0.1)")
     g.add_argument("--adaptive", action="store_true", help="entropy-adaptive parameters per row and step (sample)")
     g.add_argument("--sample", action="store_true", help="speculative decoding in sampling mode (default greedy)")
     g = p.add_argument_group("processors (greedy, sample, beam)")
@@ -96,6 +111,30 @@ def _check_same_vocabulary(main, main_tok, other, other_tok, role: str, director
                          f"the model has {sizes[0]}")
 
 
+STACK_OPTIONS = ("order", "top_n_sigma", "eta", "xtc_probability", "xtc_threshold", "dynatemp_range",
+                 "dynatemp_exponent", "dry_multiplier", "dry_base", "dry_allowed_length", "dry_penalty_last_n",
+                 "mirostat_tau", "mirostat_eta")
+
+
+def _stack_options(args) -> dict:
+    """The stack sampler's keywords given on the command line (empty: the plain sampler). --typical-p and
+    --epsilon join them when any is given."""
+    opts = {name: getattr(args, name) for name in STACK_OPTIONS if getattr(args, name) is not None}
+    if args.dry_sequence_breakers:
+        try:
+            opts["dry_sequence_breakers"] = [int(t) for t in args.dry_sequence_breakers.split(",")]
+        except ValueError:
+            raise UsageError(f"--dry-sequence-breakers must be comma-separated token ids, got "
+                             f"{args.dry_sequence_breakers!r}") from None
+    if args.mirostat == 2:
+        opts["mirostat"] = True
+    if opts:
+        opts.update({k: v for k, v in (("typical_p", args.typical_p), ("epsilon", args.epsilon)) if v})
+        if args.adaptive:
+            raise UsageError("--adaptive cannot be combined with the stack sampler's options")
+    return opts
+
+
 def _run(args) -> None:
     from . import beam_search, contrastive_decode, greedy_decode, left_pad, sample_decode, speculative_decode
     from ..processors import EntropyAdaptiveSampler, EpsilonFilter, NoRepeatNGram, RepetitionPenalty, TypicalFilter
@@ -130,6 +169,10 @@ def _run(args) -> None:
     with torch.no_grad():
         if args.strategy == "greedy":
             seqs = greedy_decode(model, ids, mask, processors=procs, **common)
+        elif args.strategy == "sample" and _stack_options(args):
+            seqs = sample_decode(model, ids, mask, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                 min_p=args.min_p, processors=procs, stack=_stack_options(args), seed=args.seed,
+                                 **common)
         elif args.strategy == "sample":
             warpers = ([TypicalFilter(args.typical_p)] if args.typical_p else []) + \
                       ([EpsilonFilter(args.epsilon)] if args.epsilon else [])

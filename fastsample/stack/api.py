@@ -15,12 +15,15 @@ from typing import NamedTuple
 import torch
 
 from .. import _rng
-from ..backends import ops_for
+from ..backends import ops_for, resolve_backend
 from ..sampling import _check_matrix, _check_param, _filters
-from .spec import LOGPROBS_MODES, StackOpArgs
+from . import tail
+from .spec import LOGPROBS_MODES, ORDERS, TAIL_DEFAULTS, TAIL_PARAMS, StackOpArgs, TailArgs
 
 Tensor = torch.Tensor
-_ORDERS = ("hf", "vllm")
+_ORDERS = ORDERS
+# The scalars that turn a long-tail step on when they differ from their default (spec.TAIL_PARAMS).
+_SWITCHES = ("typical_p", "epsilon", "eta", "xtc_probability", "dynatemp_range", "dry_multiplier")
 
 
 class StackSample(NamedTuple):
@@ -31,6 +34,7 @@ class StackSample(NamedTuple):
     ranks: Tensor | None  # int64, shape of tokens: tokens with a logprob >= the sampled token's; -1 on invalid rows
     top_ids: Tensor | None  # int64 [B, N], descending logprob, ties to the lower id
     top_logprobs: Tensor | None  # float32 [B, N]
+    mirostat_mu: Tensor | None = None  # float32 [B]: the updated mirostat state when mirostat_mu was given
 
 
 def _ids(name: str, ids, batch: int, device: torch.device) -> Tensor | None:
@@ -78,7 +82,14 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
                  temperature: float | Tensor = 1.0, top_k: int | Tensor = 0, top_p: float | Tensor = 1.0,
                  min_p: float | Tensor = 0.0, top_n_sigma: float | Tensor = -1.0, order: str = "hf",
                  num_samples: int | None = None, logprobs: str | None = None, top_logprobs: int = 0,
-                 generator=None, seed=None, offset=None, backend: str | None = None) -> StackSample:
+                 generator=None, seed=None, offset=None, backend: str | None = None,
+                 typical_p: float | Tensor = 1.0, epsilon: float | Tensor = 0.0, eta: float | Tensor = 0.0,
+                 xtc_probability: float | Tensor = 0.0, xtc_threshold: float | Tensor = 0.1,
+                 dynatemp_range: float | Tensor = 0.0, dynatemp_exponent: float | Tensor = 1.0,
+                 dry_multiplier: float | Tensor = 0.0, dry_base: float | Tensor = 1.75,
+                 dry_allowed_length: int | Tensor = 2, dry_penalty_last_n: int | Tensor = -1,
+                 dry_sequence_breakers=None, mirostat_tau: float | Tensor = 5.0,
+                 mirostat_eta: float | Tensor = 0.1, mirostat_mu: Tensor | None = None) -> StackSample:
     """An inference stack's whole sampling step in one call.
 
     Parameters
@@ -97,7 +108,9 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     top_n_sigma : float or Tensor [B]. Top-n-sigma (llama.cpp's rule): keep the tokens whose processed logit is
         >= max - n * sigma, sigma the standard deviation of the row's finite processed logits; before the other
         filters. n <= 0 (the default, -1) disables it; NaN or inf is a ValueError (a -1 row for a tensor).
-    order : "hf" (top-k -> top-p -> min-p, the default) or "vllm" (min-p -> top-k -> top-p, vLLM v1's).
+    order : "hf" (top-k -> top-p -> min-p, the default), "vllm" (min-p -> top-k -> top-p, vLLM v1's) or
+        "llama.cpp" (llama.cpp's default chain: top-n-sigma -> top-k -> typical -> top-p -> min-p -> XTC ->
+        temperature; the filters see the probabilities at temperature 1). docs/ops.md lists every step's place.
     num_samples : int >= 1, optional. Draws per row (with replacement, Philox draws 0..n-1); when given,
         tokens are [B, n], else [B].
     logprobs : None, "processed" (the final distribution the tokens are drawn from) or "raw" (log-softmax of
@@ -107,9 +120,30 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     backend : "cpu", "cuda", "triton" or "torch". CUDA tensors run the CUDA C++ kernels when the extension was
         built with them, else the Triton kernels; "cuda" without them is a RuntimeError.
 
+    typical_p : float in [0, 1] or Tensor [B]. Locally typical sampling (HF's TypicalLogitsWarper): keep the
+        tokens closest to the entropy, |-log p - H|, while the mass before them is < typical_p. 1 (default): off.
+    epsilon : float in [0, 1] or Tensor [B]. HF's epsilon sampling: keep p >= epsilon (and the maxima). 0: off.
+    eta : float in [0, 1] or Tensor [B]. HF's eta sampling: keep p >= min(eta, sqrt(eta) * exp(-H)) (and the
+        maxima). 0: off.
+    xtc_probability, xtc_threshold : XTC (llama.cpp): with probability xtc_probability (Philox draw
+        j = 0xFFFFFFFF of the row) and xtc_threshold <= 0.5, drop every token with p >= threshold except the
+        least probable of them, when there are at least two. Off by default (probability 0, threshold 0.1).
+    dynatemp_range, dynatemp_exponent : dynamic temperature (llama.cpp temp_ext): with range r > 0 the row's
+        temperature is max(0, T - r) + (T + r - max(0, T - r)) * (H / log N) ** exponent, H the entropy and N
+        the number of surviving tokens at that step. Range 0 (default): off.
+    dry_multiplier, dry_base, dry_allowed_length, dry_penalty_last_n, dry_sequence_breakers : DRY (llama.cpp):
+        over the history (prompt_ids then output_ids, -1 slots removed; the last dry_penalty_last_n tokens, -1 =
+        all), a token that would extend a repeat of the history's end of length n >= dry_allowed_length loses
+        multiplier * base ** (n - dry_allowed_length) from its logit; a repeat cannot span a sequence breaker
+        (token ids: int64 [B, L] with -1 padding, or one list for every row) and breakers are never penalised.
+        Multiplier 0 (default): off; base < 1: off, as in llama.cpp.
+    mirostat_tau, mirostat_eta, mirostat_mu : mirostat v2 (llama.cpp): given the state mu (float32 Tensor [B],
+        start at 2 * tau), keep the tokens with surprise -log2 p <= mu (at least the most probable), draw, and
+        return mu - eta * (surprise of the drawn token - tau) as StackSample.mirostat_mu. Needs one draw.
+
     Returns
     -------
-    StackSample(tokens, logprobs, ranks, top_ids, top_logprobs); a row with a NaN logit, nothing allowed, an
+    StackSample(tokens, logprobs, ranks, top_ids, top_logprobs, mirostat_mu); a row with a NaN logit, nothing allowed, an
     id outside [-1, V) or a per-row parameter out of range has tokens -1, logprobs NaN, ranks -1, top ids -1.
 
     Examples
@@ -153,13 +187,86 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     if not 0 <= top_logprobs <= vocab or (top_logprobs and logprobs is None):
         raise ValueError(f"top_logprobs must be in [0, {vocab}] and needs logprobs='processed' or 'raw', got "
                          f"{top_logprobs} with logprobs={logprobs!r}")
+    tail_args = _tail_args(batch, vocab, device, order, dry_sequence_breakers, mirostat_mu, num_samples,
+                           dict(typical_p=typical_p, epsilon=epsilon, eta=eta, xtc_probability=xtc_probability,
+                                xtc_threshold=xtc_threshold, dynatemp_range=dynatemp_range,
+                                dynatemp_exponent=dynatemp_exponent, dry_multiplier=dry_multiplier,
+                                dry_base=dry_base, dry_allowed_length=dry_allowed_length,
+                                dry_penalty_last_n=dry_penalty_last_n, mirostat_tau=mirostat_tau,
+                                mirostat_eta=mirostat_eta),
+                           _base_active(filters, top_n_sigma))
     seed_t, offset_t = _rng.per_row_seed_offset(batch, device, generator, seed, offset)
     args = StackOpArgs(logits, mask, bias_ids, bias_values, prompt_ids, output_ids, *penalties, t_arr, t_val,
                        *filters, order == "vllm", num_samples or 1, seed_t, offset_t, LOGPROBS_MODES[logprobs],
                        top_logprobs, *top_n_sigma)
-    tokens, lp, ranks, top_ids, top_lp = ops_for(logits, backend).sample_stack(args)
+    mu = None
+    if tail_args is None:
+        tokens, lp, ranks, top_ids, top_lp = ops_for(logits, backend).sample_stack(args)
+    else:
+        ops_for(logits, backend)  # the same errors as the op route for a backend that cannot run here
+        tokens, lp, ranks, top_ids, top_lp, mu = tail.sample_stack(args, tail_args, resolve_backend(logits, backend))
     if num_samples is None:
         tokens, lp, ranks = tokens[:, 0], lp[:, 0] if logprobs else lp, ranks[:, 0] if logprobs else ranks
     if logprobs is None:
-        return StackSample(tokens, None, None, None, None)
-    return StackSample(tokens, lp, ranks, top_ids if top_logprobs else None, top_lp if top_logprobs else None)
+        return StackSample(tokens, None, None, None, None, mu)
+    return StackSample(tokens, lp, ranks, top_ids if top_logprobs else None, top_lp if top_logprobs else None, mu)
+
+
+def _base_active(filters, top_n_sigma) -> set:
+    """The fused filters that can be on in some row (a tensor, or a scalar away from its off value)."""
+    k_arr, k_val, p_arr, p_val, m_arr, m_val = filters
+    s_arr, s_val = top_n_sigma
+    return {step for step, on in (("top_k", k_arr is not None or k_val > 0), ("top_p", p_arr is not None or p_val < 1),
+                                  ("min_p", m_arr is not None or m_val > 0),
+                                  ("top_n_sigma", s_arr is not None or s_val > 0)) if on}
+
+
+def _tail_args(batch: int, vocab: int, device: torch.device, order: str, breakers, mu, num_samples,
+               values: dict, base_active: set) -> TailArgs | None:
+    """The long-tail steps' arguments checked and as [B] tensors (spec.TAIL_PARAMS), or None when every one
+    of them is off and the order is not "llama.cpp" (then the compiled op runs alone)."""
+    rows, on, tensors = {}, order == "llama.cpp" or mu is not None, set()
+    for name, kind, default, lo, hi in TAIL_PARAMS:
+        integer = kind == "int"
+        value = values[name]
+        arr, val = _check_param(name, value, batch, device, lo, hi, integer=integer)
+        if integer and arr is None and not lo <= value <= hi:
+            raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+        dtype = torch.int64 if integer else torch.float32
+        rows[name] = arr if arr is not None else torch.full((batch,), val, dtype=dtype, device=device)
+        if arr is not None:
+            tensors.add(name)
+        # A per-row tensor takes the long-tail route (its rows are checked there); a scalar only when it is a
+        # step's switch and not off.
+        on = on or arr is not None or (name in _SWITCHES and val != default)
+    if breakers is not None:
+        if isinstance(breakers, (list, tuple)):
+            if not all(isinstance(b, int) and not isinstance(b, bool) for b in breakers):
+                raise TypeError("dry_sequence_breakers must be a list of int token ids or an int64 tensor [B, L]")
+            if not all(0 <= b < vocab for b in breakers):
+                raise ValueError(f"dry_sequence_breakers must be token ids in [0, {vocab}), got {list(breakers)}")
+            breakers = torch.tensor(list(breakers), dtype=torch.int64, device=device).view(1, -1)
+        elif isinstance(breakers, torch.Tensor):
+            breakers = _ids("dry_sequence_breakers", breakers, batch, device)
+        else:
+            raise TypeError(f"dry_sequence_breakers must be a list of token ids or an int64 tensor [B, L], got "
+                            f"{type(breakers).__name__}")
+    if mu is not None:
+        if not isinstance(mu, torch.Tensor):
+            raise TypeError(f"mirostat_mu must be a float32 tensor [B] or None, got {type(mu).__name__}")
+        if mu.dtype != torch.float32:
+            raise TypeError(f"mirostat_mu must be float32, got {mu.dtype}")
+        if mu.shape != (batch,):
+            raise ValueError(f"mirostat_mu must have shape [{batch}], got {list(mu.shape)}")
+        if mu.device != device:
+            raise ValueError(f"mirostat_mu must be on {device} (the logits' device), got {mu.device}")
+        if num_samples not in (None, 1):
+            raise ValueError(f"mirostat_mu (mirostat v2) needs one draw per row, got num_samples={num_samples}")
+    if not on:
+        return None
+    active = {step for step, name in (("typical_p", "typical_p"), ("epsilon", "epsilon"), ("eta", "eta"),
+                                      ("xtc", "xtc_probability"), ("dynatemp", "dynatemp_range"),
+                                      ("dry", "dry_multiplier"))
+              if name in tensors or values[name] != TAIL_DEFAULTS[name]}
+    return TailArgs(**rows, dry_sequence_breakers=breakers, mirostat_mu=mu, order=order,
+                    active=frozenset(active | base_active))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections import namedtuple
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -99,3 +99,72 @@ def penalties_ok(rep: Tensor, freq: Tensor, pres: Tensor) -> Tensor:
     """bool [B]: the penalties of a row are in range (r > 0 and finite, f and q finite); a row where they are not
     returns -1. The rule of the compiled kernels is csrc/include/fastsample/stack_rules.h."""
     return (rep > 0) & rep.isfinite() & freq.isfinite() & pres.isfinite()
+
+
+# The long-tail steps (docs/ops.md "sample_stack", "Long-tail steps"): typical-p, epsilon, eta, XTC, dynamic
+# temperature, DRY and mirostat v2. They are not arguments of the compiled op (its schema is csrc/ops.cpp's):
+# when any of them is on, or order="llama.cpp", the stack runs steps 1-3 in the backend's kernels and the
+# filters in fastsample/stack/tail.py (device torch ops, float64). One row per parameter:
+# (name, kind, value that turns the step off / llama.cpp's default, lo, hi); kind "float" or "int"; scalars
+# outside [lo, hi] (or NaN) are a ValueError naming the argument, a per-row tensor's such rows return -1.
+TAIL_PARAMS: tuple[tuple, ...] = (
+    ("typical_p", "float", 1.0, 0.0, 1.0),
+    ("epsilon", "float", 0.0, 0.0, 1.0),
+    ("eta", "float", 0.0, 0.0, 1.0),
+    ("xtc_probability", "float", 0.0, 0.0, 1.0),
+    ("xtc_threshold", "float", 0.1, 0.0, 1.0),
+    ("dynatemp_range", "float", 0.0, 0.0, float("inf")),
+    ("dynatemp_exponent", "float", 1.0, 0.0, float("inf")),
+    ("dry_multiplier", "float", 0.0, 0.0, float("inf")),
+    ("dry_base", "float", 1.75, 0.0, float("inf")),
+    ("dry_allowed_length", "int", 2, 0, 2**31 - 1),
+    ("dry_penalty_last_n", "int", -1, -1, 2**31 - 1),
+    ("mirostat_tau", "float", 5.0, 0.0, float("inf")),
+    ("mirostat_eta", "float", 0.1, 0.0, float("inf")),
+)
+TAIL_DEFAULTS = {name: default for name, _, default, _, _ in TAIL_PARAMS}
+ORDERS = ("hf", "vllm", "llama.cpp")
+# Philox draw index of XTC's coin (docs/design.md section 4: counter (lo32(offset), hi32(offset), j, 0)); the
+# token draws use j = 0 .. num_samples - 1, so XTC takes the last 32-bit index.
+XTC_DRAW = 0xFFFFFFFF
+
+
+class TailArgs(NamedTuple):
+    """The long-tail steps' arguments, each per-row parameter a [B] tensor on the logits' device (float32, or
+    int64 for the DRY lengths), plus the DRY breakers (int64 [B, L] or [1, L], -1 padding, or None), the
+    mirostat state mu (float32 [B] or None = mirostat off) and the order."""
+
+    typical_p: Tensor
+    epsilon: Tensor
+    eta: Tensor
+    xtc_probability: Tensor
+    xtc_threshold: Tensor
+    dynatemp_range: Tensor
+    dynatemp_exponent: Tensor
+    dry_multiplier: Tensor
+    dry_base: Tensor
+    dry_allowed_length: Tensor
+    dry_penalty_last_n: Tensor
+    mirostat_tau: Tensor
+    mirostat_eta: Tensor
+    dry_sequence_breakers: Optional[Tensor]
+    mirostat_mu: Optional[Tensor]
+    order: str
+    # The steps that can be on in some row (host-side, from which arguments are tensors or scalars away from
+    # their off value): "top_n_sigma", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "xtc",
+    # "dynatemp", "dry". The others are skipped without a pass over the logits.
+    active: frozenset = frozenset({"top_n_sigma", "top_k", "top_p", "min_p", "typical_p", "epsilon", "eta", "xtc",
+                                   "dynatemp", "dry"})
+
+
+def tail_params_ok(t: TailArgs) -> Tensor:
+    """bool [B]: every long-tail parameter of the row is in its range (TAIL_PARAMS); NaN fails."""
+    ok = torch.ones_like(t.typical_p, dtype=torch.bool)
+    for name, _, _, lo, hi in TAIL_PARAMS:
+        v = getattr(t, name)
+        ok = ok & (v >= lo) & (v <= hi)
+        if v.dtype.is_floating_point:
+            ok = ok & v.isfinite()
+    if t.mirostat_mu is not None:
+        ok = ok & ~t.mirostat_mu.isnan()
+    return ok
