@@ -129,7 +129,8 @@ def _prepare_sample(local_logits, temperature, top_k, top_p, min_p, generator, s
     if k_arr is None:
         width = max(int(k_val), 0)
     else:
-        width = int(k_arr.clamp(min=0).max()) if batch > 0 else 0
+        with _exchange.host_reads():
+            width = int(k_arr.clamp(min=0).max()) if batch > 0 else 0
     # Header field ROUNDS: bit 0 = top-p may be on (histogram rounds), bit 1 = top-k may be off on some row
     # (the pass over the slice). Both follow from the arguments alone.
     rounds = _ROUND_TOP_P * int(p_arr is not None or p_val < 1) + _ROUND_FULL * int(k_arr is not None or k_val <= 0)
@@ -169,11 +170,12 @@ def sample(local_logits: Tensor, temperature: float | Tensor = 1.0, top_k: int |
     except (TypeError, ValueError) as exc:
         fields, error = _exchange.header(_OP_SAMPLE, exc), exc
     headers, lay = _exchange.agree(grp, fields, error)
-    widest = int(headers[:, WIDTH].max())
+    with _exchange.host_reads():  # headers is on the host already
+        widest = int(headers[:, WIDTH].max())
+        merged = 0
+        for r in headers[:, ROUNDS].tolist():
+            merged |= r
     width = min(widest, lay.vocab)
-    merged = 0
-    for r in headers[:, ROUNDS].tolist():
-        merged |= r
     rounds = bool(merged & _ROUND_TOP_P)
     full = bool(merged & _ROUND_FULL) or widest >= lay.vocab  # a row without top-k: the pass over the slice
     tokens, logprobs = _sample(grp, x, columns, lay, width, rounds, full, seed is not None, bool(return_logprobs))
