@@ -8,6 +8,10 @@ in lock-step:
 - ``all_gather+torch``: all-gather the full logits to every rank, then pure-torch sampling (fastsample's
   `torch` backend: sort + cumsum + searchsorted) on each rank.
 
+``--baseline MODULE`` adds a provider ``MODULE`` (a package with the same `sample`, e.g. a copy of an earlier
+fastsample/distributed placed at fastsample/_distributed_before) and ``--interleave`` times the providers of
+a case call by call in turn (the fair comparison on a shared, loaded machine).
+
 Bytes sent per rank are counted from the payloads each provider hands to its collectives (the maximum over
 ranks, per call) with a ring model: an all-gather of n bytes per rank sends (W - 1) * n from each rank, an
 all-reduce of n bytes 2 * (W - 1) / W * n, a gather n from each non-root rank, a broadcast (W - 1) * n from
@@ -38,7 +42,7 @@ from .common import REPO, Shape, device_description, git_commit, timing_of
 from .inputs import make_logits
 
 VOCAB = 128256
-BATCHES = (1, 32)
+BATCHES = (1, 32, 256)
 OPS = {  # label -> sample keyword arguments
     "sample(T=1)": {},
     "sample(T=0.8,p=0.9)": {"temperature": 0.8, "top_p": 0.9},
@@ -63,9 +67,9 @@ class ByteCounter:
         self.collectives += 1
 
 
-def _count_fastsample(counter: ByteCounter):
+def _count_fastsample(counter: ByteCounter, exchange=_exchange):
     """Wrap fastsample.distributed's collective helpers so that every payload is counted."""
-    gather, reduce = _exchange.all_gather, _exchange.all_reduce_sum
+    gather, reduce = exchange.all_gather, exchange.all_reduce_sum
 
     def counted_gather(group, t):
         counter.all_gather(t.numel() * t.element_size())
@@ -75,11 +79,11 @@ def _count_fastsample(counter: ByteCounter):
         counter.all_reduce(t.numel() * t.element_size())
         return reduce(group, t)
 
-    _exchange.all_gather, _exchange.all_reduce_sum = counted_gather, counted_reduce
+    exchange.all_gather, exchange.all_reduce_sum = counted_gather, counted_reduce
 
 
 # --------------------------------------------------------------------------------------------- providers
-def _providers(x: torch.Tensor, kwargs: dict, rank: int, world: int, counter: ByteCounter):
+def _providers(x: torch.Tensor, kwargs: dict, rank: int, world: int, counter: ByteCounter, baseline=None):
     """label -> zero-argument callable for this rank's slice x (every rank calls the same ones in order)."""
     batch, local_vocab = x.shape
 
@@ -103,22 +107,33 @@ def _providers(x: torch.Tensor, kwargs: dict, rank: int, world: int, counter: By
         counter.all_gather(x.numel() * x.element_size())
         return fastsample.sample(full, **kwargs, seed=1, backend="torch")
 
-    return dict(zip(PROVIDERS, (distributed, gather_sample_broadcast, all_gather_torch)))
+    providers = dict(zip(PROVIDERS, (distributed, gather_sample_broadcast, all_gather_torch)))
+    if baseline is not None:
+        providers[baseline.__name__] = lambda: baseline.sample(x, **kwargs, seed=1)
+    return providers
 
 
 def _time(fn, device, reps: int, warmup: int = 3) -> list[float]:
     """Per-call times in ms; a fixed number of calls, so that every rank makes the same collectives."""
+    return _time_each([fn], device, reps, warmup)[0]
+
+
+def _time_each(fns, device, reps: int, warmup: int = 3) -> list[list[float]]:
+    """Per-call times in ms of each of fns, called in turn (fn 0, fn 1, ..., fn 0, ...), so that a change of
+    load on a shared machine hits them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
+        for fn, out in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            out.append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -131,6 +146,12 @@ def _rank_main(rank: int, world: int, backend: str, init_file: str, args, out: s
                             timeout=timedelta(seconds=600))
     counter = ByteCounter(world)
     _count_fastsample(counter)
+    baseline = None
+    if args.baseline:
+        import importlib
+
+        baseline = importlib.import_module(args.baseline)
+        _count_fastsample(counter, importlib.import_module(args.baseline + "._exchange"))
     rows = []
     for batch in args.batches:
         for dist_name in args.dists:
@@ -139,19 +160,29 @@ def _rank_main(rank: int, world: int, backend: str, init_file: str, args, out: s
             size = vocab // world
             x = full[:, rank * size:(rank + 1) * size if rank < world - 1 else vocab].contiguous()
             for op, kwargs in OPS.items():
-                results = {}
-                for provider, fn in _providers(x, kwargs, rank, world, counter).items():
+                results, counted, first = {}, {}, len(rows)
+                providers = {name: fn for name, fn in _providers(x, kwargs, rank, world, counter, baseline).items()
+                             if name in args.providers or name == args.baseline}
+                for provider, fn in providers.items():
                     counter.sent = counter.collectives = 0
                     results[provider] = fn()  # one counted call
-                    sent, collectives = counter.sent, counter.collectives
-                    timing = timing_of(_time(fn, device, args.reps if batch < 8 else max(5, args.reps // 3)))
+                    counted[provider] = counter.sent, counter.collectives
+                reps = args.reps if batch < 8 else max(5, args.reps // 3)
+                if args.interleave:
+                    times = _time_each(list(providers.values()), device, reps)
+                else:
+                    times = [_time(fn, device, reps) for fn in providers.values()]
+                for provider, samples in zip(providers, times):
+                    timing = timing_of(samples)
                     rows.append({"op": op, "provider": provider, "W": world, "B": batch, "V": vocab,
                                  "dist": dist_name, "median_ms": timing.median_ms, "p20_ms": timing.p20_ms,
-                                 "p80_ms": timing.p80_ms, "reps": timing.reps, "bytes_sent": sent,
-                                 "collectives": collectives})
+                                 "p80_ms": timing.p80_ms, "reps": timing.reps, "bytes_sent": counted[provider][0],
+                                 "collectives": counted[provider][1]})
                 if rank == 0:
-                    same = torch.equal(results[PROVIDERS[0]], results[PROVIDERS[1]])
-                    rows[-1]["note"] = rows[-2]["note"] = rows[-3]["note"] = "" if same else "tokens differ"
+                    exact = [r for name, r in results.items() if name != PROVIDERS[2]]  # torch: float32 steps
+                    same = all(torch.equal(exact[0], r) for r in exact[1:])
+                    for r in rows[first:]:
+                        r["note"] = "" if same else "tokens differ"
     # Bytes: the maximum over ranks (rank 0 sends the broadcast, the others the gathered slices).
     sent = torch.tensor([r["bytes_sent"] for r in rows], dtype=torch.int64, device=device)
     dist.all_reduce(sent, op=dist.ReduceOp.MAX)
@@ -172,8 +203,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| op | B | dist | provider | median ms (p20-p80) | vs gather | bytes sent / rank | collectives |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        base = next(o for o in rows if (o["op"], o["B"], o["dist"]) == (r["op"], r["B"], r["dist"])
-                    and o["provider"] == PROVIDERS[1])
+        base = next((o for o in rows if (o["op"], o["B"], o["dist"]) == (r["op"], r["B"], r["dist"])
+                     and o["provider"] == PROVIDERS[1]), r)
         lines.append(f"| {r['op']} | {r['B']} | {r['dist']} | {r['provider']} | {r['median_ms']:.3f} "
                      f"({r['p20_ms']:.3f}-{r['p80_ms']:.3f}) | {base['median_ms'] / r['median_ms']:.2f}x | "
                      f"{_fmt_bytes(r['bytes_sent'])} | {r['collectives']} |")
@@ -190,6 +221,10 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=VOCAB, help=f"vocabulary size (default {VOCAB})")
     p.add_argument("--reps", type=int, default=30, help="timed calls per case at B = 1 (a third at B >= 8)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
+    p.add_argument("--providers", type=lambda s: s.split(","), default=list(PROVIDERS),
+                   help="comma-separated subset of: " + ", ".join(PROVIDERS))
+    p.add_argument("--baseline", help="also time MODULE.sample (a package like fastsample.distributed)")
+    p.add_argument("--interleave", action="store_true", help="time the providers of a case call by call in turn")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = p.parse_args(argv)
     backend = args.backend or ("nccl" if torch.cuda.device_count() >= args.world else "gloo")
