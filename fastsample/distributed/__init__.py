@@ -51,7 +51,7 @@ from . import _exact, _exchange, _local
 from ._exchange import ROUNDS, WIDTH, Group
 
 Tensor = torch.Tensor
-__all__ = ["sample", "sampling_from_logits", "greedy", "top_k"]
+__all__ = ["sample", "sampling_from_logits", "greedy", "top_k", "sample_stack"]
 
 _OP_SAMPLE, _OP_GREEDY, _OP_TOP_K = 1, 2, 3
 _FLAG_LOGPROBS, _FLAG_SEED, _FLAG_SORTED = 1, 2, 4
@@ -188,7 +188,7 @@ def sampling_from_logits(local_logits: Tensor, *, group=None, generator=None, se
 
 
 def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: bool, full: bool, seed_given: bool,
-            return_logprobs: bool) -> tuple[Tensor, Tensor]:
+            return_logprobs: bool, raw: Tensor | None = None):
     batch, device = x.shape[0], x.device
     if batch == 0:
         return torch.empty(0, dtype=torch.int64, device=device), torch.empty(0, device=device)
@@ -205,13 +205,14 @@ def _sample(grp: Group, x: Tensor, columns: Tensor, lay, width: int, rounds: boo
     gathered = _exchange.all_gather(grp, mine)
     params = dict(_PARAM_COLUMNS, **({"seed": _SEED} if seed_given else {}))
     _exchange.check_columns_agree("sample", gathered, params)
-    return _decide(grp, x, gathered, lay, width, rounds, full, return_logprobs)
+    return _decide(grp, x, gathered, lay, width, rounds, full, return_logprobs, raw)
 
 
 def _decide(grp: Group, x: Tensor, gathered: Tensor, lay, width: int, rounds: bool, full: bool,
-            return_logprobs: bool) -> tuple[Tensor, Tensor]:
+            return_logprobs: bool, raw: Tensor | None = None):
     """Everything after step 2, the same on every rank: fixed-size tensors and a fixed set of collectives
-    given (width, rounds, full); no value is read on the host."""
+    given (width, rounds, full); no value is read on the host. With ``raw`` (the raw logits of the slice, for
+    `sample_stack`), also returns a dict describing the kept set and the drawn token's values."""
     batch, device = x.shape[0], x.device
     m, first, count, has_nan = _global_stats(gathered)
     ref = gathered[0]  # rank 0's parameters (and its seeds when each rank drew its own)
@@ -228,14 +229,32 @@ def _decide(grp: Group, x: Tensor, gathered: Tensor, lay, width: int, rounds: bo
     u = philox_uniform(ref[:, _SEED], ref[:, _OFFSET], 0)
     scale = _exact.scale_bits(lay.vocab)
     k_rows = sampled & (k > 0) & (k < lay.vocab)  # top-k on: the gathered lists decide the row
-    drawn = torch.zeros(batch, 2, dtype=torch.float64, device=device)
+    cols = 2 if raw is None else 4  # (token, logprob[, processed value, raw value])
+    drawn = torch.zeros(batch, cols, dtype=torch.float64, device=device)
+    theta = torch.full((batch,), -_INF, device=device)
+    total = torch.zeros(batch, dtype=torch.int64, device=device)
     if width > 0:
-        drawn += _draw_listed(grp, x, gathered, lay, width, k, k_rows, mode, m, t, p, log_mp, u, scale)
+        part, theta_l, total_l = _draw_listed(grp, x, gathered, lay, width, k, k_rows, mode, m, t, p, log_mp, u,
+                                              scale, raw)
+        drawn, theta, total = drawn + part, torch.where(k_rows, theta_l, theta), torch.where(k_rows, total_l, total)
     if full:
-        drawn += _draw_full(grp, x, lay, torch.where(k_rows, 0, mode), m, t, p, log_mp, u, scale, rounds)
+        part, theta_f, total_f = _draw_full(grp, x, lay, torch.where(k_rows, 0, mode), m, t, p, log_mp, u, scale,
+                                            rounds, raw)
+        drawn, theta, total = drawn + part, torch.where(k_rows, theta, theta_f), torch.where(k_rows, total, total_f)
+    if raw is not None:  # greedy rows: the rank holding the first max gives its raw value
+        local_first = first - lay.starts[grp.rank]
+        holds = greedy_rows & (local_first >= 0) & (local_first < x.shape[1])
+        drawn[:, 3] += torch.where(holds, _raw_at(raw, local_first), 0.0)
     # --- collective: the owner of each row's draw contributes its token and logprob, the others zeros.
     drawn = _exchange.all_reduce_sum(grp, drawn)
-    return _finish(drawn[:, 0].to(torch.int64), drawn[:, 1], valid, greedy_rows, first, count, return_logprobs)
+    tokens, logprobs = _finish(drawn[:, 0].to(torch.int64), drawn[:, 1], valid, greedy_rows, first, count,
+                               return_logprobs)
+    if raw is None:
+        return tokens, logprobs
+    info = {"m": m, "t": t, "mode": mode, "log_mp": log_mp, "theta": theta, "total": total, "scale": scale,
+            "valid": valid, "greedy": greedy_rows, "count": count,
+            "value": torch.where(greedy_rows, m, drawn[:, 2].to(torch.float32)), "raw_value": drawn[:, 3]}
+    return tokens, logprobs, info
 
 
 def _finish(token, logprob, valid, greedy_rows, first, count, return_logprobs):
@@ -252,7 +271,8 @@ def _logprob(value: Tensor, m: Tensor, t: Tensor, mode: Tensor, total: Tensor, s
     return torch.log(w) - (torch.log(total.to(torch.float64)) - scale * math.log(2.0))
 
 
-def _draw_full(grp: Group, x: Tensor, lay, mode: Tensor, m, t, p, log_mp, u, scale: int, rounds: bool) -> Tensor:
+def _draw_full(grp: Group, x: Tensor, lay, mode: Tensor, m, t, p, log_mp, u, scale: int, rounds: bool,
+               raw: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Rows without top-k (mode != 0): weights over the whole slice, the top-p threshold from all-reduced
     histograms, each rank's kept mass, and the walk on the rank that holds the step. Returns this rank's
     [B, 2] float64 contribution (token, logprob) to the final all-reduce."""
@@ -274,13 +294,19 @@ def _draw_full(grp: Group, x: Tensor, lay, mode: Tensor, m, t, p, log_mp, u, sca
     local_target = target - before
     owner = (mode != 0) & (local_target >= 0) & (local_target < masses[grp.rank])
     index = _local.walk(x, q_walk, m, t, torch.where(owner, mode, 0), theta, log_mp, local_target, scale)
-    logprob = _logprob(x.gather(1, index.unsqueeze(1)).squeeze(1), m, t, mode, total, scale)
+    value = x.gather(1, index.unsqueeze(1)).squeeze(1)
+    logprob = _logprob(value, m, t, mode, total, scale)
     token = (index + lay.starts[grp.rank]).to(torch.float64)
-    return torch.where(owner.unsqueeze(1), torch.stack([token, logprob], dim=1), 0.0)
+    cols = [token, logprob] + ([] if raw is None else [value.to(torch.float64), _raw_at(raw, index)])
+    return torch.where(owner.unsqueeze(1), torch.stack(cols, dim=1), 0.0), theta, total
+
+
+def _raw_at(raw: Tensor, index: Tensor) -> Tensor:
+    return raw.gather(1, index.clamp(0, raw.shape[1] - 1).unsqueeze(1)).squeeze(1).to(torch.float64)
 
 
 def _draw_listed(grp: Group, x: Tensor, gathered: Tensor, lay, width: int, k, k_rows, mode, m, t, p, log_mp, u,
-                 scale: int) -> Tensor:
+                 scale: int, raw: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Rows with top-k (k_rows): top-k -> top-p -> min-p and the draw over the gathered lists, on every rank
     alike. A rank whose list ends inside the ties at the k-th value adds one entry for its unlisted tied
     tokens (the same value, so the same weight, times their count): masses stay exact. When the draw lands in
@@ -335,10 +361,15 @@ def _draw_listed(grp: Group, x: Tensor, gathered: Tensor, lay, width: int, k, k_
     mine = k_rows & (owner.squeeze(1) == grp.rank)
     walk = mine & (own_q[:, width] > 0)
     index = _local.walk(x, None, m, t, torch.where(walk, mode, 0), theta, log_mp, local_target, scale)
+    local = torch.where(walk, index, token - lay.starts[grp.rank])  # the token in this slice (where mine)
     token = torch.where(walk, index + lay.starts[grp.rank], token)
     value = torch.where(walk, x.gather(1, index.unsqueeze(1)).squeeze(1), value)
     logprob = _logprob(value, m, t, mode, total, scale)
-    return torch.where(mine.unsqueeze(1), torch.stack([token.to(torch.float64), logprob], dim=1), 0.0)
+    cols = [token.to(torch.float64), logprob] + ([] if raw is None else [value.to(torch.float64), _raw_at(raw, local)])
+    # The lowest kept value (top-k and top-p are thresholds on the value; min-p is the d >= log(min_p) test).
+    lowest = torch.where(keep_p & entry, flat, _exact.KEY_NAN).min(dim=1).values
+    theta_kept = torch.where(lowest < _exact.KEY_NAN, _exact.values(lowest), _INF)
+    return torch.where(mine.unsqueeze(1), torch.stack(cols, dim=1), 0.0), theta_kept, total
 
 
 def _token_weight(x: Tensor, m: Tensor, t: Tensor, inf_rows: Tensor) -> Tensor:
@@ -430,3 +461,6 @@ def top_k(local_x: Tensor, k: int, sorted: bool = True, *, group=None) -> tuple[
     best = merged.topk(k, dim=1).values
     values = _exact.values(best >> 31).to(x.dtype)
     return values, (1 << 31) - 1 - (best & ((1 << 31) - 1))
+
+
+from ._stack import sample_stack  # noqa: E402  (it uses the helpers above)

@@ -22,7 +22,7 @@ OP, ERROR, BATCH, LOCAL_VOCAB, K, FLAGS, WIDTH, ROUNDS = range(8)
 HEADER_SIZE = 8
 _SAME = {OP: "the function called", BATCH: "the batch size", K: "k", FLAGS: "return_logprobs / sorted / seed"}
 _ERRORS = {1: TypeError, 2: ValueError}
-_OP_NAMES = {1: "sample", 2: "greedy", 3: "top_k"}
+_OP_NAMES = {1: "sample", 2: "greedy", 3: "top_k", 4: "sample_stack"}
 
 _HOST_READS = [0]
 
