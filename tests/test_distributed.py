@@ -126,17 +126,57 @@ def build_cases() -> list[Case]:
         Case("top_k-all", "top_k", 6, 40, 69, {"k": 40}, edit="edge"),
         Case("top_k-flat", "top_k", 6, 32000, 70, {"k": 300}),
     ]
+    # sample_stack: mask words and ids in global ids (kwargs built by stack_kwargs from the case's seed).
+    cases += [
+        Case("stack-processed", "sample_stack", 12, 1000, 80, {"logprobs": "processed", "top_logprobs": 5}),
+        Case("stack-raw", "sample_stack", 12, 1000, 81, {"logprobs": "raw", "top_logprobs": 3, "top_k": 20}),
+        Case("stack-plain", "sample_stack", 4, 32000, 82, {"top_k": 0, "top_p": 0.95}),
+        Case("stack-edge", "sample_stack", 10, 40, 83, {"logprobs": "processed", "top_logprobs": 4, "top_k": 3,
+                                                        "num_samples": 1}, edit="edge"),
+    ]
     return cases
+
+
+def stack_kwargs(case: Case) -> dict:
+    """The full arguments of a sample_stack case: a grammar mask, bias, histories and per-row parameters,
+    rebuilt from the case's seed (the same on every rank and in the parent)."""
+    batch, vocab = case.batch, case.vocab
+    gen = torch.Generator().manual_seed(case.data_seed)
+    words = (vocab + 31) // 32
+    mask = torch.randint(-2**31, 2**31 - 1, (batch, words), generator=gen, dtype=torch.int64).to(torch.int32)
+    mask[0] = -1  # everything allowed
+    mask[1, :] = 0
+    mask[1, words // 2] = 1 << 3  # one token allowed
+    temperature = torch.rand(batch, generator=gen) + 0.3
+    temperature[2] = 0.0
+    kwargs = {
+        "allowed_mask": mask,
+        "bias_ids": torch.randint(-1, vocab, (batch, 6), generator=gen),
+        "bias_values": torch.randn(batch, 6, generator=gen) * 3,
+        "prompt_ids": torch.randint(-1, vocab, (batch, 8), generator=gen),
+        "output_ids": torch.randint(-1, vocab, (batch, 12), generator=gen),
+        "repetition_penalty": 1.2, "frequency_penalty": torch.rand(batch, generator=gen) * 0.5,
+        "presence_penalty": 0.3, "temperature": temperature,
+        "top_k": torch.randint(0, min(vocab, 60), (batch,), generator=gen), "top_p": 0.9, "min_p": 0.03,
+        "seed": case.data_seed,
+    }
+    kwargs["output_ids"][3, 0] = vocab  # an id out of range: row 3 is invalid
+    if case.edit == "edge":
+        kwargs.pop("allowed_mask")
+        kwargs["temperature"] = 0.9
+    kwargs.update(case.kwargs)
+    return kwargs
 
 
 CASES = build_cases()
 
 
 def _call(case: Case, x: torch.Tensor, group, rank: int):
-    kwargs = dict(case.kwargs)
+    kwargs = stack_kwargs(case) if case.fn == "sample_stack" else dict(case.kwargs)
     if case.name == "generator":  # each rank draws its own seed; all use rank 0's
         kwargs["generator"] = torch.Generator().manual_seed(100 + rank)
-    return getattr(fsd, case.fn)(x, **kwargs, group=group)
+    out = getattr(fsd, case.fn)(x, **kwargs, group=group)
+    return tuple(out) if case.fn == "sample_stack" else out  # a plain tuple pickles for torch.load
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -162,7 +202,7 @@ def _bad_calls(rank: int):
 # ----------------------------------------------------------------------------------------- host reads
 _READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "cpu", "numpy")
 GUARDED = ("grid0-V1000", "grid3-V1000", "grid5-V1000", "grid7-V1000", "rows-V1000", "edge", "vocab7", "seed_rows",
-           "greedy", "top_k")
+           "greedy", "top_k", "stack-processed", "stack-raw")
 
 
 @contextlib.contextmanager
@@ -380,6 +420,34 @@ def test_local_argument_error_reaches_every_rank(ranks):
     assert all(torch.equal(a, after[0]) for a in after) and (after[0] >= 0).all()
 
 
+def test_sample_stack_equals_single_device(ranks):
+    """sample_stack on every group size (uneven splits): tokens, ranks and top-N ids equal to
+    `fastsample.sample_stack` on the full logits; logprobs within float32 tolerance; every rank the same."""
+    for case in CASES:
+        if case.fn != "sample_stack":
+            continue
+        want = fastsample.sample_stack(logits_of(case), **stack_kwargs(case))
+        assert (want.tokens == -1).any() and (want.tokens >= 0).any()  # the invalid row is there
+        for world in case.worlds:
+            got = [ranks[r][(world, case.name)] for r in range(world)]
+            for other in got[1:]:
+                for a, b in zip(got[0], other):
+                    if a is not None:
+                        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+            got, what = got[0], f"{case.name} W={world}"
+            for i, name in enumerate(StackFields):
+                a, b = got[i], getattr(want, name)
+                assert (a is None) == (b is None), f"{what}: {name}"
+                if a is None:
+                    continue
+                assert a.shape == b.shape and a.dtype == b.dtype, f"{what}: {name} {a.shape} {b.shape}"
+                tol = LOGPROB_TOL if a.is_floating_point() else (0, 0)
+                torch.testing.assert_close(a, b, rtol=tol[0], atol=tol[1], equal_nan=True, msg=f"{what}: {name}")
+
+
+StackFields = ("tokens", "logprobs", "ranks", "top_ids", "top_logprobs")
+
+
 def test_no_host_reads_in_a_call(ranks):
     """With every Python-level host read made to raise (outside the header, the parameter check and a
     top_k tensor's max), the calls run through and return the same results: full distribution, top-p, top-k
@@ -389,7 +457,8 @@ def test_no_host_reads_in_a_call(ranks):
             got, want = ranks[r][("guarded", name)], ranks[r][(2, name)]
             assert not isinstance(got, str), f"{name} rank {r}: {got}"
             for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
-                torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 def test_guard_catches_host_reads():
