@@ -9,6 +9,7 @@
 //   bin      (m - x) * per_nat in float32, truncated into [0, 255] (NaN -> 0): 1/8 nat of weight per bin
 //            (per_nat = 8 / T) on rows with top-p; per_nat == 0 turns the histogram off for a row.
 //   key      the order key of a float32 value (fastsample/distributed/_exact.py `keys`).
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -19,6 +20,59 @@ namespace fastsample::cpu {
 namespace {
 
 constexpr int kBins = 256;
+constexpr int64_t kBlock = 2048;
+
+// exp(d) for d in [-64, 0], without branches so that the loops below vectorise: k = round(d / ln 2),
+// r = d - k ln 2 (two-part ln 2, exact for |k| < 2^11), Taylor to r^13 (truncation < 1e-17 for |r| <= ln2 / 2),
+// times 2^k built in the exponent bits. Within 2 ulp of exp (tests/test_distributed.py compares it with
+// torch.exp through the fixed-point weights).
+inline double exp_nonpos(double d) {
+  constexpr double kLog2e = 1.4426950408889634074;
+  constexpr double kLn2Hi = 6.93147180369123816490e-01;  // 32 significant bits: k * kLn2Hi is exact
+  constexpr double kLn2Lo = 1.90821492927058770002e-10;
+  constexpr double kShifter = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
+  const double t = d * kLog2e + kShifter;
+  const double kd = t - kShifter;
+  int64_t tb;
+  std::memcpy(&tb, &t, sizeof tb);
+  const int64_t k = tb - int64_t{0x4338000000000000};
+  const double r = (d - kd * kLn2Hi) - kd * kLn2Lo;
+  double p = 1.0 / 6227020800.0;
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const int64_t eb = (k + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &eb, sizeof scale);
+  return p * scale;
+}
+
+// q[i] for a finite row (mode 1) over x[0, n): round(exp(d) * 2^scale) (ties to even), d = (x - m) / t,
+// negated where d < log_min_p, 0 where x < theta (or NaN). Needs two_s <= 2^52, so that v + 2^52 holds
+// round(v) in its low bits; d below -64 weighs less than 2^-92 * 2^52 and rounds to 0.
+__attribute__((target_clones("avx512f", "avx2", "default"))) void weigh_finite(
+    const float* x, int64_t n, double m, double t, double log_min_p, float theta, double two_s, int64_t* q) {
+  constexpr double kTwo52 = 4503599627370496.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = (static_cast<double>(x[i]) - m) / t;
+    const double v = exp_nonpos(d > -64.0 ? d : -64.0) * two_s + kTwo52;
+    int64_t vb;
+    std::memcpy(&vb, &v, sizeof vb);
+    int64_t qi = vb - int64_t{0x4330000000000000};
+    qi = d >= log_min_p ? qi : -qi;
+    q[i] = x[i] >= theta ? qi : 0;
+  }
+}
 
 inline int64_t key_of(float v) {
   if (v != v) return (int64_t{1} << 32) - 1;
@@ -40,6 +94,14 @@ struct RowWeights {
   int64_t mode;
   double m, t, log_min_p, two_s;
   float theta;
+  // q of x[0, n) into q (the vectorised path for finite rows with two_s <= 2^52, else one token at a time).
+  void block(const float* x, int64_t n, int64_t* q) const {
+    if (mode == 1 && two_s <= 4503599627370496.0) {
+      weigh_finite(x, n, m, t, log_min_p, theta, two_s, q);
+    } else {
+      for (int64_t i = 0; i < n; ++i) q[i] = (*this)(x[i]);
+    }
+  }
   // The token's fixed-point weight; negative when min-p drops it (its magnitude still counts for top-p).
   int64_t operator()(float x) const {
     if (mode == 0 || !(x >= theta)) return 0;
@@ -80,6 +142,68 @@ struct RowParams {
   }
 };
 
+struct RowStats {
+  float best;
+  int64_t first, count, ties;
+  bool nan;
+};
+
+// Two vectorisable passes: lane-wise max and NaN flags, then per 64-token block the counts of the max and of
+// tie_value (the first block holding the max is scanned for its first index).
+__attribute__((target_clones("avx512f", "avx2", "default"))) RowStats row_stats(const float* x, int64_t n,
+                                                                                 float tie) {
+  constexpr int kLanes = 16;
+  constexpr int64_t kStatBlock = 64;
+  float lane[kLanes];
+  int32_t nan_lane[kLanes];
+  for (int j = 0; j < kLanes; ++j) lane[j] = -std::numeric_limits<float>::infinity(), nan_lane[j] = 0;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float v = x[i + j];
+      lane[j] = v > lane[j] ? v : lane[j];
+      nan_lane[j] |= v != v;
+    }
+  }
+  RowStats st{-std::numeric_limits<float>::infinity(), 0, 0, 0, false};
+  for (; i < n; ++i) {
+    st.best = x[i] > st.best ? x[i] : st.best;
+    st.nan |= x[i] != x[i];
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    st.best = lane[j] > st.best ? lane[j] : st.best;
+    st.nan |= nan_lane[j] != 0;
+  }
+  if (st.nan) {  // torch.argmax: the first NaN
+    for (int64_t k = 0; k < n; ++k) {
+      if (x[k] != x[k]) {
+        st.first = k;
+        break;
+      }
+    }
+  }
+  st.first = st.nan ? st.first : -1;
+  for (int64_t lo = 0; lo < n; lo += kStatBlock) {
+    const int64_t hi = std::min(n, lo + kStatBlock);
+    int32_t c = 0, t = 0;
+    for (int64_t k = lo; k < hi; ++k) {
+      c += x[k] == st.best;
+      t += x[k] == tie;
+    }
+    st.count += c, st.ties += t;
+    if (c > 0 && st.first < 0) {
+      for (int64_t k = lo; k < hi; ++k) {
+        if (x[k] == st.best) {
+          st.first = k;
+          break;
+        }
+      }
+    }
+  }
+  if (st.first < 0) st.first = 0;
+  return st;
+}
+
 // [B, 5] int64: key of the row max (NaN rows: the NaN key), index of its first occurrence, number of tokens
 // equal to it, has-NaN, number of tokens equal to tie_value[b].
 at::Tensor dist_row_stats(const at::Tensor& x_in, const at::Tensor& tie_value) {
@@ -89,37 +213,13 @@ at::Tensor dist_row_stats(const at::Tensor& x_in, const at::Tensor& tie_value) {
   at::Tensor out = at::zeros({in.batch, 5}, in.x.options().dtype(at::kLong));
   int64_t* op = out.data_ptr<int64_t>();
   for_input_rows(in, [&](int64_t b, const float* xb) {
-    float best = -std::numeric_limits<float>::infinity();
-    int64_t first = 0, count = 0, ties = 0;
-    bool nan = false;
-    const float tv = tie[b];
-    for (int64_t i = 0; i < in.vocab; ++i) {
-      const float v = xb[i];
-      ties += v == tv;
-      if (v > best) {
-        best = v, first = i, count = 1;
-      } else if (v == best) {
-        count += 1;
-      } else if (v != v) {
-        if (!nan) first = i;  // torch.argmax: the first NaN
-        nan = true;
-      }
-    }
-    if (nan) {
-      // first already points at the first NaN unless a max was seen before it: rescan for it.
-      for (int64_t i = 0; i < in.vocab; ++i) {
-        if (xb[i] != xb[i]) {
-          first = i;
-          break;
-        }
-      }
-    }
     int64_t* o = op + b * 5;
-    o[0] = nan ? key_of(std::numeric_limits<float>::quiet_NaN()) : key_of(best);
-    o[1] = first;
-    o[2] = nan ? 0 : count;
-    o[3] = nan;
-    o[4] = ties;
+    const RowStats st = row_stats(xb, in.vocab, tie[b]);
+    o[0] = st.nan ? key_of(std::numeric_limits<float>::quiet_NaN()) : key_of(st.best);
+    o[1] = st.first;
+    o[2] = st.nan ? 0 : st.count;
+    o[3] = st.nan;
+    o[4] = st.ties;
   });
   return out;
 }
@@ -152,11 +252,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> dist_weigh(const at::Tensor& x_in
     const float per = pn[b], mb = rp.m[b];
     const bool binned = per > 0.0f && w.mode == 1;
     int64_t sum = 0;
-    for (int64_t i = 0; i < in.vocab; ++i) {
-      const int64_t qi = w(xb[i]);
-      if (qb) qb[i] = qi;
-      if (qi > 0) sum += qi;
-      if (binned && qi != 0) hb[bin_of(xb[i], mb, per)] += qi < 0 ? -qi : qi;
+    int64_t scratch[kBlock];
+    for (int64_t lo = 0; lo < in.vocab; lo += kBlock) {
+      const int64_t len = std::min(kBlock, in.vocab - lo);
+      int64_t* out = qb ? qb + lo : scratch;
+      w.block(xb + lo, len, out);
+      for (int64_t i = 0; i < len; ++i) sum += out[i] > 0 ? out[i] : 0;
+      if (binned) {
+        for (int64_t i = 0; i < len; ++i) {
+          if (out[i] != 0) hb[bin_of(xb[lo + i], mb, per)] += out[i] < 0 ? -out[i] : out[i];
+        }
+      }
     }
     kp[b] = sum;
   });
@@ -243,20 +349,29 @@ at::Tensor dist_walk(const at::Tensor& x_in, const std::optional<at::Tensor>& q,
     const int64_t goal = tg[b];
     if (w.mode == 0 || goal < 0) return;
     int64_t cum = 0, at = in.vocab - 1;
-    for (int64_t i = 0; i < in.vocab; ++i) {
-      int64_t qi;
+    int64_t scratch[kBlock];
+    for (int64_t lo = 0; lo < in.vocab; lo += kBlock) {
+      const int64_t len = std::min(kBlock, in.vocab - lo);
+      const int64_t* qs = scratch;
       if (qp) {
-        qi = qp[b * in.vocab + i];
-        qi = (qi > 0 && xb[i] >= w.theta) ? qi : 0;
+        qs = qp + b * in.vocab + lo;
       } else {
-        qi = w(xb[i]);
-        qi = qi > 0 ? qi : 0;
+        w.block(xb + lo, len, scratch);
       }
-      cum += qi;
-      if (cum > goal) {
-        at = i;
-        break;
+      int64_t block_sum = 0;  // skip whole blocks below the step
+      for (int64_t i = 0; i < len; ++i) block_sum += (qs[i] > 0 && xb[lo + i] >= w.theta) ? qs[i] : 0;
+      if (cum + block_sum <= goal) {
+        cum += block_sum;
+        continue;
       }
+      for (int64_t i = 0; i < len; ++i) {
+        cum += (qs[i] > 0 && xb[lo + i] >= w.theta) ? qs[i] : 0;
+        if (cum > goal) {
+          at = lo + i;
+          break;
+        }
+      }
+      break;
     }
     ip[b] = at;
   });
