@@ -47,7 +47,21 @@ OPS = {  # label -> sample keyword arguments
     "sample(T=1)": {},
     "sample(T=0.8,p=0.9)": {"temperature": 0.8, "top_p": 0.9},
     "sample(T=0.8,k=50,p=0.9,min_p=0.05)": {"temperature": 0.8, "top_k": 50, "top_p": 0.9, "min_p": 0.05},
+    # sample_stack: a grammar mask, 64 output ids with repetition/frequency penalties, filters, logprobs + top-5.
+    "sample_stack(mask,penalties,T=0.8,k=50,p=0.9,logprobs,top5)": {
+        "stack": True, "repetition_penalty": 1.1, "frequency_penalty": 0.2, "temperature": 0.8, "top_k": 50,
+        "top_p": 0.9, "logprobs": "processed", "top_logprobs": 5},
 }
+
+
+def _stack_kwargs(kwargs: dict, batch: int, vocab: int, device) -> dict:
+    """The stack case's full arguments (the same on every rank): mask words and ids in global ids."""
+    gen = torch.Generator().manual_seed(batch)
+    mask = torch.randint(-2**31, 2**31 - 1, (batch, (vocab + 31) // 32), generator=gen, dtype=torch.int64)
+    out = {k: v for k, v in kwargs.items() if k != "stack"}
+    out["allowed_mask"] = (mask | 0x0F0F0F0F).to(torch.int32).to(device)  # ~60% of tokens allowed
+    out["output_ids"] = torch.randint(0, vocab, (batch, 64), generator=gen).to(device)
+    return out
 PROVIDERS = ("fastsample.distributed", "gather+sample+broadcast", "all_gather+torch")
 
 
@@ -86,6 +100,8 @@ def _count_fastsample(counter: ByteCounter, exchange=_exchange):
 def _providers(x: torch.Tensor, kwargs: dict, rank: int, world: int, counter: ByteCounter, baseline=None):
     """label -> zero-argument callable for this rank's slice x (every rank calls the same ones in order)."""
     batch, local_vocab = x.shape
+    if kwargs.get("stack"):
+        return _stack_providers(x, _stack_kwargs(kwargs, batch, vocab_of(x, world), x.device), rank, world, counter)
 
     def distributed():
         return fsd.sample(x, **kwargs, seed=1)
@@ -111,6 +127,41 @@ def _providers(x: torch.Tensor, kwargs: dict, rank: int, world: int, counter: By
     if baseline is not None:
         providers[baseline.__name__] = lambda: baseline.sample(x, **kwargs, seed=1)
     return providers
+
+
+def vocab_of(x: torch.Tensor, world: int) -> int:
+    sizes = torch.tensor([x.shape[1]], device=x.device)
+    out = torch.empty(world, dtype=sizes.dtype, device=x.device)
+    _exchange._all_gather_single(out, sizes)
+    return int(out.sum())
+
+
+def _stack_providers(x: torch.Tensor, kwargs: dict, rank: int, world: int, counter: ByteCounter):
+    """The providers of the stack case: fastsample.distributed.sample_stack, and fastsample.sample_stack
+    after a gather (rank 0, then broadcast) or an all-gather (the torch backend)."""
+    batch, local_vocab = x.shape
+
+    def distributed():
+        return fsd.sample_stack(x, **kwargs, seed=1).tokens
+
+    def gather_sample_broadcast():
+        parts = [torch.empty_like(x) for _ in range(world)] if rank == 0 else None
+        dist.gather(x, parts, dst=0)
+        tokens = fastsample.sample_stack(torch.cat(parts, dim=1), **kwargs, seed=1).tokens if rank == 0 else \
+            torch.empty(batch, dtype=torch.int64, device=x.device)
+        dist.broadcast(tokens, src=0)
+        counter.sent += x.numel() * x.element_size() if rank != 0 else (world - 1) * tokens.numel() * 8
+        counter.collectives += 2
+        return tokens
+
+    def all_gather_torch():
+        full = torch.empty(world * batch, local_vocab, dtype=x.dtype, device=x.device)
+        _exchange._all_gather_single(full, x)
+        full = full.view(world, batch, local_vocab).permute(1, 0, 2).reshape(batch, -1)
+        counter.all_gather(x.numel() * x.element_size())
+        return fastsample.sample_stack(full, **kwargs, seed=1, backend="torch").tokens
+
+    return dict(zip(PROVIDERS, (distributed, gather_sample_broadcast, all_gather_torch)))
 
 
 def _time(fn, device, reps: int, warmup: int = 3) -> list[float]:

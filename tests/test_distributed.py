@@ -599,4 +599,4 @@ def test_bench_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fastsample.distributed" in out.stdout and "tokens differ" not in out.stdout
     lines = (tmp_path / "distributed-cpu.csv").read_text().splitlines()
-    assert lines[0].startswith("op,provider,W,B,V") and len(lines) == 1 + 3 * 3  # 3 ops x 3 providers
+    assert lines[0].startswith("op,provider,W,B,V") and len(lines) == 1 + 4 * 3  # 4 ops x 3 providers
