@@ -9,14 +9,18 @@ of the group call it with the same arguments except the slice, and every rank ge
   offset)`: `fastsample.sample` on the full logits (same rules: temperature -> top-k -> top-p -> min-p, inverse
   CDF in ascending global id order with Philox draw 0, T = 0 rows greedy, -1 rows).
 - `sampling_from_logits`, `greedy`, `top_k` (values and global indices).
+- `sample_stack(local_logits, ...)`: `fastsample.sample_stack` with mask words and ids in global ids
+  (fastsample/distributed/_stack.py; HF order, one draw).
 
-Exchange (per call, a fixed number of collectives given the arguments, whatever the logits; sizes per rank,
-B rows, k = the largest top_k of the call; docs/ops.md "Vocab-parallel sampling"): a header all-gather
-(8 int64); an all-gather of per-row stats, parameters and the local top-(k + 1) keys and top-k global ids
-(B * (11 + 2k) int64). With top-k on every row that is all: every rank finishes each row from the gathered
-lists. Otherwise: with top-p on, five all-reduces of a [B, 256] int64 mass histogram (the top-p threshold);
-an all-gather of each rank's kept mass (B int64); an all-reduce of the drawn token and its logprob
-(B * 2 float64). Nothing scales with V.
+Exchange (per call, a set of collectives fixed by the arguments, whatever the logits; sizes per rank, B rows,
+k = the largest top_k of the call; docs/ops.md "Vocab-parallel sampling"): a header all-gather (8 int64); an
+all-gather of per-row stats, parameters and the local top-(k + 1) keys and top-k global ids (B * (11 + 2k)
+int64, plus B with top-k: the count of the slice's tokens tied with its k-th value). With top-k a positive
+scalar below V that is all but the last step: every rank finishes each row from the gathered lists. Otherwise:
+with top-p possible, five all-reduces of a [B, 256] int64 mass histogram (the top-p threshold); an all-gather
+of each rank's kept mass (B int64). Last, an all-reduce of the drawn token and its logprob (B * 2 float64).
+Nothing scales with V. The per-rank passes over the slice are fixed-size ops (`_local`: C++ on CPU, torch
+twins elsewhere) and read nothing on the host; the only host reads are marked `_exchange.host_reads()`.
 
 Exactness guarantee. Weights are ``w_i = exp((x_i - m) / T)`` in float64 from the float32 logits (m = the
 global max), rounded to fixed point ``q_i = round(w_i * 2^S)`` (nearest) with ``S = 61 - bit_length(V)`` (S = 44 for
