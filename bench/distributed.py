@@ -211,6 +211,8 @@ def _rank_main(rank: int, world: int, backend: str, init_file: str, args, out: s
             size = vocab // world
             x = full[:, rank * size:(rank + 1) * size if rank < world - 1 else vocab].contiguous()
             for op, kwargs in OPS.items():
+                if args.ops and not any(part in op for part in args.ops):
+                    continue
                 results, counted, first = {}, {}, len(rows)
                 providers = {name: fn for name, fn in _providers(x, kwargs, rank, world, counter, baseline).items()
                              if name in args.providers or name == args.baseline}
@@ -274,6 +276,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
     p.add_argument("--providers", type=lambda s: s.split(","), default=list(PROVIDERS),
                    help="comma-separated subset of: " + ", ".join(PROVIDERS))
+    p.add_argument("--ops", type=lambda s: s.split(","), default=None,
+                   help="only the ops whose label contains one of these comma-separated strings")
     p.add_argument("--baseline", help="also time MODULE.sample (a package like fastsample.distributed)")
     p.add_argument("--interleave", action="store_true", help="time the providers of a case call by call in turn")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results")

@@ -30,9 +30,16 @@ _LOW31 = (1 << 31) - 1
 
 
 def _local_mask(mask: Tensor, start: int, n: int) -> Tensor:
-    """bool [B, n]: the allowed bits of global ids [start, start + n)."""
-    g = torch.arange(start, start + n, device=mask.device)
-    return ((mask[:, g // 32] >> (g % 32)) & 1).bool()
+    """int32 [B, ceil(n / 32)]: the mask words of the slice (bit i of the result = global id start + i),
+    shifted out of the global words: O(B * n / 32)."""
+    first, shift = start // 32, start % 32
+    words = (n + 31) // 32
+    w = mask.to(torch.int64) & 0xFFFFFFFF
+    w = torch.cat([w, torch.zeros_like(w[:, :1])], dim=1)  # a zero word past the end
+    lo = w[:, first:first + words]
+    hi = w[:, first + 1:first + 1 + words]
+    local = ((lo >> shift) | (hi << (32 - shift))) & 0xFFFFFFFF
+    return torch.where(local >= 2**31, local - 2**32, local).to(torch.int32).contiguous()
 
 
 def _local_ids(ids: Tensor | None, start: int, n: int, vocab: int) -> tuple[Tensor | None, Tensor | None]:
@@ -50,17 +57,16 @@ def _processed(x, mask, bias_ids, bias_values, prompt_ids, output_ids, penalties
     bias_ids, bad_b = _local_ids(bias_ids, start, n, vocab)
     prompt_ids, bad_p = _local_ids(prompt_ids, start, n, vocab)
     output_ids, bad_o = _local_ids(output_ids, start, n, vocab)
+    local_mask = _local_mask(mask, start, n) if mask is not None else None
     if _ops.AVAILABLE and x.device.type == "cpu":
-        y, bad = torch.ops.fastsample.stack_processed_logits(x, None, bias_ids, bias_values, prompt_ids, output_ids,
-                                                            *penalties)
+        y, bad = torch.ops.fastsample.stack_processed_logits(x, local_mask, bias_ids, bias_values, prompt_ids,
+                                                            output_ids, *penalties)
     else:
         rows = [arr if arr is not None else torch.full((batch,), val, device=x.device)
                 for arr, val in zip(penalties[::2], penalties[1::2])]
-        y, bad = _stack_reference.processed_logits(x.to(torch.float32), None, bias_ids, bias_values, prompt_ids,
-                                                   output_ids, *rows)
+        y, bad = _stack_reference.processed_logits(x.to(torch.float32), local_mask, bias_ids, bias_values,
+                                                   prompt_ids, output_ids, *rows)
         bad = bad | ~penalties_ok(*rows) | x.isnan().any(dim=1)
-    if mask is not None:
-        y = y.masked_fill(~_local_mask(mask, start, n), -_INF)
     for extra in (bad_b, bad_p, bad_o):
         if extra is not None:
             bad = bad | extra
@@ -158,14 +164,17 @@ def sample_stack(local_logits: Tensor, *, allowed_mask: Tensor | None = None, bi
     if mode == 2:
         lse = _log_sum_exp(grp, x)
         lp = torch.where(valid, (info["raw_value"] - lse.to(torch.float64)).to(torch.float32), math.nan)
-        scores, pivot = x, info["raw_value"].to(torch.float32)
+        values, pivot = x, info["raw_value"].to(torch.float32)
     else:
-        scores, pivot = _kept_scores(y, info), info["value"]
+        # The kept set is an upper set of values (every filter keeps y >= a threshold), so the tokens at
+        # least as probable as the drawn (kept) token are those with y >= its y.
+        values, pivot = y, info["value"]
     # --- collective: ranks, the number of tokens scoring >= the drawn token's (its logprob ties included).
-    counts = _exchange.all_reduce_sum(grp, (scores >= pivot.unsqueeze(1)).sum(dim=1))
+    counts = _exchange.all_reduce_sum(grp, (values >= pivot.unsqueeze(1)).sum(dim=1))
     ranks = torch.where(valid, counts, -1)
     if not top_logprobs:
         return StackSample(shape(tokens), shape(lp), shape(ranks), None, None)
+    scores = values if mode == 2 else _kept_scores(y, info)
     top_ids, top_scores = _top_n(grp, scores, top_logprobs, start)
     if mode == 2:
         top_lp = top_scores.to(torch.float64) - lse.unsqueeze(1).to(torch.float64)
