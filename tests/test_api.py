@@ -454,7 +454,8 @@ def _dist_cases(logits, t_arr):
     log_min_p = torch.tensor([-math.inf, -1.0, -2.0, -math.inf], dtype=torch.float64)
     per_nat = torch.where(mode == 1, 8.0 / t, 0.0)
     q = torch.ops.fastsample.dist_weigh(logits, m, t, mode, theta, log_min_p, per_nat, 55, True)[0]
-    chosen, prefix, target = torch.tensor([0, -1, 2, 0]), torch.zeros(batch, dtype=torch.int64), q.clamp(min=0)[:, :3].sum(1)
+    chosen, prefix = torch.tensor([0, -1, 2, 0]), torch.zeros(batch, dtype=torch.int64)
+    target = q.clamp(min=0)[:, :3].sum(1)
     return {
         "dist_row_stats": [(logits, logits[:, 2].contiguous()), (logits.to(torch.bfloat16), m)],
         "dist_weigh": [(logits, m, t, mode, theta, log_min_p, per_nat, 55, True),
