@@ -232,6 +232,42 @@ def no_host_reads():
         torch.nonzero = saved_nonzero
 
 
+def _count_collectives(group) -> dict:
+    """How many collectives `sample` makes for the same arguments on logits that need different work: random
+    logits, every token tied (each rank's top-k list cut inside the ties: the counted extra entry and a
+    walk), a row of NaN and -inf rows. Keyed by the arguments' name."""
+    from fastsample.distributed import _exchange
+
+    rank = dist.get_rank(group)
+    made = [0]
+    gather, reduce = _exchange.all_gather, _exchange.all_reduce_sum
+
+    def counted(fn):
+        def wrapped(*args):
+            made[0] += 1
+            return fn(*args)
+        return wrapped
+
+    _exchange.all_gather, _exchange.all_reduce_sum = counted(gather), counted(reduce)
+    try:
+        full = make_logits(6, 200, "flat", 5)
+        tied = torch.full((6, 200), 1.5)
+        odd = full.clone()
+        odd[0, 3], odd[1], odd[2, :150] = math.nan, -math.inf, -math.inf
+        out = {}
+        for label, kwargs in (("top_k", {"top_k": 3, "top_p": 0.8, "min_p": 0.1}), ("top_p", {"top_p": 0.7}),
+                              ("full", {}), ("rows", {"top_k": torch.tensor([0, 3, 5, 0, 2, 9])})):
+            counts = []
+            for x in (full, tied, odd):
+                made[0] = 0
+                fsd.sample(x[:, rank * 100:(rank + 1) * 100], **kwargs, seed=3, group=group)
+                counts.append(made[0])
+            out[label] = counts
+        return out
+    finally:
+        _exchange.all_gather, _exchange.all_reduce_sum = gather, reduce
+
+
 # -------------------------------------------------------------------------------------------- worker
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
@@ -255,6 +291,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                         results[("guarded", case.name)] = _call(case, x, groups[world], rank)
                 except AssertionError as exc:
                     results[("guarded", case.name)] = str(exc)
+    results[("collectives", rank)] = _count_collectives(groups[2]) if rank < 2 else None
     for name, thunk in _bad_calls(rank):
         try:
             results[("bad", name)] = ("no error", thunk())
@@ -459,6 +496,16 @@ def test_no_host_reads_in_a_call(ranks):
             for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
                 if a is not None:
                     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_collectives_fixed_by_the_arguments(ranks):
+    """The same arguments make the same collectives whatever the logits (random, all tied, NaN / -inf rows):
+    3 with a scalar top-k, 9 with top-p, 4 for the full distribution and for a per-row top_k tensor."""
+    want = {"top_k": 3, "top_p": 9, "full": 4, "rows": 4}
+    for r in range(2):
+        got = ranks[r][("collectives", r)]
+        for label, counts in got.items():
+            assert counts == [want[label]] * 3, f"rank {r} {label}: {counts}"
 
 
 def test_guard_catches_host_reads():
