@@ -75,4 +75,18 @@ TORCH_LIBRARY(fastsample, m) {
       "Tensor top_n_sigma, Tensor typical_p, Tensor epsilon, Tensor eta, Tensor xtc_probability, "
       "Tensor xtc_threshold, Tensor u_xtc, Tensor dynatemp_range, Tensor dynatemp_exponent, Tensor? mirostat_mu, "
       "int[] steps) -> (Tensor z, Tensor greedy)");
+  // Per-rank passes of vocab-parallel sampling (fastsample/distributed; rules in csrc/cpu/distributed.cpp, torch
+  // reference fastsample/distributed/_local.py). Row parameters are [B] tensors; nothing is read on the host.
+  m.def("dist_row_stats(Tensor x, Tensor tie_value) -> Tensor");
+  m.def(
+      "dist_weigh(Tensor x, Tensor m, Tensor t, Tensor mode, Tensor theta, Tensor log_min_p, Tensor per_nat, "
+      "int scale, bool store_q) -> (Tensor q, Tensor hist, Tensor kept)");
+  m.def(
+      "dist_digit_hist(Tensor x, Tensor q, Tensor m, Tensor per_nat, Tensor chosen, Tensor prefix, int shift) "
+      "-> Tensor");
+  m.def("dist_kept(Tensor x, Tensor q, Tensor theta) -> Tensor");
+  m.def(
+      "dist_walk(Tensor x, Tensor? q, Tensor m, Tensor t, Tensor mode, Tensor theta, Tensor log_min_p, "
+      "Tensor target, int scale) -> Tensor");
 }
+

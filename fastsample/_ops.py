@@ -179,3 +179,31 @@ if AVAILABLE:
     def _stack_processed_logits_fake(logits, *steps_2_3):
         return (logits.new_empty(logits.shape, dtype=torch.float32),
                 logits.new_empty((logits.shape[0],), dtype=torch.bool))
+
+
+# Per-rank passes of vocab-parallel sampling (fastsample/distributed/_local.py picks these or its torch twins;
+# an extension built before they existed lacks them, and _local then runs the twins).
+DIST_OPS = AVAILABLE and hasattr(torch.ops.fastsample, "dist_weigh")
+if DIST_OPS:
+
+    @torch.library.register_fake("fastsample::dist_row_stats")
+    def _dist_row_stats_fake(x, tie_value):
+        return x.new_empty((x.shape[0], 5), dtype=torch.int64)
+
+    @torch.library.register_fake("fastsample::dist_weigh")
+    def _dist_weigh_fake(x, m, t, mode, theta, log_min_p, per_nat, scale, store_q):
+        batch = x.shape[0]
+        q = x.new_empty((batch, x.shape[1] if store_q else 0), dtype=torch.int64)
+        return q, x.new_empty((batch, 256), dtype=torch.int64), x.new_empty((batch,), dtype=torch.int64)
+
+    @torch.library.register_fake("fastsample::dist_digit_hist")
+    def _dist_digit_hist_fake(x, q, m, per_nat, chosen, prefix, shift):
+        return x.new_empty((x.shape[0], 256), dtype=torch.int64)
+
+    @torch.library.register_fake("fastsample::dist_kept")
+    def _dist_kept_fake(x, q, theta):
+        return x.new_empty((x.shape[0],), dtype=torch.int64)
+
+    @torch.library.register_fake("fastsample::dist_walk")
+    def _dist_walk_fake(x, q, m, t, mode, theta, log_min_p, target, scale):
+        return x.new_empty((x.shape[0],), dtype=torch.int64)

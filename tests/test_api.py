@@ -450,6 +450,29 @@ def _opcheck_cases():
                                 torch.zeros(batch), torch.zeros(batch), torch.zeros(batch), torch.full((batch,), 0.1),
                                 torch.zeros(batch), torch.zeros(batch), torch.ones(batch), torch.full((batch,), 4.0),
                                 [2, 3, 6, 4, 5, 9, 0])],
+        # vocab-parallel per-rank passes (fastsample/distributed/_local.py; their own tests: test_distributed.py)
+        **_dist_cases(logits, t_arr),
+    }
+
+
+def _dist_cases(logits, t_arr):
+    batch = logits.shape[0]
+    m, mode = logits.amax(dim=1), torch.tensor([1, 0, 1, 2])
+    t = torch.where(t_arr > 0, t_arr, 1.0)
+    theta = torch.tensor([-math.inf, 0.0, -0.5, -math.inf])
+    log_min_p = torch.tensor([-math.inf, -1.0, -2.0, -math.inf], dtype=torch.float64)
+    per_nat = torch.where(mode == 1, 8.0 / t, 0.0)
+    q = torch.ops.fastsample.dist_weigh(logits, m, t, mode, theta, log_min_p, per_nat, 55, True)[0]
+    chosen, prefix = torch.tensor([0, -1, 2, 0]), torch.zeros(batch, dtype=torch.int64)
+    target = q.clamp(min=0)[:, :3].sum(1)
+    return {
+        "dist_row_stats": [(logits, logits[:, 2].contiguous()), (logits.to(torch.bfloat16), m)],
+        "dist_weigh": [(logits, m, t, mode, theta, log_min_p, per_nat, 55, True),
+                       (logits, m, t, mode, theta, log_min_p, per_nat, 40, False)],
+        "dist_digit_hist": [(logits, q, m, per_nat, chosen, prefix, 24)],
+        "dist_kept": [(logits, q, theta)],
+        "dist_walk": [(logits, q, m, t, mode, theta, log_min_p, target, 55),
+                      (logits, None, m, t, mode, theta, log_min_p, target, 55)],
     }
 
 

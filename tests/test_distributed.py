@@ -8,6 +8,7 @@ parent compares what they saved with `fastsample.sample` and the float64 oracle.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -125,17 +126,57 @@ def build_cases() -> list[Case]:
         Case("top_k-all", "top_k", 6, 40, 69, {"k": 40}, edit="edge"),
         Case("top_k-flat", "top_k", 6, 32000, 70, {"k": 300}),
     ]
+    # sample_stack: mask words and ids in global ids (kwargs built by stack_kwargs from the case's seed).
+    cases += [
+        Case("stack-processed", "sample_stack", 12, 1000, 80, {"logprobs": "processed", "top_logprobs": 5}),
+        Case("stack-raw", "sample_stack", 12, 1000, 81, {"logprobs": "raw", "top_logprobs": 3, "top_k": 20}),
+        Case("stack-plain", "sample_stack", 4, 32000, 82, {"top_k": 0, "top_p": 0.95}),
+        Case("stack-edge", "sample_stack", 10, 40, 83, {"logprobs": "processed", "top_logprobs": 4, "top_k": 3,
+                                                        "num_samples": 1}, edit="edge"),
+    ]
     return cases
+
+
+def stack_kwargs(case: Case) -> dict:
+    """The full arguments of a sample_stack case: a grammar mask, bias, histories and per-row parameters,
+    rebuilt from the case's seed (the same on every rank and in the parent)."""
+    batch, vocab = case.batch, case.vocab
+    gen = torch.Generator().manual_seed(case.data_seed)
+    words = (vocab + 31) // 32
+    mask = torch.randint(-2**31, 2**31 - 1, (batch, words), generator=gen, dtype=torch.int64).to(torch.int32)
+    mask[0] = -1  # everything allowed
+    mask[1, :] = 0
+    mask[1, words // 2] = 1 << 3  # one token allowed
+    temperature = torch.rand(batch, generator=gen) + 0.3
+    temperature[2] = 0.0
+    kwargs = {
+        "allowed_mask": mask,
+        "bias_ids": torch.randint(-1, vocab, (batch, 6), generator=gen),
+        "bias_values": torch.randn(batch, 6, generator=gen) * 3,
+        "prompt_ids": torch.randint(-1, vocab, (batch, 8), generator=gen),
+        "output_ids": torch.randint(-1, vocab, (batch, 12), generator=gen),
+        "repetition_penalty": 1.2, "frequency_penalty": torch.rand(batch, generator=gen) * 0.5,
+        "presence_penalty": 0.3, "temperature": temperature,
+        "top_k": torch.randint(0, min(vocab, 60), (batch,), generator=gen), "top_p": 0.9, "min_p": 0.03,
+        "seed": case.data_seed,
+    }
+    kwargs["output_ids"][3, 0] = vocab  # an id out of range: row 3 is invalid
+    if case.edit == "edge":
+        kwargs.pop("allowed_mask")
+        kwargs["temperature"] = 0.9
+    kwargs.update(case.kwargs)
+    return kwargs
 
 
 CASES = build_cases()
 
 
 def _call(case: Case, x: torch.Tensor, group, rank: int):
-    kwargs = dict(case.kwargs)
+    kwargs = stack_kwargs(case) if case.fn == "sample_stack" else dict(case.kwargs)
     if case.name == "generator":  # each rank draws its own seed; all use rank 0's
         kwargs["generator"] = torch.Generator().manual_seed(100 + rank)
-    return getattr(fsd, case.fn)(x, **kwargs, group=group)
+    out = getattr(fsd, case.fn)(x, **kwargs, group=group)
+    return tuple(out) if case.fn == "sample_stack" else out  # a plain tuple pickles for torch.load
 
 
 # ----------------------------------------------------------------------------------------- bad input
@@ -158,6 +199,75 @@ def _bad_calls(rank: int):
     ]
 
 
+# ----------------------------------------------------------------------------------------- host reads
+_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "cpu", "numpy")
+GUARDED = ("grid0-V1000", "grid3-V1000", "grid5-V1000", "grid7-V1000", "rows-V1000", "edge", "vocab7", "seed_rows",
+           "greedy", "top_k", "stack-processed", "stack-raw")
+
+
+@contextlib.contextmanager
+def no_host_reads():
+    """Every Python-level read of a tensor's value on the host (item, tolist, bool, int, nonzero, cpu, ...)
+    raises, except inside `_exchange.host_reads()` (the header, the parameter check, a top_k tensor's max)."""
+    from fastsample.distributed import _exchange
+
+    saved = {name: getattr(torch.Tensor, name) for name in _READS}
+    saved_nonzero = torch.nonzero
+
+    def guard(name, fn):
+        def wrapped(*args, **kwargs):
+            if not _exchange.host_reads_allowed():
+                raise AssertionError(f"host read inside a fastsample.distributed call: {name}")
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for name, fn in saved.items():
+        setattr(torch.Tensor, name, guard(name, fn))
+    torch.nonzero = guard("torch.nonzero", saved_nonzero)
+    try:
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.Tensor, name, fn)
+        torch.nonzero = saved_nonzero
+
+
+def _count_collectives(group) -> dict:
+    """How many collectives `sample` makes for the same arguments on logits that need different work: random
+    logits, every token tied (each rank's top-k list cut inside the ties: the counted extra entry and a
+    walk), a row of NaN and -inf rows. Keyed by the arguments' name."""
+    from fastsample.distributed import _exchange
+
+    rank = dist.get_rank(group)
+    made = [0]
+    gather, reduce = _exchange.all_gather, _exchange.all_reduce_sum
+
+    def counted(fn):
+        def wrapped(*args):
+            made[0] += 1
+            return fn(*args)
+        return wrapped
+
+    _exchange.all_gather, _exchange.all_reduce_sum = counted(gather), counted(reduce)
+    try:
+        full = make_logits(6, 200, "flat", 5)
+        tied = torch.full((6, 200), 1.5)
+        odd = full.clone()
+        odd[0, 3], odd[1], odd[2, :150] = math.nan, -math.inf, -math.inf
+        out = {}
+        for label, kwargs in (("top_k", {"top_k": 3, "top_p": 0.8, "min_p": 0.1}), ("top_p", {"top_p": 0.7}),
+                              ("full", {}), ("rows", {"top_k": torch.tensor([0, 3, 5, 0, 2, 9])})):
+            counts = []
+            for x in (full, tied, odd):
+                made[0] = 0
+                fsd.sample(x[:, rank * 100:(rank + 1) * 100], **kwargs, seed=3, group=group)
+                counts.append(made[0])
+            out[label] = counts
+        return out
+    finally:
+        _exchange.all_gather, _exchange.all_reduce_sum = gather, reduce
+
+
 # -------------------------------------------------------------------------------------------- worker
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     torch.set_num_threads(1)
@@ -175,6 +285,13 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
             start = sum(sizes[:rank])
             x = logits_of(case)[:, start:start + sizes[rank]].contiguous()
             results[(world, case.name)] = _call(case, x, groups[world], rank)
+            if world == 2 and case.name in GUARDED:  # again, with every host read outside the contract raising
+                try:
+                    with no_host_reads():
+                        results[("guarded", case.name)] = _call(case, x, groups[world], rank)
+                except AssertionError as exc:
+                    results[("guarded", case.name)] = str(exc)
+    results[("collectives", rank)] = _count_collectives(groups[2]) if rank < 2 else None
     for name, thunk in _bad_calls(rank):
         try:
             results[("bad", name)] = ("no error", thunk())
@@ -340,6 +457,151 @@ def test_local_argument_error_reaches_every_rank(ranks):
     assert all(torch.equal(a, after[0]) for a in after) and (after[0] >= 0).all()
 
 
+def test_sample_stack_equals_single_device(ranks):
+    """sample_stack on every group size (uneven splits): tokens, ranks and top-N ids equal to
+    `fastsample.sample_stack` on the full logits; logprobs within float32 tolerance; every rank the same."""
+    for case in CASES:
+        if case.fn != "sample_stack":
+            continue
+        want = fastsample.sample_stack(logits_of(case), **stack_kwargs(case))
+        assert (want.tokens == -1).any() and (want.tokens >= 0).any()  # the invalid row is there
+        for world in case.worlds:
+            got = [ranks[r][(world, case.name)] for r in range(world)]
+            for other in got[1:]:
+                for a, b in zip(got[0], other):
+                    if a is not None:
+                        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+            got, what = got[0], f"{case.name} W={world}"
+            for i, name in enumerate(StackFields):
+                a, b = got[i], getattr(want, name)
+                assert (a is None) == (b is None), f"{what}: {name}"
+                if a is None:
+                    continue
+                assert a.shape == b.shape and a.dtype == b.dtype, f"{what}: {name} {a.shape} {b.shape}"
+                tol = LOGPROB_TOL if a.is_floating_point() else (0, 0)
+                torch.testing.assert_close(a, b, rtol=tol[0], atol=tol[1], equal_nan=True, msg=f"{what}: {name}")
+
+
+StackFields = ("tokens", "logprobs", "ranks", "top_ids", "top_logprobs")
+
+
+def test_no_host_reads_in_a_call(ranks):
+    """With every Python-level host read made to raise (outside the header, the parameter check and a
+    top_k tensor's max), the calls run through and return the same results: full distribution, top-p, top-k
+    with ties cut off by the lists (edge), per-row tensors, greedy and top_k."""
+    for name in GUARDED:
+        for r in range(2):
+            got, want = ranks[r][("guarded", name)], ranks[r][(2, name)]
+            assert not isinstance(got, str), f"{name} rank {r}: {got}"
+            for a, b in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_collectives_fixed_by_the_arguments(ranks):
+    """The same arguments make the same collectives whatever the logits (random, all tied, NaN / -inf rows):
+    3 with a scalar top-k, 9 with top-p, 4 for the full distribution and for a per-row top_k tensor."""
+    want = {"top_k": 3, "top_p": 9, "full": 4, "rows": 4}
+    for r in range(2):
+        got = ranks[r][("collectives", r)]
+        for label, counts in got.items():
+            assert counts == [want[label]] * 3, f"rank {r} {label}: {counts}"
+
+
+def test_guard_catches_host_reads():
+    """The guard of test_no_host_reads_in_a_call does catch reads (so that test can fail)."""
+    t = torch.tensor([1, 2])
+    for read in (lambda: t.sum().item(), lambda: bool(t.any()), lambda: t.nonzero(), lambda: t.tolist(),
+                 lambda: int(t[0]), lambda: torch.nonzero(t)):
+        with no_host_reads(), pytest.raises(AssertionError, match="host read"):
+            read()
+
+
+def _local_case(batch=6, n=3000, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, n, generator=gen) * 3
+    x[1, ::7] = x[1].max()  # ties at the top
+    x[2, :n // 2] = -math.inf
+    m = x.amax(dim=1) + torch.rand(batch, generator=gen)  # the global max may sit on another rank
+    t = torch.tensor([1.0, 0.7, 2.0, 0.3, 1.0, 1.5])[:batch]
+    mode = torch.tensor([1, 1, 1, 0, 2, 1])[:batch]
+    x[4, [3, 100]] = math.inf
+    m[4] = math.inf
+    theta = torch.tensor([-math.inf, 0.5, -math.inf, 0.0, -math.inf, 1.0])[:batch]
+    log_min_p = torch.tensor([-math.inf, math.log(0.01), -math.inf, -math.inf, math.log(0.5), -2.0],
+                             dtype=torch.float64)[:batch]
+    per_nat = torch.where(mode == 1, 8.0 / t, 0.0)
+    per_nat[0] = 0.0
+    return x, m, t, mode, theta, log_min_p, per_nat
+
+
+@pytest.mark.skipif(not fastsample._ops.DIST_OPS, reason="the extension has no dist_* ops")
+def test_local_ops_match_torch_twins():
+    """The C++ per-rank passes against their torch twins (fastsample/distributed/_local.py): stats exactly;
+    weights within one unit of the fixed point (float64 exp may differ by an ulp between libm and torch),
+    so masses within the token count; digit histograms, kept masses and walks on the C++ weights exactly."""
+    from fastsample.distributed import _local
+
+    x, m, t, mode, theta, lmp, per_nat = _local_case()
+    scale = 44
+    tie = x[:, 5].clone()
+    torch.testing.assert_close(torch.ops.fastsample.dist_row_stats(x, tie), _local._row_stats_torch(x, tie))
+    q, hist, kept = torch.ops.fastsample.dist_weigh(x, m, t, mode, theta, lmp, per_nat, scale, True)
+    q2, hist2, kept2 = _local._weigh_torch(x, m, t, mode, theta, lmp, per_nat, scale, True)
+    assert (q - q2).abs().max() <= 1 and (q != q2).float().mean() < 0.01
+    assert ((q > 0) == (q2 > 0)).all() and ((q < 0) == (q2 < 0)).all()
+    assert (hist - hist2).abs().max() <= x.shape[1] and (kept - kept2).abs().max() <= x.shape[1]
+    assert (q[3] == 0).all() and (q[4] == (x[4] == math.inf).long() << scale).all() and (q[1] < 0).any()
+    assert (hist[0] == 0).all() and (hist[1] > 0).any()
+    # The rest on the C++ weights, exactly.
+    _, hist_c, _ = _local._weigh_torch(x, m, t, mode, theta, lmp, per_nat, scale, False)
+    chosen, prefix = torch.tensor([5, 2, 0, 1, 0, 3]), _exact_keys(x[:, 0]) >> 16
+    for shift in (24, 16):
+        pre = prefix >> (24 - shift) if shift == 16 else torch.zeros_like(prefix)
+        torch.testing.assert_close(torch.ops.fastsample.dist_digit_hist(x, q, m, per_nat, chosen, pre, shift),
+                                   _local._digit_hist_torch(x, q, m, per_nat, chosen, pre, shift))
+    theta2 = torch.tensor([0.0, 1.0, -math.inf, 0.0, -math.inf, 2.0])
+    got_kept = torch.ops.fastsample.dist_kept(x, q, theta2)
+    torch.testing.assert_close(got_kept, _local._kept_torch(x, q, theta2))
+    target = (got_kept.double() * torch.tensor([0.3, 0.9, 0.0, 0.5, 0.99, 0.5], dtype=torch.float64)).long()
+    target[3] = -1
+    for qq in (q, None):
+        got = torch.ops.fastsample.dist_walk(x, qq, m, t, mode, theta2 if qq is not None else theta, lmp, target,
+                                             scale)
+        want = _local._walk_torch(x, qq if qq is not None else q, m, t, mode,
+                                  theta2 if qq is not None else theta, lmp, target, scale)
+        torch.testing.assert_close(got, want)
+
+
+def _exact_keys(v):
+    from fastsample.distributed import _exact
+
+    return _exact.keys(v)
+
+
+@pytest.mark.skipif(not fastsample._ops.DIST_OPS, reason="the extension has no dist_* ops")
+def test_local_ops_compile_fullgraph():
+    """The per-rank passes trace under torch.compile(fullgraph=True) (fake kernels, no host read, no graph
+    break) and give the eager results."""
+    from fastsample.distributed import _local
+
+    x, m, t, mode, theta, lmp, per_nat = _local_case()
+
+    def passes(x, m, t, mode, theta, lmp, per_nat):
+        stats = _local.row_stats(x, x[:, 0])
+        q, hist, kept = _local.weigh(x, m, t, mode, theta, lmp, per_nat, 44, True)
+        chosen = hist.argmax(dim=1)
+        digits = _local.digit_hist(x, q, m, per_nat, chosen, torch.zeros_like(chosen), 24)
+        mass = _local.kept(x, q, theta)
+        index = _local.walk(x, q, m, t, mode, theta, lmp, mass // 2, 44)
+        return stats, q, hist, kept, digits, mass, index
+
+    want = passes(x, m, t, mode, theta, lmp, per_nat)
+    got = torch.compile(passes, fullgraph=True, backend="eager")(x, m, t, mode, theta, lmp, per_nat)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------- exact integer helpers
 def test_floor_scaled_is_exact():
     """floor(f * W) and its remainder flag against Python fractions, for float32 f in [0, 1] (down to
@@ -384,4 +646,4 @@ def test_bench_runs(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "fastsample.distributed" in out.stdout and "tokens differ" not in out.stdout
     lines = (tmp_path / "distributed-cpu.csv").read_text().splitlines()
-    assert lines[0].startswith("op,provider,W,B,V") and len(lines) == 1 + 3 * 3  # 3 ops x 3 providers
+    assert lines[0].startswith("op,provider,W,B,V") and len(lines) == 1 + 4 * 3  # 4 ops x 3 providers

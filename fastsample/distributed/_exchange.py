@@ -8,6 +8,7 @@ the bad argument raises its own TypeError/ValueError, every other rank a ValueEr
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -21,7 +22,26 @@ OP, ERROR, BATCH, LOCAL_VOCAB, K, FLAGS, WIDTH, ROUNDS = range(8)
 HEADER_SIZE = 8
 _SAME = {OP: "the function called", BATCH: "the batch size", K: "k", FLAGS: "return_logprobs / sorted / seed"}
 _ERRORS = {1: TypeError, 2: ValueError}
-_OP_NAMES = {1: "sample", 2: "greedy", 3: "top_k"}
+_OP_NAMES = {1: "sample", 2: "greedy", 3: "top_k", 4: "sample_stack"}
+
+_HOST_READS = [0]
+
+
+@contextlib.contextmanager
+def host_reads():
+    """Marks the host reads that are part of the contract: the header (step 1), the parameter check after
+    step 2 and the max of a ``top_k`` tensor argument. Everything else in a call reads nothing on the host
+    (tests/test_distributed.py makes every other read raise)."""
+    _HOST_READS[0] += 1
+    try:
+        yield
+    finally:
+        _HOST_READS[0] -= 1
+
+
+def host_reads_allowed() -> bool:
+    return _HOST_READS[0] > 0
+
 
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
@@ -99,8 +119,9 @@ def agree(group: Group, fields: list[int], error: BaseException | None) -> tuple
     (headers int64 [world, HEADER_SIZE], the vocabulary layout).
     """
     mine = torch.tensor(fields, dtype=torch.int64, device=group.device)
-    headers = all_gather(group, mine).cpu()
-    rows = headers.tolist()
+    with host_reads():
+        headers = all_gather(group, mine).cpu()
+        rows = headers.tolist()
     name = f"fastsample.distributed.{_OP_NAMES.get(fields[OP], '?')}"
     failed = [r for r, row in enumerate(rows) if row[ERROR] != 0]
     if failed:
@@ -123,9 +144,10 @@ def check_columns_agree(name: str, gathered: Tensor, columns: dict[str, int]) ->
 
     ``gathered`` is [world, B, F] int64; ``columns`` maps a parameter name to its column.
     """
-    for what, col in columns.items():
-        differ = (gathered[:, :, col] != gathered[:1, :, col]).any(dim=0)
-        if bool(differ.any()):
-            rows = differ.nonzero().flatten()[:5].tolist()
-            raise ValueError(f"fastsample.distributed.{name}: ranks disagree on {what} (rows {rows}, by value "
-                             f"{gathered[:, rows[0], col].tolist()} as int64 bits by rank)")
+    with host_reads():
+        for what, col in columns.items():
+            differ = (gathered[:, :, col] != gathered[:1, :, col]).any(dim=0)
+            if bool(differ.any()):
+                rows = differ.nonzero().flatten()[:5].tolist()
+                raise ValueError(f"fastsample.distributed.{name}: ranks disagree on {what} (rows {rows}, by value "
+                                 f"{gathered[:, rows[0], col].tolist()} as int64 bits by rank)")
