@@ -449,12 +449,11 @@ PassGather central_scratch(int s, int nseg) {
   return PassGather{values.data(), kCentralCapacity};
 }
 
-}  // namespace
-
-TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg) {
+// One fused pass over the row (step 2) with bracket br, its segments on nseg threads, merged.
+TopPPass bracket_pass(const float* x, int64_t n, bool is_logits, double temperature, const Bracket& br,
+                      float guess_ref, int nseg) {
   TopPPass pass;
-  float guess_ref;
-  pass.bracket = estimate_bracket(x, n, is_logits, temperature, top_p, guess_ref);
+  pass.bracket = br;
   const float inv_t = is_logits ? static_cast<float>(1.0 / temperature) : 1.0f;
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   pass.above.resize(kBracketEdges * nblocks);
@@ -483,6 +482,28 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
     for (int j = 0; j < kBracketEdges; ++j) pass.mass_at[j] += mass[s * kBracketEdges + j] * scales[s];
   }
   return pass;
+}
+
+// Whether the exact masses of a pass put the boundary in its central region, whose tokens it gathered
+// whole: the mass above the region is < p * W and with it >= p * W.
+bool central_holds_boundary(const TopPPass& pass, double top_p) {
+  const double target = top_p * pass.total;
+  const bool overflowed = std::any_of(pass.central.begin(), pass.central.end(),
+                                      [](const PassGather& g) { return g.overflowed(); });
+  return pass.mass_at[kCentralHigh] < target && pass.mass_at[kCentralLow] >= target && !overflowed;
+}
+
+}  // namespace
+
+TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg) {
+  float guess_ref;
+  const Bracket full = estimate_bracket(x, n, is_logits, temperature, top_p, guess_ref);
+  // The narrowed bracket first (two edges a token); where its central region misses the boundary, the full
+  // bracket's pass measures the outer edges too, so that the region gathered next stays small. Either pass
+  // is exact on its own (any bracket is): the second only saves sorting.
+  TopPPass pass = bracket_pass(x, n, is_logits, temperature, full.narrowed(), guess_ref, nseg);
+  if (full.narrow() || pass.has_nan || central_holds_boundary(pass, top_p)) return pass;
+  return bracket_pass(x, n, is_logits, temperature, full, guess_ref, nseg);
 }
 
 TopPResult resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p, int nseg,
