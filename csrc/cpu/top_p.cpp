@@ -394,30 +394,37 @@ void block_starts(const Gathered& tokens, int64_t nblocks, std::vector<int64_t>&
   for (int64_t k = 0; k < nblocks; ++k) starts[k + 1] += starts[k];
 }
 
-// If the heaviest block maxima alone reach the target (a peaked row), every kept token is >= the last of
-// them: those few tokens are gathered and walked, and the result lists them. Returns false (result
-// untouched) when the maxima fall short or more than a few blocks would be needed.
-bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double target, const Weighting& wt,
-                     double temperature, TopPResult& result) {
+// The last of the heaviest block maxima whose weights alone reach the target (by kOrderMargin), or +inf
+// when all of them fall short or more than kMaxBoundBlocks would be needed.
+float maxima_bound(const TopPPass& pass, double target, const Weighting& wt) {
   const auto nblocks = static_cast<int64_t>(pass.maxima.size());
   const double reach = target * (1.0 + kOrderMargin);
   std::vector<float> heaviest(nblocks);
   weights_of(wt, pass.maxima.data(), nblocks, heaviest.data());
   double all = 0.0;
   for (float w : heaviest) all += w;
-  if (!(all >= reach)) return false;
+  if (!(all >= reach)) return kInf;
   const int64_t top = std::min<int64_t>(nblocks, kMaxBoundBlocks);
   heaviest = pass.maxima;
   // The top ones by selection, then sorted: a heap-based partial sort cost ~5 us a row here.
   std::nth_element(heaviest.begin(), heaviest.begin() + (top - 1), heaviest.end(), std::greater<float>());
   std::sort(heaviest.begin(), heaviest.begin() + top, std::greater<float>());
   double cum = 0.0;
-  float bound = kInf;
-  for (int64_t i = 0; i < top && bound == kInf; ++i) {
+  for (int64_t i = 0; i < top; ++i) {
     cum += weight_of(wt, heaviest[i]);
-    if (cum >= reach) bound = heaviest[i];
+    if (cum >= reach) return heaviest[i];
   }
+  return kInf;
+}
+
+// If the heaviest block maxima alone reach the target (a peaked row), every kept token is >= the last of
+// them: those few tokens are gathered and walked, and the result lists them. Returns false (result
+// untouched) when the maxima fall short or more than a few blocks would be needed.
+bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double target, const Weighting& wt,
+                     double temperature, TopPResult& result) {
+  const float bound = maxima_bound(pass, target, wt);
   if (bound == kInf) return false;
+  const auto nblocks = static_cast<int64_t>(pass.maxima.size());
   Gathered& g = region_scratch();
   for (int64_t k = 0; k < nblocks; ++k) {
     if (!(pass.maxima[k] >= bound)) continue;
@@ -503,6 +510,10 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
   // is exact on its own (any bracket is): the second only saves sorting.
   TopPPass pass = bracket_pass(x, n, is_logits, temperature, full.narrowed(), guess_ref, nseg);
   if (full.narrow() || pass.has_nan || central_holds_boundary(pass, top_p)) return pass;
+  // Nor where step 3 bounds the row by its block maxima (a peaked row), which no edge decides.
+  const float inv_t = is_logits ? static_cast<float>(1.0 / temperature) : 1.0f;
+  const Weighting wt{is_logits, is_logits ? pass.ref : pass.max, inv_t};
+  if (maxima_bound(pass, top_p * pass.total, wt) != kInf) return pass;
   return bracket_pass(x, n, is_logits, temperature, full, guess_ref, nseg);
 }
 
