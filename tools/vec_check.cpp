@@ -159,6 +159,16 @@ int main() {
   failures += g.count != in_central || wrong != 0;
   expect_close("  total", total, all);
   for (int j = 0; j < kBracketEdges; ++j) expect_close("  edge", sums[j], mass[j]);
+  // The narrowed bracket (Bracket::narrowed): two edges compared, the outer sums copies of the central ones.
+  const Bracket narrow = br.narrowed();
+  g.count = 0;
+  const float narrow_total =
+      vec::bracket_block<V, true, true>(x.data(), 256, 250, true, ref, inv_t, narrow, sums, g, &seen);
+  std::printf("narrow central %lld\n", static_cast<long long>(g.count));
+  failures += g.count != in_central || narrow_total != total;
+  for (int j = 0; j < kBracketEdges; ++j) {
+    expect_close("  edge", sums[j], mass[j == kOuterHigh ? kCentralHigh : j == kOuterLow ? kCentralLow : j]);
+  }
   for (float& v : w) v = static_cast<float>(uniform());  // probs: their own weights
   g.count = 0;
   const float probs = vec::bracket_block<V, false>(w.data(), 256, 256, false, 0.0f, 1.0f,

@@ -142,51 +142,53 @@ void apply_min_p(const float* x, int64_t n, float theta_min_p, int nseg, RowPlan
 
 double token_weight(const RowPlan& plan, float x) { return exact_weight(plan.wt, plan.temperature, x); }
 
-RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool count_maxima) {
-  RowPlan plan;
-  if (!params_valid(p)) return plan;
+namespace {
+
+// 1 / T for logits (inf for greedy rows, which never weigh), 1 for probs.
+float inv_temperature(const RowParams& p) { return p.is_logits ? 1.0f / p.temperature : 1.0f; }
+
+// Greedy rows, or top-k on: one pass for the stats and the top-k candidates, then everything from the
+// candidate list (plan_listed).
+void plan_from_candidates(RowPlan& plan, const float* x, int64_t n, const RowParams& p, int nseg,
+                          bool count_maxima) {
   const bool greedy = p.is_logits && p.temperature == 0.0f;
-  const float inv_t = p.is_logits ? 1.0f / p.temperature : 1.0f;
-  plan.temperature = p.is_logits ? p.temperature : 1.0;
+  std::vector<SpanStats> stats(nseg);
+  std::vector<std::vector<Candidate>> parts(greedy ? 0 : nseg);
+  std::vector<float> block_max(greedy ? 0 : n / kBlock + nseg + 1);
+  for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
+    stats[s] = greedy ? span_stats(x + lo, hi - lo)
+                      : collect_candidates(x + lo, hi - lo, lo, p.top_k, block_max.data() + lo / kBlock + s, parts[s]);
+  });
   float mx, mn;
+  if (!merge_stats(nseg, [&](int s) { return stats[s]; }, mx, mn)) return;
+  if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return;
+  plan.kind = RowPlan::kThreshold;
+  plan.wt = {p.is_logits, mx, inv_temperature(p)};
+  std::vector<Candidate> cands;
+  for (auto& part : parts) cands.insert(cands.end(), part.begin(), part.end());
+  plan_listed(plan, cands, p, min_p_threshold(mx, p));
+}
 
-  if (greedy || (p.top_k > 0 && p.top_k < n)) {  // first pass: stats, and top-k candidates
-    std::vector<SpanStats> stats(nseg);
-    std::vector<std::vector<Candidate>> parts(greedy ? 0 : nseg);
-    std::vector<float> block_max(greedy ? 0 : n / kBlock + nseg + 1);
-    for_segments(n, nseg, [&](int s, int64_t lo, int64_t hi) {
-      stats[s] = greedy ? span_stats(x + lo, hi - lo)
-                        : collect_candidates(x + lo, hi - lo, lo, p.top_k, block_max.data() + lo / kBlock + s,
-                                             parts[s]);
-    });
-    if (!merge_stats(nseg, [&](int s) { return stats[s]; }, mx, mn)) return plan;
-    if (plan_from_stats(plan, x, n, p, mx, mn, nseg, count_maxima)) return plan;
-    plan.kind = RowPlan::kThreshold;
-    plan.wt = {p.is_logits, mx, inv_t};
-    std::vector<Candidate> cands;
-    for (auto& part : parts) cands.insert(cands.end(), part.begin(), part.end());
-    plan_listed(plan, cands, p, min_p_threshold(mx, p));
-    return plan;
-  }
+// Top-p without top-k (csrc/cpu/top_p.h): the bracket pass, then the boundary from its exact masses.
+void plan_top_p(RowPlan& plan, const float* x, int64_t n, const RowParams& p, int nseg, bool count_maxima) {
+  const TopPPass pass = top_p_first_pass(x, n, p.is_logits, plan.temperature, p.top_p, nseg);
+  if (pass.has_nan) return;
+  if (plan_from_stats(plan, x, n, p, pass.max, pass.min, nseg, count_maxima)) return;
+  plan.kind = RowPlan::kThreshold;
+  plan.wt = {p.is_logits, p.is_logits ? pass.ref : pass.max, inv_temperature(p)};
+  TopPResult kept = resolve_top_p(x, n, pass, p.top_p, nseg, plan.wt, plan.temperature);
+  plan.theta = kept.theta;
+  plan.mass = kept.mass;
+  plan.listed = kept.listed;
+  plan.blocks = std::move(kept.blocks);
+  plan.kept = std::move(kept.kept);
+  apply_min_p(x, n, min_p_threshold(pass.max, p), nseg, plan);
+}
 
-  if (p.top_p < 1.0) {  // top-p without top-k: csrc/cpu/top_p.h
-    const TopPPass pass = top_p_first_pass(x, n, p.is_logits, plan.temperature, p.top_p, nseg);
-    if (pass.has_nan) return plan;
-    if (plan_from_stats(plan, x, n, p, pass.max, pass.min, nseg, count_maxima)) return plan;
-    plan.kind = RowPlan::kThreshold;
-    plan.wt = {p.is_logits, p.is_logits ? pass.ref : pass.max, inv_t};
-    TopPResult kept = resolve_top_p(x, n, pass, p.top_p, nseg, plan.wt, plan.temperature);
-    plan.theta = kept.theta;
-    plan.mass = kept.mass;
-    plan.listed = kept.listed;
-    plan.blocks = std::move(kept.blocks);
-    plan.kept = std::move(kept.kept);
-    apply_min_p(x, n, min_p_threshold(pass.max, p), nseg, plan);
-    return plan;
-  }
-
-  // No top-k, no top-p: one pass for the stats, the weight sum and (with no filter at all) block sums,
-  // which are then all a draw needs.
+// No top-k, no top-p: one pass for the stats, the weight sum and (with no filter at all) block sums,
+// which are then all a draw needs; min-p takes a second pass (apply_min_p).
+void plan_dense(RowPlan& plan, const float* x, int64_t n, const RowParams& p, int nseg, bool count_maxima) {
+  const float inv_t = inv_temperature(p);
   const bool record = p.min_p <= 0.0;
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   std::vector<OnlinePass> passes(nseg);
@@ -198,19 +200,33 @@ RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool c
   });
   // Segments summed weights against their own references: brought to the largest one.
   const OnlinePass row = merge_segments(passes, p.is_logits, inv_t);
-  if (row.has_nan) return plan;
-  if (plan_from_stats(plan, x, n, p, row.max, row.min, nseg, count_maxima)) return plan;
+  if (row.has_nan) return;
+  if (plan_from_stats(plan, x, n, p, row.max, row.min, nseg, count_maxima)) return;
   plan.kind = RowPlan::kThreshold;
   plan.wt = {p.is_logits, p.is_logits ? row.ref : row.max, inv_t};
   plan.mass = row.sum;
   plan.theta = -kInf;
-  if (record) {
-    BlockRescale to_ref([&](float from) { return rescale_factor(p.is_logits, from, row.ref, inv_t); });
-    plan.blocks.resize(nblocks);
-    for (int64_t j = 0; j < nblocks; ++j) plan.blocks[j] = block_sums[j] * to_ref(block_refs[j]);
-    return plan;
+  if (!record) return apply_min_p(x, n, min_p_threshold(row.max, p), nseg, plan);
+  BlockRescale to_ref([&](float from) { return rescale_factor(p.is_logits, from, row.ref, inv_t); });
+  plan.blocks.resize(nblocks);
+  for (int64_t j = 0; j < nblocks; ++j) plan.blocks[j] = block_sums[j] * to_ref(block_refs[j]);
+}
+
+}  // namespace
+
+// Each route leaves the plan kInvalid (the row returns -1) unless it reaches a final kind.
+RowPlan plan_row(const float* x, int64_t n, const RowParams& p, int nseg, bool count_maxima) {
+  RowPlan plan;
+  if (!params_valid(p)) return plan;
+  plan.temperature = p.is_logits ? p.temperature : 1.0;
+  const bool greedy = p.is_logits && p.temperature == 0.0f;
+  if (greedy || (p.top_k > 0 && p.top_k < n)) {
+    plan_from_candidates(plan, x, n, p, nseg, count_maxima);
+  } else if (p.top_p < 1.0) {
+    plan_top_p(plan, x, n, p, nseg, count_maxima);
+  } else {
+    plan_dense(plan, x, n, p, nseg, count_maxima);
   }
-  apply_min_p(x, n, min_p_threshold(row.max, p), nseg, plan);
   return plan;
 }
 

@@ -394,30 +394,37 @@ void block_starts(const Gathered& tokens, int64_t nblocks, std::vector<int64_t>&
   for (int64_t k = 0; k < nblocks; ++k) starts[k + 1] += starts[k];
 }
 
-// If the heaviest block maxima alone reach the target (a peaked row), every kept token is >= the last of
-// them: those few tokens are gathered and walked, and the result lists them. Returns false (result
-// untouched) when the maxima fall short or more than a few blocks would be needed.
-bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double target, const Weighting& wt,
-                     double temperature, TopPResult& result) {
+// The last of the heaviest block maxima whose weights alone reach the target (by kOrderMargin), or +inf
+// when all of them fall short or more than kMaxBoundBlocks would be needed.
+float maxima_bound(const TopPPass& pass, double target, const Weighting& wt) {
   const auto nblocks = static_cast<int64_t>(pass.maxima.size());
   const double reach = target * (1.0 + kOrderMargin);
   std::vector<float> heaviest(nblocks);
   weights_of(wt, pass.maxima.data(), nblocks, heaviest.data());
   double all = 0.0;
   for (float w : heaviest) all += w;
-  if (!(all >= reach)) return false;
+  if (!(all >= reach)) return kInf;
   const int64_t top = std::min<int64_t>(nblocks, kMaxBoundBlocks);
   heaviest = pass.maxima;
   // The top ones by selection, then sorted: a heap-based partial sort cost ~5 us a row here.
   std::nth_element(heaviest.begin(), heaviest.begin() + (top - 1), heaviest.end(), std::greater<float>());
   std::sort(heaviest.begin(), heaviest.begin() + top, std::greater<float>());
   double cum = 0.0;
-  float bound = kInf;
-  for (int64_t i = 0; i < top && bound == kInf; ++i) {
+  for (int64_t i = 0; i < top; ++i) {
     cum += weight_of(wt, heaviest[i]);
-    if (cum >= reach) bound = heaviest[i];
+    if (cum >= reach) return heaviest[i];
   }
+  return kInf;
+}
+
+// If the heaviest block maxima alone reach the target (a peaked row), every kept token is >= the last of
+// them: those few tokens are gathered and walked, and the result lists them. Returns false (result
+// untouched) when the maxima fall short or more than a few blocks would be needed.
+bool bound_by_maxima(const float* x, int64_t n, const TopPPass& pass, double target, const Weighting& wt,
+                     double temperature, TopPResult& result) {
+  const float bound = maxima_bound(pass, target, wt);
   if (bound == kInf) return false;
+  const auto nblocks = static_cast<int64_t>(pass.maxima.size());
   Gathered& g = region_scratch();
   for (int64_t k = 0; k < nblocks; ++k) {
     if (!(pass.maxima[k] >= bound)) continue;
@@ -449,12 +456,11 @@ PassGather central_scratch(int s, int nseg) {
   return PassGather{values.data(), kCentralCapacity};
 }
 
-}  // namespace
-
-TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg) {
+// One fused pass over the row (step 2) with bracket br, its segments on nseg threads, merged.
+TopPPass bracket_pass(const float* x, int64_t n, bool is_logits, double temperature, const Bracket& br,
+                      float guess_ref, int nseg) {
   TopPPass pass;
-  float guess_ref;
-  pass.bracket = estimate_bracket(x, n, is_logits, temperature, top_p, guess_ref);
+  pass.bracket = br;
   const float inv_t = is_logits ? static_cast<float>(1.0 / temperature) : 1.0f;
   const int64_t nblocks = (n + kPassBlock - 1) / kPassBlock;
   pass.above.resize(kBracketEdges * nblocks);
@@ -483,6 +489,32 @@ TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temp
     for (int j = 0; j < kBracketEdges; ++j) pass.mass_at[j] += mass[s * kBracketEdges + j] * scales[s];
   }
   return pass;
+}
+
+// Whether the exact masses of a pass put the boundary in its central region, whose tokens it gathered
+// whole: the mass above the region is < p * W and with it >= p * W.
+bool central_holds_boundary(const TopPPass& pass, double top_p) {
+  const double target = top_p * pass.total;
+  const bool overflowed = std::any_of(pass.central.begin(), pass.central.end(),
+                                      [](const PassGather& g) { return g.overflowed(); });
+  return pass.mass_at[kCentralHigh] < target && pass.mass_at[kCentralLow] >= target && !overflowed;
+}
+
+}  // namespace
+
+TopPPass top_p_first_pass(const float* x, int64_t n, bool is_logits, double temperature, double top_p, int nseg) {
+  float guess_ref;
+  const Bracket full = estimate_bracket(x, n, is_logits, temperature, top_p, guess_ref);
+  // The narrowed bracket first (two edges a token); where its central region misses the boundary, the full
+  // bracket's pass measures the outer edges too, so that the region gathered next stays small. Either pass
+  // is exact on its own (any bracket is): the second only saves sorting.
+  TopPPass pass = bracket_pass(x, n, is_logits, temperature, full.narrowed(), guess_ref, nseg);
+  if (full.narrow() || pass.has_nan || central_holds_boundary(pass, top_p)) return pass;
+  // Nor where step 3 bounds the row by its block maxima (a peaked row), which no edge decides.
+  const float inv_t = is_logits ? static_cast<float>(1.0 / temperature) : 1.0f;
+  const Weighting wt{is_logits, is_logits ? pass.ref : pass.max, inv_t};
+  if (maxima_bound(pass, top_p * pass.total, wt) != kInf) return pass;
+  return bracket_pass(x, n, is_logits, temperature, full, guess_ref, nseg);
 }
 
 TopPResult resolve_top_p(const float* x, int64_t n, const TopPPass& pass, double top_p, int nseg,

@@ -17,7 +17,11 @@
 //    boundary, the outer ones six.
 // 2. One fused pass (online_bracket_pass) computes the row's stats and weight sum, the exact mass above
 //    each threshold (also per block of kPassBlock tokens), each block's max, and gathers the tokens of the
-//    central region as it goes (a compress per 16 tokens, no branch).
+//    central region as it goes (a compress per 16 tokens, no branch). It first runs with the bracket
+//    narrowed (outer edges moved onto the central ones: two compares and masked adds a vector instead of
+//    four); only where the exact masses of that pass put the boundary outside its central region (or the
+//    region overflowed) does a second pass with all four edges follow. A narrowed bracket is a bracket
+//    like any other, so the invariant above holds for whichever pass step 3 reads.
 // 3. The exact masses say between which two thresholds the boundary lies: nearly always the central
 //    pair, whose tokens (a few thousand) are already at hand; otherwise a light pass (compares, no exp)
 //    gathers the region that holds it. Only those tokens are sorted out (radix narrowing, then groups of

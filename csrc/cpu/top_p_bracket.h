@@ -17,6 +17,16 @@ struct Bracket {
   float edges[kBracketEdges];
   // Whether the estimate placed the edges (else they are all +inf).
   bool estimated() const { return edges[kOuterLow] != kInf; }
+  // Whether the outer edges coincide with the central ones: the pass then compares and sums only two
+  // edges, and the outer masses are the central ones (the same edges, so still exact).
+  bool narrow() const { return edges[kOuterHigh] == edges[kCentralHigh] && edges[kOuterLow] == edges[kCentralLow]; }
+  // This bracket with its outer edges moved onto the central ones.
+  Bracket narrowed() const {
+    Bracket b = *this;
+    b.edges[kOuterHigh] = edges[kCentralHigh];
+    b.edges[kOuterLow] = edges[kCentralLow];
+    return b;
+  }
 };
 
 // Per-block record of online_bracket_pass (ceil(n / kPassBlock) entries per array): above[j * stride + k]

@@ -6,18 +6,15 @@
 #include <cstdint>
 
 #include "simd.h"
+#include "vec_shape.h"
+#include "vec_x86.h"
 
 namespace fastsample::cpu {
 
-struct Avx2 {
-  using F = __m256;
-  using M = __m256;  // all ones in a lane where true
-  static constexpr int64_t kWidth = 8;
-  // 16 vector registers: the bracket block takes its weights through a buffer (vec_loops.h).
-  static constexpr bool kWideRegisterFile = false;
-
+// Masks are all ones in a lane where true. 16 vector registers: the bracket block takes its weights through a
+// buffer (vec_loops.h).
+struct Avx2 : VecShape<Avx2, __m256, __m256, 8, false>, X86Compares<Avx2, __m256, __m256> {
   static F set1(float v) { return _mm256_set1_ps(v); }
-  static F zero() { return _mm256_setzero_ps(); }
   static F load(const float* p) { return _mm256_loadu_ps(p); }
   static void store(float* p, F v) { _mm256_storeu_ps(p, v); }
   // Lanes [0, rem) (0 < rem < kWidth) as a mask, and loads/stores of those lanes only (others read as 0).
@@ -44,10 +41,8 @@ struct Avx2 {
   static F add_where(F acc, M m, F v) { return _mm256_add_ps(acc, keep(m, v)); }  // acc + v where m, else acc
   static F keep(M m, F v) { return _mm256_and_ps(m, v); }  // v where m, else 0
   static F select(M m, F a, F b) { return _mm256_blendv_ps(b, a, m); }  // a where m, else b
-  static M ge(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_GE_OQ); }
-  static M lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_LT_OQ); }
-  static M not_lt(F a, F b) { return _mm256_cmp_ps(a, b, _CMP_NLT_UQ); }
-  static M nan(F v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+  template <int kPredicate>
+  static M cmp(F a, F b) { return _mm256_cmp_ps(a, b, kPredicate); }  // ge, lt, not_lt, nan: vec_x86.h
   static M both(M a, M b) { return _mm256_and_ps(a, b); }
   static M either(M a, M b) { return _mm256_or_ps(a, b); }
   static M but_not(M a, M b) { return _mm256_andnot_ps(b, a); }  // a and not b

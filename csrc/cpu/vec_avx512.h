@@ -27,18 +27,15 @@
 #endif
 
 #include "simd.h"
+#include "vec_shape.h"
+#include "vec_x86.h"
 
 namespace fastsample::cpu {
 
-struct Avx512 {
-  using F = __m512;
-  using M = __mmask16;  // bit l set where lane l is true
-  static constexpr int64_t kWidth = 16;
-  // 32 vector registers: the bracket block keeps its weights in registers (vec_loops.h).
-  static constexpr bool kWideRegisterFile = true;
-
+// Masks have bit l set where lane l is true. 32 vector registers: the bracket block keeps its weights in
+// registers (vec_loops.h).
+struct Avx512 : VecShape<Avx512, __m512, __mmask16, 16, true>, X86Compares<Avx512, __m512, __mmask16> {
   static F set1(float v) { return _mm512_set1_ps(v); }
-  static F zero() { return _mm512_setzero_ps(); }
   static F load(const float* p) { return _mm512_loadu_ps(p); }
   static void store(float* p, F v) { _mm512_storeu_ps(p, v); }
   // Lanes [0, rem) (0 < rem < kWidth) as a mask, and loads/stores of those lanes only (others read as 0).
@@ -75,10 +72,8 @@ struct Avx512 {
   static F add_where(F acc, M m, F v) { return _mm512_mask_add_ps(acc, m, acc, v); }  // acc + v where m, else acc
   static F keep(M m, F v) { return _mm512_maskz_mov_ps(m, v); }                       // v where m, else 0
   static F select(M m, F a, F b) { return _mm512_mask_blend_ps(m, b, a); }            // a where m, else b
-  static M ge(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_GE_OQ); }
-  static M lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
-  static M not_lt(F a, F b) { return _mm512_cmp_ps_mask(a, b, _CMP_NLT_UQ); }
-  static M nan(F v) { return _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q); }
+  template <int kPredicate>
+  static M cmp(F a, F b) { return _mm512_cmp_ps_mask(a, b, kPredicate); }  // ge, lt, not_lt, nan: vec_x86.h
   static M both(M a, M b) { return static_cast<M>(a & b); }
   static M either(M a, M b) { return static_cast<M>(a | b); }
   static M but_not(M a, M b) { return static_cast<M>(a & ~b); }  // a and not b

@@ -111,12 +111,15 @@ SpanStats span_stats(const float* x, int64_t n) {
 // weight sum returned. len is a multiple of kWidth, at most kPassBlock. kSee: the block max and whether it
 // may hold NaN into *seen (min not taken): exp makes NaN weights of NaN logits (and of +inf ones), which the
 // caller's redo sorts out.
+// kNarrow (a narrowed bracket, Bracket::narrow()): only the central edges are compared and summed, and the
+// outer edges' sums are copies of theirs (their edges are the same values): two compares and masked adds a
+// vector fewer.
 // Where V has the registers (V::kWideRegisterFile: AVX-512's 32), logits take one loop, the weights never
 // leaving registers. Elsewhere they take two loops over the block: the exps first, into a buffer that stays
 // in L1 (two vectors a step, as exp_weights), then the edges' sums and the gather from it; fused, the exp's
 // constants, the edges and their sums need more registers than AVX2 has, and the spills cost more than the
 // buffer. Probs are their own weights: the second loop alone.
-template <class V, bool kSee>
+template <class V, bool kSee, bool kNarrow = false>
 float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, float ref, float inv_t, const Bracket& br,
                     float* sums, PassGather& g, SpanStats* seen) {
   using F = typename V::F;
@@ -142,8 +145,9 @@ float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, flo
     w = buf;
   }
   const bool max_in_loop = w == xb;  // no exp loop took it
+  constexpr int kFirst = kNarrow ? kCentralHigh : 0, kEnd = kNarrow ? kCentralLow + 1 : kBracketEdges;
   F acc[kBracketEdges], edge[kBracketEdges];
-  for (int j = 0; j < kBracketEdges; ++j) {
+  for (int j = kFirst; j < kEnd; ++j) {
     acc[j] = V::zero();
     edge[j] = V::set1(br.edges[j]);
   }
@@ -151,13 +155,11 @@ float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, flo
   int64_t count = g.count;
   float* const values = g.values;  // locals: the stores below could alias g's fields for all GCC knows
   const int64_t capacity = g.capacity;
-  for (int64_t i = 0; i < len; i += kW) {
-    const F v = V::load(xb + i);
-    if constexpr (kSee) vmax = max_in_loop ? V::max_seen(v, vmax) : vmax;
-    const F wv = fused ? exp_lanes<V, false>(v, V::all(), vref, vinv, no_theta) : V::load(w + i);
+  // One vector's share: its weights wv into the total and the edges' sums, its central tokens gathered.
+  auto weigh = [&](F v, F wv, int64_t i) {
     total = V::add(total, wv);
     typename V::M ge[kBracketEdges];
-    for (int j = 0; j < kBracketEdges; ++j) {
+    for (int j = kFirst; j < kEnd; ++j) {
       ge[j] = V::ge(v, edge[j]);
       acc[j] = V::add_where(acc[j], ge[j], wv);
     }
@@ -165,9 +167,29 @@ float bracket_block(const float* xb, int64_t len, int64_t real, bool is_exp, flo
     uint32_t central = V::bits(V::but_not(ge[kCentralLow], ge[kCentralHigh]));
     central &= rem >= kW ? (1u << kW) - 1u : rem <= 0 ? 0u : (1u << rem) - 1u;
     count += V::compress_store(values + (count < capacity ? count : capacity), central, v);
+  };
+  int64_t i = 0;
+  if (fused) {  // two vectors a step: two exps' dependency chains (the polynomial) overlap
+    for (; i + 2 * kW <= len; i += 2 * kW) {
+      const F v0 = V::load(xb + i), v1 = V::load(xb + i + kW);
+      if constexpr (kSee) vmax = V::max_seen(v1, V::max_seen(v0, vmax));
+      const F e0 = exp_lanes<V, false>(v0, V::all(), vref, vinv, no_theta);
+      const F e1 = exp_lanes<V, false>(v1, V::all(), vref, vinv, no_theta);
+      weigh(v0, e0, i);
+      weigh(v1, e1, i + kW);
+    }
+  }
+  for (; i < len; i += kW) {
+    const F v = V::load(xb + i);
+    if constexpr (kSee) vmax = max_in_loop ? V::max_seen(v, vmax) : vmax;
+    weigh(v, fused ? exp_lanes<V, false>(v, V::all(), vref, vinv, no_theta) : V::load(w + i), i);
   }
   g.count = count;
-  for (int j = 0; j < kBracketEdges; ++j) sums[j] = V::sum(acc[j]);
+  for (int j = kFirst; j < kEnd; ++j) sums[j] = V::sum(acc[j]);
+  if constexpr (kNarrow) {
+    sums[kOuterHigh] = sums[kCentralHigh];
+    sums[kOuterLow] = sums[kCentralLow];
+  }
   const float s = V::sum(total);
   if constexpr (kSee) *seen = {V::max(vmax), kInf, s != s};
   return s;

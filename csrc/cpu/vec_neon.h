@@ -12,19 +12,14 @@
 #include <cstdint>
 
 #include "simd.h"
+#include "vec_shape.h"
 
 namespace fastsample::cpu {
 
-struct Neon {
-  using F = float32x4_t;
-  using M = uint32x4_t;  // all ones in a lane where true
-  static constexpr int64_t kWidth = 4;
-  // The bracket block takes its weights through a buffer, as on AVX2 (vec_loops.h; AArch64 has 32
-  // registers, but the fused form is not measured on an Arm core yet).
-  static constexpr bool kWideRegisterFile = false;
-
+// Masks are all ones in a lane where true. The bracket block takes its weights through a buffer, as on AVX2
+// (vec_loops.h; AArch64 has 32 registers, but the fused form is not measured on an Arm core yet).
+struct Neon : VecShape<Neon, float32x4_t, uint32x4_t, 4, false> {
   static F set1(float v) { return vdupq_n_f32(v); }
-  static F zero() { return vdupq_n_f32(0.0f); }
   static F load(const float* p) { return vld1q_f32(p); }
   static void store(float* p, F v) { vst1q_f32(p, v); }
   // Lanes [0, rem) (0 < rem < kWidth) as a mask: lane index < rem.

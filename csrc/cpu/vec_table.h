@@ -22,6 +22,10 @@ struct PathOf {
   }
   static float bracket_block_any(const float* xb, int64_t len, int64_t real, bool is_exp, float ref, float inv_t,
                                  const Bracket& br, float* sums, PassGather& g, SpanStats* seen) {
+    if (br.narrow()) {
+      return seen ? bracket_block<V, true, true>(xb, len, real, is_exp, ref, inv_t, br, sums, g, seen)
+                  : bracket_block<V, false, true>(xb, len, real, is_exp, ref, inv_t, br, sums, g, nullptr);
+    }
     return seen ? bracket_block<V, true>(xb, len, real, is_exp, ref, inv_t, br, sums, g, seen)
                 : bracket_block<V, false>(xb, len, real, is_exp, ref, inv_t, br, sums, g, nullptr);
   }
