@@ -144,7 +144,7 @@ __device__ int64_t tree_draw(bool fresh, const T* p, const double* w, int64_t vo
 }
 
 template <class T>
-__global__ void __launch_bounds__(kTreeThreads) tree_speculative_kernel(TreeArgs<T> a, double* work) {
+__global__ void __launch_bounds__(kTreeThreads, 1) tree_speculative_kernel(TreeArgs<T> a, double* work) {
   __shared__ TreeShared s;
   const int64_t b = blockIdx.x, n = a.n, vocab = a.vocab;
   const int tid = threadIdx.x;
