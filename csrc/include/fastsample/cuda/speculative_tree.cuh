@@ -113,6 +113,10 @@ __device__ int64_t tree_draw(bool fresh, const T* p, const double* w, int64_t vo
     before += s.sum[k];
   }
   if (pick < 0) pick = last, pick_before = last_before;
+  if (pick < 0) {  // unreachable with total > 0; no segment to walk
+    __syncthreads();
+    return -1;
+  }
   if (warp == pick) {
     const int64_t plo = min(static_cast<int64_t>(pick) * seg, vocab), phi = min(plo + seg, vocab);
     double cum = pick_before;
