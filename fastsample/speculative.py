@@ -2,12 +2,10 @@
 tree_speculative_sampling / tree_greedy_verify (a token tree per row, section 11)."""
 from __future__ import annotations
 
-import os
-
 import torch
 
 from . import _ops, _rng, reference_tree
-from .backends import ops_for, resolve_backend
+from .backends import backend_ops, ops_for, resolve_backend
 from .sampling import greedy
 
 Tensor = torch.Tensor
@@ -98,14 +96,12 @@ def _check_tree(draft_token_ids, parents, target, target_name: str, draft_probs)
 
 
 def _tree_backend(x: Tensor, backend):
-    """The module with the tree op for ``x``: C++ on CPU, Triton on CUDA tensors (there is no CUDA C++ tree
-    kernel yet, so asking for backend "cuda" by name fails), or the torch reference."""
+    """The module with the tree op for ``x``: C++ on CPU and on CUDA tensors (the CUDA kernel when fastsample._C
+    was built with CUDA, else Triton, as for the other ops), Triton, or the torch reference."""
     name = resolve_backend(x, backend)
-    if name == "cpu":
-        return _ops
-    if name == "cuda" and (backend or os.environ.get("FASTSAMPLE_BACKEND")):
-        raise ValueError("backend 'cuda' has no tree_speculative_sampling kernel yet; use 'triton' (or 'cpu', 'torch')")
-    if name in ("cuda", "triton"):
+    if name in ("cpu", "cuda"):
+        return backend_ops(name)  # a RuntimeError says why when the extension lacks the backend
+    if name == "triton":
         from .triton import ops as triton_ops
 
         return triton_ops

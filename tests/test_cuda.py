@@ -1,6 +1,7 @@
-"""The CUDA C++ backend (csrc/cuda, csrc/include/fastsample/cuda) on a GPU: every op against tests/oracle.py and
-against the CPU backend for the same seeds, the bad-input rows, CUDA-graph capture + replay == eager, and grid
-invariance (the same row gives the same token whether its row is split over one CTA or many).
+"""The CUDA C++ backend (csrc/cuda, csrc/include/fastsample/cuda) on a GPU: every op (the tree verification
+included) against tests/oracle.py and against the CPU backend for the same seeds, the bad-input rows, CUDA-graph
+capture + replay == eager, and grid invariance (the same row gives the same token whether its row is split over
+one CTA or many).
 
 Skipped without a GPU or without an extension built with CUDA kernels (`make check-cuda` still compiles the
 code on machines without one).
@@ -176,6 +177,116 @@ def test_chain_speculative_sampling(vocab):
     cpu = fastsample.chain_speculative_sampling(q, ids, p, seed=9, backend="cpu")
     for g, c in zip(got, cpu):
         np.testing.assert_array_equal(np64(g)[ok], np64(c)[ok])
+
+
+def _tree_inputs(batch: int, n: int, vocab: int, seed: int):
+    """(ids, parents, target [B, n+1, V], draft [B, n, V]): random trees (each node's parent uniform over the
+    root and the earlier nodes, some nodes unused) whose tokens are drawn from a draft close to the target at
+    their parent, so that paths are often accepted."""
+    gen = torch.Generator().manual_seed(seed)
+    parents = torch.stack([torch.randint(-1, max(i, 0), (batch,), generator=gen) if i else torch.full((batch,), -1)
+                           for i in range(n)], 1)
+    logits = torch.randn(batch, n + 1, vocab, generator=gen) * 3
+    target = torch.softmax(logits, -1)
+    at_parent = logits.gather(1, (parents + 1).unsqueeze(2).expand(batch, n, vocab))
+    draft = torch.softmax(at_parent + 0.5 * torch.randn(at_parent.shape, generator=gen), -1)
+    ids = torch.multinomial(draft.reshape(-1, vocab), 1, generator=gen).reshape(batch, n)
+    ids = torch.where(torch.rand(batch, n, generator=gen) < 0.1, -1, ids)
+    return ids, parents, target, draft
+
+
+@pytest.mark.parametrize("sampled", [True, False], ids=["sampled", "deterministic"])
+@pytest.mark.parametrize("vocab", (7, 1000, 128256))
+def test_tree_speculative_sampling(vocab, sampled):
+    """The CUDA tree kernel == the oracle (away from float boundaries) == the CPU kernel, both draft modes."""
+    batch, n = (16, 10) if vocab == 128256 else (64, 12)
+    ids, parents, target, draft = _tree_inputs(batch, n, vocab, seed=vocab + sampled)
+    draft = draft if sampled else None
+    ids[0, 0] = vocab  # out of range: rejected, never read
+    parents[1, 3] = 3  # malformed: the row is all -1
+    got = fastsample.tree_speculative_sampling(ids.cuda(), parents.cuda(), target.cuda(), _cuda(draft), seed=9,
+                                               offset=4, backend="cuda")
+    seeds, offsets = oracle_seed_offset(batch, 9, 4)
+    want = oracle.tree_speculative_sampling(np64(ids), np64(parents), np64(target),
+                                            None if draft is None else np64(draft), seeds, offsets)
+    ok = ~want[3]
+    for g, w in zip(got, want[:3]):
+        np.testing.assert_array_equal(np64(g)[ok], w[ok])
+    assert_rare(int(want[3].sum()), want[3].size, f"tree V={vocab}")
+    cpu = fastsample.tree_speculative_sampling(ids, parents, target, draft, seed=9, offset=4, backend="cpu")
+    for g, c in zip(got, cpu):
+        np.testing.assert_array_equal(np64(g)[ok], np64(c)[ok])
+    assert (np64(got[0])[1] == -1).all() and int(got[2][1]) == 0
+    assert 0 < int(want[2].sum())  # some paths accepted
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+def test_tree_speculative_sampling_half_rows(dtype):
+    """Half-precision rows are read in their own dtype: the same tokens as the CPU kernel on the same rows."""
+    ids, parents, target, draft = _tree_inputs(32, 8, 3000, seed=5)
+    target, draft = target.to(dtype), draft.to(dtype)
+    for d in (draft, None):
+        got = fastsample.tree_speculative_sampling(ids.cuda(), parents.cuda(), target.cuda(), _cuda(d), seed=2,
+                                                   backend="cuda")
+        cpu = fastsample.tree_speculative_sampling(ids, parents, target, d, seed=2, backend="cpu")
+        for g, c in zip(got, cpu):
+            assert torch.equal(g.cpu(), c)
+
+
+def test_tree_speculative_sampling_int64_offsets():
+    """B * (N + 1) * V > 2^31 elements: the last row, read beyond the 32-bit range, gives what it gives alone."""
+    batch, n, vocab = 17, 31, 1 << 22
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    target = torch.rand(batch, n + 1, vocab, device="cuda", dtype=torch.float16, generator=gen)
+    assert target.numel() > 2**31
+    ids = torch.randint(0, vocab, (batch, n), device="cuda", generator=gen)
+    ids[:, 0] = target[:, 0].argmax(-1)  # likely accepted: the walk descends into node 0's row
+    parents = torch.full((batch, n), -1, device="cuda")
+    parents[:, 1:] = 0
+    seeds = torch.arange(batch, device="cuda")
+    offsets = torch.zeros(batch, dtype=torch.int64, device="cuda")
+    full = fastsample.tree_speculative_sampling(ids, parents, target, seed=seeds, offset=offsets, backend="cuda")
+    b = batch - 1
+    alone = fastsample.tree_speculative_sampling(ids[b:], parents[b:], target[b:].contiguous(), seed=seeds[b:],
+                                                 offset=offsets[b:], backend="cuda")
+    for f, a in zip(full, alone):
+        assert torch.equal(f[b:], a)
+    del target
+
+
+def test_tree_speculative_sampling_graph_replay():
+    """seed/offset on the device: a captured tree verification replays with new seeds, no host sync inside."""
+    ids, parents, target, draft = (t.cuda() for t in _tree_inputs(8, 12, 1000, seed=3))
+    seed = torch.full((8,), 3, dtype=torch.int64, device="cuda")
+    offset = torch.arange(8, dtype=torch.int64, device="cuda")
+
+    def step():
+        return fastsample.tree_speculative_sampling(ids, parents, target, draft, seed=seed, offset=offset,
+                                                    backend="cuda")
+
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    for new_seed in (3, 17, 123456789):
+        seed.fill_(new_seed)
+        graph.replay()
+        eager = step()
+        torch.cuda.synchronize()
+        for c, e in zip(captured, eager):
+            assert torch.equal(c, e)
+
+
+def test_tree_greedy_verify():
+    """The CUDA argmax under the tree walk == the oracle."""
+    ids, parents, _, _ = _tree_inputs(40, 16, 6, seed=8)
+    logits = torch.randn(40, 17, 6, generator=torch.Generator().manual_seed(2))
+    logits[3, 0, 2] = float("nan")
+    got = fastsample.tree_greedy_verify(ids.cuda(), parents.cuda(), logits.cuda(), backend="cuda")
+    want = oracle.tree_greedy_verify(np64(ids), np64(parents), np64(logits))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np64(g), w)
 
 
 # ------------------------------------------------------------------------------- graphs and grid invariance

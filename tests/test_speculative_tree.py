@@ -1,22 +1,27 @@
-"""tree_speculative_sampling and tree_greedy_verify on the backends that have them (cpu, torch, triton): exact tokens
+"""tree_speculative_sampling and tree_greedy_verify on every backend (cpu, torch, triton, cuda): exact tokens
 against tests/oracle.py on random trees in both draft modes, the emitted tokens' distribution (chi-square over
 the first two tokens, fixed seeds), a path tree equal to chain_speculative_sampling, and bad input."""
 import numpy as np
 import pytest
 import torch
-from conftest import GPU_BACKENDS, _on_gpu, assert_rare, chi_square_pvalue, np64
+from conftest import CUDA_KERNELS, GPU_BACKENDS, _on_gpu, assert_rare, chi_square_pvalue, np64
 
 import fastsample
 import oracle
 
 # With a GPU, triton runs compiled on CUDA copies of the inputs (marked gpu); without one, in the interpreter.
 TRITON_MARKS = [pytest.mark.gpu] if "triton" in GPU_BACKENDS else []
-TREE_BACKENDS = ("cpu", "torch", pytest.param("triton", marks=TRITON_MARKS))
+# The CUDA C++ kernel (csrc/include/fastsample/cuda/speculative_tree.cuh) on a GPU with an extension built with it.
+CUDA_MARKS = [pytest.mark.gpu, pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and fastsample._C built "
+                                                                            "with its CUDA kernels")]
+CUDA = pytest.param("cuda", marks=CUDA_MARKS)
+TREE_BACKENDS = ("cpu", "torch", pytest.param("triton", marks=TRITON_MARKS), CUDA)
 # The Triton interpreter runs a row in ~60 ms: it gets one vocabulary for the random trees and no chi-square
 # test (its tokens equal the oracle's, and the oracle's distribution is checked through cpu and torch).
-FAST_BACKENDS = ("cpu", "torch")
+FAST_BACKENDS = ("cpu", "torch", CUDA)
 RANDOM_TREE_CASES = [(b, v) for b in ("cpu", "torch") for v in (2, 50, 1000)]
 RANDOM_TREE_CASES.append(pytest.param("triton", 50, marks=TRITON_MARKS))
+RANDOM_TREE_CASES += [pytest.param("cuda", v, marks=CUDA_MARKS) for v in (2, 50, 1000, 5000)]
 
 
 def _op(name: str, backend: str):
@@ -207,7 +212,7 @@ def test_greedy_verify_matches_oracle(backend):
     logits = torch.randn(40, 17, 6, generator=torch.Generator().manual_seed(2))
     logits[3, 0, 2] = float("nan")
     logits[5] = 0.0  # all ties: the lowest id
-    got = fastsample.tree_greedy_verify(ids, parents, logits, backend=backend)
+    got = _op("tree_greedy_verify", backend)(ids, parents, logits, backend=backend)
     want = oracle.tree_greedy_verify(np64(ids), np64(parents), np64(logits))
     for g, w in zip(got, want):
         np.testing.assert_array_equal(np64(g), w)
@@ -229,7 +234,7 @@ def test_bad_arguments_raise_naming_the_argument(arg, bad, error):
         fastsample.tree_speculative_sampling(**args, seed=0)
 
 
-def test_cuda_is_refused_by_name():
+def test_cuda_backend_needs_cuda_tensors():
     args = (torch.zeros(1, 1, dtype=torch.int64), torch.full((1, 1), -1), torch.full((1, 2, 3), 1 / 3))
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(ValueError, match="backend 'cuda' needs CUDA tensors"):
         fastsample.tree_speculative_sampling(*args, seed=0, backend="cuda")

@@ -72,6 +72,8 @@ INSTANTIATIONS = {
                                    "cudaStream_t);\n"),
     "speculative.cuh": "cudaError_t (*check_speculative)(const SpecArgs&, void*, cudaStream_t) = "
     "chain_speculative_sampling;\n",
+    "speculative_tree.cuh": _per_type("template cudaError_t tree_speculative_sampling<{T}>(const TreeArgs<{T}>&, "
+                                      "void*, cudaStream_t);\n"),
 }
 
 

@@ -39,7 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import flashinfer_wheels  # noqa: E402
 QUICK_TESTS = ["tests/test_softmax.py", "tests/test_topk.py", "tests/test_topp.py", "tests/test_minp.py",
-               "tests/test_sampling.py", "tests/test_speculative.py", "tests/test_cuda.py", "tests/test_rng.py"]
+               "tests/test_sampling.py", "tests/test_speculative.py", "tests/test_speculative_tree.py",
+               "tests/test_cuda.py", "tests/test_rng.py"]
 BENCH = "import sys; from bench.run import main; sys.exit(main(sys.argv[1:]))"
 # Step time limits in seconds (full run, --quick run); together they bound the whole command.
 LIMITS = {"build": (600, 600), "tests": (1500, 600), "sanitizer": (300, 180), "bench": (600, 240)}
