@@ -96,9 +96,10 @@ def test_cpu_rehearsal_on_a_tiny_model(tmp_path):
     summary = (tmp_path / "gpu-decoders-cpu.md").read_text()
     assert summary.splitlines()[2].startswith("PASSED")
     decoders = summary.split("## decoders")[1].split("## syncs")[0]
-    assert decoders.count("| ok |") + decoders.count("| near-tie |") == 14
+    assert decoders.count("| ok |") + decoders.count("| near-tie |") == 16
     for name in ("greedy == HF generate", "beam, float32 copy of the model, == HF generate",
-                 "sample: first token of 500 rows vs HF warpers (chi-square)", "speculative greedy (gamma 3)"):
+                 "sample: first token of 500 rows vs HF warpers (chi-square)", "speculative greedy (gamma 3)",
+                 "speculative greedy (tree 3x2)", "speculative greedy (ngram)"):
         assert f"| {name}" in decoders
     assert "| 3 |" in summary.split("## timing")[1] and "skipped: needs a CUDA device" in summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu-decoders-cpu.log", "gpu-decoders-cpu.md"]
@@ -113,6 +114,7 @@ def test_rehearsal_without_transformers(tmp_path, monkeypatch):
     summary = (tmp_path / "gpu-decoders-cpu.md").read_text()
     assert "transformers: NOT INSTALLED" in summary and "skipped: transformers is not installed" in summary
     assert "| speculative greedy (gamma 3) == target greedy | ok |" in summary
+    assert "| speculative greedy (tree 3x2) == target greedy | skipped: the stand-in model takes no 4-D" in summary
     assert "| 2 |" in summary.split("## timing")[1]
 
 
