@@ -15,6 +15,7 @@
 #include <limits>
 
 #include "common.h"
+#include "simd.h"
 
 namespace fastsample::cpu {
 namespace {
@@ -60,7 +61,7 @@ inline double exp_nonpos(double d) {
 // q[i] for a finite row (mode 1) over x[0, n): round(exp(d) * 2^scale) (ties to even), d = (x - m) / t,
 // negated where d < log_min_p, 0 where x < theta (or NaN). Needs two_s <= 2^52, so that v + 2^52 holds
 // round(v) in its low bits; d below -64 weighs less than 2^-92 * 2^52 and rounds to 0.
-__attribute__((target_clones("avx512f", "avx2", "default"))) void weigh_finite(
+FS_MULTIVERSION void weigh_finite(
     const float* x, int64_t n, double m, double t, double log_min_p, float theta, double two_s, int64_t* q) {
   constexpr double kTwo52 = 4503599627370496.0;
   for (int64_t i = 0; i < n; ++i) {
@@ -150,7 +151,7 @@ struct RowStats {
 
 // Two vectorisable passes: lane-wise max and NaN flags, then per 64-token block the counts of the max and of
 // tie_value (the first block holding the max is scanned for its first index).
-__attribute__((target_clones("avx512f", "avx2", "default"))) RowStats row_stats(const float* x, int64_t n,
+FS_MULTIVERSION RowStats row_stats(const float* x, int64_t n,
                                                                                  float tie) {
   constexpr int kLanes = 16;
   constexpr int64_t kStatBlock = 64;
