@@ -172,8 +172,23 @@ if AVAILABLE:
     if hasattr(torch.ops.fastsample, "stack_tail_filters"):
 
         @torch.library.register_fake("fastsample::stack_tail_filters")
-        def _stack_tail_filters_fake(y, *rest):
-            return (y.new_empty(y.shape, dtype=torch.float64), y.new_empty((y.shape[0],), dtype=torch.bool))
+        def _stack_tail_filters_fake(y, *rest, u=None, dense=True):
+            if len(rest) > 15:
+                u = rest[15]
+            if len(rest) > 16:
+                dense = rest[16]
+            batch = y.shape[0]
+            n = 0 if u is None else u.shape[1]
+            return (y.new_empty((batch if dense else 0, y.shape[1]), dtype=torch.float64),
+                    y.new_empty((batch,), dtype=torch.bool),
+                    y.new_empty((batch if u is not None else 0, n), dtype=torch.int64),
+                    y.new_empty((batch if u is not None else 0,), dtype=torch.float64))
+
+    if hasattr(torch.ops.fastsample, "stack_tail_dry"):
+
+        @torch.library.register_fake("fastsample::stack_tail_dry")
+        def _stack_tail_dry_fake(h, *rest):
+            return h.new_empty(h.shape, dtype=torch.int64), h.new_empty(h.shape, dtype=torch.float32)
 
     @torch.library.register_fake("fastsample::stack_processed_logits")
     def _stack_processed_logits_fake(logits, *steps_2_3):

@@ -450,6 +450,12 @@ def _opcheck_cases():
                                 torch.zeros(batch), torch.zeros(batch), torch.zeros(batch), torch.full((batch,), 0.1),
                                 torch.zeros(batch), torch.zeros(batch), torch.ones(batch), torch.full((batch,), 4.0),
                                 [2, 3, 6, 4, 5, 9, 0])],
+        # DRY's override list over a right-aligned history (-1 on the left), with and without breakers
+        "stack_tail_dry": [(torch.tensor([[-1, 1, 2, 3, 1, 2, 3, 1, 2]] * batch), torch.full((batch,), 0.8),
+                            torch.full((batch,), 1.75), torch.full((batch,), 2), torch.full((batch,), -1),
+                            torch.tensor([[3, -1]] * batch), logits.shape[1]),
+                           (torch.tensor([[5, 5, 5, 5]] * batch), torch.ones(batch), torch.full((batch,), 2.0),
+                            torch.ones(batch, dtype=torch.int64), torch.full((batch,), 3), None, logits.shape[1])],
         # vocab-parallel per-rank passes (fastsample/distributed/_local.py; their own tests: test_distributed.py)
         **_dist_cases(logits, t_arr),
     }
