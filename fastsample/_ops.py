@@ -172,7 +172,7 @@ if AVAILABLE:
     if hasattr(torch.ops.fastsample, "stack_tail_filters"):
 
         @torch.library.register_fake("fastsample::stack_tail_filters")
-        def _stack_tail_filters_fake(y, *rest, u=None, dense=True):
+        def _stack_tail_filters_fake(y, *rest, u=None, dense=True, dry_ids=None, dry_penalty=None):
             if len(rest) > 15:
                 u = rest[15]
             if len(rest) > 16:
@@ -182,7 +182,8 @@ if AVAILABLE:
             return (y.new_empty((batch if dense else 0, y.shape[1]), dtype=torch.float64),
                     y.new_empty((batch,), dtype=torch.bool),
                     y.new_empty((batch if u is not None else 0, n), dtype=torch.int64),
-                    y.new_empty((batch if u is not None else 0,), dtype=torch.float64))
+                    y.new_empty((batch if u is not None else 0,), dtype=torch.float64),
+                    y.new_empty((batch,), dtype=torch.bool))
 
     if hasattr(torch.ops.fastsample, "stack_tail_dry"):
 

@@ -875,7 +875,7 @@ def test_cpu_dry_kernel_equals_torch_dry(seed, monkeypatch):
                     dry_penalty_last_n=50)):
         for p_ids in (None, prompt):
             fastsample.sample_stack(x, prompt_ids=p_ids, output_ids=hist, **kw, order="llama.cpp", seed=seed,
-                                    backend="cpu")
+                                    logprobs="processed", backend="cpu")  # the route that scatters DRY's list
     assert len(calls) == 8
 
 
@@ -894,7 +894,8 @@ def test_cpu_filter_kernel_equals_torch_steps(case, monkeypatch):
     calls = []
     real = tail.filtered_cpu
 
-    def both(y, op_args, t, u=None):
+    def both(y_in, op_args, t, u=None, overrides=None):
+        y = y_in if overrides is None else y_in.scatter_add(1, overrides[0], -overrides[1])  # DRY as torch does
         z_cpu, g_cpu = real(y, op_args, t)
         z_ref, g_ref = tail.filtered(y, op_args, t)
         calls.append(1)
@@ -902,7 +903,7 @@ def test_cpu_filter_kernel_equals_torch_steps(case, monkeypatch):
         assert torch.equal(z_cpu > -math.inf, z_ref > -math.inf), "kept sets differ"
         torch.testing.assert_close(z_cpu, z_ref, rtol=1e-12, atol=1e-12)
         if u is not None:  # the draws on the survivors (no logprobs): the same greedy rows
-            drawn = real(y, op_args, t, u)
+            drawn = real(y_in, op_args, t, u, overrides)
             assert torch.equal(drawn[1], g_ref)
             return drawn
         return z_cpu, g_cpu

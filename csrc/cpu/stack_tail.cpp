@@ -237,13 +237,13 @@ void check_rows(const at::Tensor& t, int64_t batch, at::ScalarType dtype, const 
               "stack_tail_filters: ", name, " must be a contiguous CPU tensor [", batch, "] of ", dtype);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tail_filters(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tail_filters(
     const at::Tensor& y, const at::Tensor& temperature, const at::Tensor& top_k, const at::Tensor& top_p,
     const at::Tensor& min_p, const at::Tensor& top_n_sigma, const at::Tensor& typical_p, const at::Tensor& epsilon,
     const at::Tensor& eta, const at::Tensor& xtc_probability, const at::Tensor& xtc_threshold,
     const at::Tensor& u_xtc, const at::Tensor& dynatemp_range, const at::Tensor& dynatemp_exponent,
     const std::optional<at::Tensor>& mirostat_mu, at::IntArrayRef steps, const std::optional<at::Tensor>& u,
-    bool dense) {
+    bool dense, const std::optional<at::Tensor>& dry_ids, const std::optional<at::Tensor>& dry_penalty) {
   TORCH_CHECK(y.device().is_cpu() && y.dim() == 2 && y.scalar_type() == at::kFloat && y.is_contiguous(),
               "stack_tail_filters: y must be a contiguous float32 CPU tensor [B, V]");
   const int64_t batch = y.size(0), vocab = y.size(1);
@@ -262,6 +262,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tail_filters(
   at::Tensor z = at::empty({dense ? batch : 0, vocab}, y.options().dtype(at::kDouble));
   at::Tensor tokens = at::empty({u ? batch : 0, n_draws}, y.options().dtype(at::kLong));
   at::Tensor p_token = at::empty({u ? batch : 0}, y.options().dtype(at::kDouble));
+  TORCH_CHECK(dry_ids.has_value() == dry_penalty.has_value(), "stack_tail_filters: dry_ids and dry_penalty go together");
+  int64_t n_dry = 0;
+  if (dry_ids) {
+    TORCH_CHECK(dry_ids->dim() == 2 && dry_ids->size(0) == batch && dry_ids->scalar_type() == at::kLong &&
+                    dry_ids->is_contiguous() && dry_penalty->sizes() == dry_ids->sizes() &&
+                    dry_penalty->scalar_type() == at::kFloat && dry_penalty->is_contiguous(),
+                "stack_tail_filters: dry_ids int64 and dry_penalty float32 must be contiguous [B, L]");
+    n_dry = dry_ids->size(1);
+  }
+  const int64_t* dip = dry_ids ? dry_ids->const_data_ptr<int64_t>() : nullptr;
+  const float* dpp = dry_penalty ? dry_penalty->const_data_ptr<float>() : nullptr;
+  at::Tensor finite = at::empty({batch}, y.options().dtype(at::kBool));
+  bool* fp = finite.data_ptr<bool>();
   const float* up = u ? u->const_data_ptr<float>() : nullptr;
   int64_t* tp = tokens.data_ptr<int64_t>();
   double* ptp = p_token.data_ptr<double>();
@@ -277,10 +290,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tail_filters(
     for (int64_t b = begin; b < end; ++b) {
       const float* yr = yp + b * vocab;
       double top = -kInf;
-      for (int64_t i = 0; i < vocab; ++i) {
-        zrow[i] = static_cast<double>(yr[i]);
-        top = std::max(top, zrow[i]);
+      for (int64_t i = 0; i < vocab; ++i) zrow[i] = static_cast<double>(yr[i]);
+      for (int64_t j = 0; j < n_dry; ++j) {  // DRY: y.scatter_add(1, ids, -penalty) in float32
+        const int64_t id = dip[b * n_dry + j];
+        TORCH_CHECK(id >= 0 && id < vocab, "stack_tail_filters: a DRY id is out of range");
+        zrow[id] = static_cast<double>(static_cast<float>(zrow[id]) + (-dpp[b * n_dry + j]));
       }
+      for (int64_t i = 0; i < vocab; ++i) top = std::max(top, zrow[i]);
+      fp[b] = top > -kInf;  // y.amax > -inf after DRY (NaN rows are invalid through `bad` anyway)
       if (top == kInf) {  // +inf tokens share the mass
         for (int64_t i = 0; i < vocab; ++i) zrow[i] = zrow[i] == kInf ? 0.0 : -kInf;
       }
@@ -336,7 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tail_filters(
       }
     }
   });
-  return {z, greedy, tokens, p_token};
+  return {z, greedy, tokens, p_token, finite};
 }
 
 // DRY's override list (docs/ops.md "Long-tail steps", tail.py `dry` is the torch twin): for each row of the

@@ -63,6 +63,15 @@ def dry_kernel_available() -> bool:
         return False
 
 
+def dry_overrides(h: Tensor, t: TailArgs, vocab: int) -> tuple[Tensor, Tensor]:
+    """DRY's override list from the C++ op stack_tail_dry (CPU): (ids int64 [B, L], penalty float32 [B, L]) for
+    y.scatter_add(1, ids, -penalty); h the right-aligned history of `history`."""
+    breakers = t.dry_sequence_breakers
+    return torch.ops.fastsample.stack_tail_dry(
+        h.contiguous(), t.dry_multiplier.contiguous(), t.dry_base.contiguous(), t.dry_allowed_length.contiguous(),
+        t.dry_penalty_last_n.contiguous(), None if breakers is None else breakers.contiguous(), vocab)
+
+
 def dry(y: Tensor, prompt_ids: Tensor | None, output_ids: Tensor | None, t: TailArgs,
         kernel: bool = False) -> Tensor:
     """DRY (llama.cpp's rule, docs/ops.md): y - penalty on each token that would extend a repeat of the end of
@@ -77,11 +86,7 @@ def dry(y: Tensor, prompt_ids: Tensor | None, output_ids: Tensor | None, t: Tail
     if L < 2:
         return y
     if kernel:
-        breakers = t.dry_sequence_breakers
-        ids, penalty = torch.ops.fastsample.stack_tail_dry(
-            h.contiguous(), t.dry_multiplier.contiguous(), t.dry_base.contiguous(),
-            t.dry_allowed_length.contiguous(), t.dry_penalty_last_n.contiguous(),
-            None if breakers is None else breakers.contiguous(), vocab)
+        ids, penalty = dry_overrides(h, t, vocab)
         return y.scatter_add(1, ids, -penalty)
     cols = torch.arange(L, device=device)
     count = (h != -1).sum(dim=1)
@@ -274,10 +279,11 @@ def cpu_kernel_available() -> bool:
         return False
 
 
-def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | None = None):
+def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | None = None, overrides=None):
     """`filtered` in the CPU kernel: one float64 copy of each row, the steps in order on the surviving ids only,
     rows in parallel -> (z, greedy). With the uniforms u [B, n] it also draws: -> (tokens [B, n], greedy,
-    p_token float64 [B]) without z (no [B, V] output: the draws need only the survivors)."""
+    p_token float64 [B], finite [B]) without z (no [B, V] output: the draws need only the survivors); overrides
+    = DRY's (ids, penalty) list, subtracted in float32 inside the op instead of a scatter into a copy of y."""
     codes = []
     for step in ORDER_STEPS[t.order]:
         if step == "temperature":
@@ -287,13 +293,14 @@ def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | None = N
     u_xtc = (philox_uniform(args.seed, args.offset, XTC_DRAW) if "xtc" in t.active
              else torch.zeros_like(t.xtc_probability))
     row = lambda name: args.row(name)  # noqa: E731
-    z, greedy, tokens, p_token = torch.ops.fastsample.stack_tail_filters(
+    dry_ids, dry_penalty = (None, None) if overrides is None else overrides
+    z, greedy, tokens, p_token, finite = torch.ops.fastsample.stack_tail_filters(
         y.contiguous(), row("temperature"), row("top_k"), row("top_p"), row("min_p"), row("top_n_sigma"),
         t.typical_p.contiguous(), t.epsilon.contiguous(), t.eta.contiguous(), t.xtc_probability.contiguous(),
         t.xtc_threshold.contiguous(), u_xtc.contiguous(), t.dynatemp_range.contiguous(),
         t.dynatemp_exponent.contiguous(), None if t.mirostat_mu is None else t.mirostat_mu.contiguous(), codes,
-        u, u is None)
-    return (z, greedy) if u is None else (tokens, greedy, p_token)
+        u, u is None, dry_ids, dry_penalty)
+    return (z, greedy) if u is None else (tokens, greedy, p_token, finite)
 
 
 def filtered(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]:
@@ -332,8 +339,9 @@ def filtered(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]
     return z, greedy
 
 
-def _valid_rows(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor) -> Tensor:
-    """Rows whose parameters are in range, with no NaN (`bad`, from steps 1-3) and a finite token left."""
+def _valid_rows(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor, finite: Tensor | None = None) -> Tensor:
+    """Rows whose parameters are in range, with no NaN (`bad`, from steps 1-3) and a finite token left (`finite`
+    when the caller has it: the CPU op's y.amax > -inf)."""
     vocab = y.shape[1]
     temp, top_p_, min_p_ = args.row("temperature"), args.row("top_p"), args.row("min_p")
     params_ok = (penalties_ok(args.row("repetition"), args.row("frequency"), args.row("presence"))
@@ -342,18 +350,18 @@ def _valid_rows(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor) -> Tenso
     if t.dry_sequence_breakers is not None:  # a breaker id outside [-1, V) makes its row invalid
         br = t.dry_sequence_breakers
         params_ok = params_ok & ~((br < -1) | (br >= vocab)).any(dim=1)
-    return params_ok & ~bad & (y.amax(dim=1) > -_INF)
+    return params_ok & ~bad & ((y.amax(dim=1) > -_INF) if finite is None else finite)
 
 
-def _sample_cpu_sparse(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor):
+def _sample_cpu_sparse(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor, overrides=None):
     """`sample_stack` without logprobs on CPU: the filters and the draws in the C++ op on the survivors only
     (the same uniforms, the same running sums in id order as the torch draws below)."""
     batch = y.shape[0]
     device = y.device
     draws = torch.arange(args.num_samples, device=device)
     u = philox_uniform(args.seed.unsqueeze(1), args.offset.unsqueeze(1), draws.unsqueeze(0))  # [B, n]
-    token, greedy, p_token = filtered_cpu(y, args, t, u.to(torch.float32).contiguous())
-    valid = _valid_rows(args, t, y, bad)
+    token, greedy, p_token, finite = filtered_cpu(y, args, t, u.to(torch.float32).contiguous(), overrides)
+    valid = _valid_rows(args, t, y, bad, finite)
     tokens = torch.where(valid.unsqueeze(1), token, -1)
     mu = None
     if t.mirostat_mu is not None:
@@ -372,10 +380,16 @@ def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
     batch, vocab = x.shape
     device = x.device
     y, bad = steps_1_3(args, backend)
-    if "dry" in t.active and (args.prompt_ids is not None or args.output_ids is not None):
+    dry_on = "dry" in t.active and (args.prompt_ids is not None or args.output_ids is not None)
+    if backend == "cpu" and cpu_kernel_available() and dry_kernel_available() and args.logprobs_mode == 0:
+        # DRY's list, the filters and the draws in the C++ ops: no [B, V] pass after steps 1-3 but the op's own
+        overrides = None
+        if dry_on:
+            h = history(args.prompt_ids, args.output_ids, batch, device)
+            overrides = dry_overrides(h, t, vocab) if h.shape[1] >= 2 else None
+        return _sample_cpu_sparse(args, t, y, bad, overrides)
+    if dry_on:
         y = dry(y, args.prompt_ids, args.output_ids, t, kernel=backend == "cpu" and dry_kernel_available())
-    if backend == "cpu" and cpu_kernel_available() and args.logprobs_mode == 0:
-        return _sample_cpu_sparse(args, t, y, bad)
     if backend == "cpu" and cpu_kernel_available():
         z, greedy = filtered_cpu(y, args, t)
     else:
