@@ -172,13 +172,16 @@ if AVAILABLE:
     if hasattr(torch.ops.fastsample, "stack_tail_filters"):
 
         @torch.library.register_fake("fastsample::stack_tail_filters")
-        def _stack_tail_filters_fake(y, *rest, u=None, dense=True, dry_ids=None, dry_penalty=None):
-            if len(rest) > 15:
-                u = rest[15]
-            if len(rest) > 16:
-                dense = rest[16]
+        def _stack_tail_filters_fake(y, *rest, u=None, dense=True, dry_ids=None, dry_penalty=None, seed=None,
+                                     offset=None, num_draws=0):
+            named = dict(u=u, dense=dense, seed=seed, num_draws=num_draws)
+            for i, name in ((15, "u"), (16, "dense"), (19, "seed"), (21, "num_draws")):
+                if len(rest) > i:
+                    named[name] = rest[i]
+            u, dense, seed, num_draws = named["u"], named["dense"], named["seed"], named["num_draws"]
             batch = y.shape[0]
-            n = 0 if u is None else u.shape[1]
+            n = u.shape[1] if u is not None else num_draws if seed is not None else 0
+            u = u if u is not None else seed
             return (y.new_empty((batch if dense else 0, y.shape[1]), dtype=torch.float64),
                     y.new_empty((batch,), dtype=torch.bool),
                     y.new_empty((batch if u is not None else 0, n), dtype=torch.int64),

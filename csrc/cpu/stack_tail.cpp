@@ -16,6 +16,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <fastsample/philox.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <vector>
 
 namespace fastsample::cpu::stack_tail {
+using fastsample::philox_uniform;
 namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
@@ -112,11 +114,11 @@ struct Params {
 // Runs the steps on one row (z already holds y in double, alive its finite ids). Every step works on the
 // alive ids only: after a truncating step (top-n-sigma, top-k) the rest of the chain touches the candidates,
 // not the vocabulary. Returns whether the row became greedy.
-bool run_row(Row& r, const Params& p, const int64_t* steps, int64_t n_steps, const double* mu,
+bool run_row(Row& r, const Params& p, const int64_t* steps, int64_t first, int64_t n_steps, const double* mu,
              std::vector<double>& key, std::vector<int64_t>& ids) {
   const int64_t vocab = r.vocab;
   bool greedy = false;
-  for (int64_t k = 0; k < n_steps; ++k) {
+  for (int64_t k = first; k < n_steps; ++k) {
     switch (steps[k]) {
       case kTemperature:
       case kDynatemp: {
@@ -243,7 +245,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tai
     const at::Tensor& eta, const at::Tensor& xtc_probability, const at::Tensor& xtc_threshold,
     const at::Tensor& u_xtc, const at::Tensor& dynatemp_range, const at::Tensor& dynatemp_exponent,
     const std::optional<at::Tensor>& mirostat_mu, at::IntArrayRef steps, const std::optional<at::Tensor>& u,
-    bool dense, const std::optional<at::Tensor>& dry_ids, const std::optional<at::Tensor>& dry_penalty) {
+    bool dense, const std::optional<at::Tensor>& dry_ids, const std::optional<at::Tensor>& dry_penalty,
+    const std::optional<at::Tensor>& seed, const std::optional<at::Tensor>& offset, int64_t num_draws) {
   TORCH_CHECK(y.device().is_cpu() && y.dim() == 2 && y.scalar_type() == at::kFloat && y.is_contiguous(),
               "stack_tail_filters: y must be a contiguous float32 CPU tensor [B, V]");
   const int64_t batch = y.size(0), vocab = y.size(1);
@@ -252,16 +255,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tai
   for (const at::Tensor* t : f32) check_rows(*t, batch, at::kFloat, "a per-row parameter");
   check_rows(top_k, batch, at::kLong, "top_k");
   if (mirostat_mu) check_rows(*mirostat_mu, batch, at::kFloat, "mirostat_mu");
-  TORCH_CHECK(u || dense, "stack_tail_filters: dense=False needs the uniforms u");
-  const int64_t n_draws = u ? u->size(1) : 0;
+  TORCH_CHECK(seed.has_value() == offset.has_value(), "stack_tail_filters: seed and offset go together");
+  if (seed) {
+    check_rows(*seed, batch, at::kLong, "seed");
+    check_rows(*offset, batch, at::kLong, "offset");
+    TORCH_CHECK(!u && num_draws >= 1, "stack_tail_filters: seed/offset draw num_draws >= 1 uniforms instead of u");
+  }
+  const int64_t* seedp = seed ? seed->const_data_ptr<int64_t>() : nullptr;
+  const int64_t* offp = offset ? offset->const_data_ptr<int64_t>() : nullptr;
+  const bool draws = u.has_value() || seed.has_value();
+  TORCH_CHECK(draws || dense, "stack_tail_filters: dense=False needs the uniforms u (or seed and offset)");
+  const int64_t n_draws = u ? u->size(1) : seed ? num_draws : 0;
   if (u) {
     TORCH_CHECK(u->device().is_cpu() && u->dim() == 2 && u->size(0) == batch && u->scalar_type() == at::kFloat &&
                     u->is_contiguous(),
                 "stack_tail_filters: u must be a contiguous float32 CPU tensor [B, n]");
   }
   at::Tensor z = at::empty({dense ? batch : 0, vocab}, y.options().dtype(at::kDouble));
-  at::Tensor tokens = at::empty({u ? batch : 0, n_draws}, y.options().dtype(at::kLong));
-  at::Tensor p_token = at::empty({u ? batch : 0}, y.options().dtype(at::kDouble));
+  at::Tensor tokens = at::empty({draws ? batch : 0, n_draws}, y.options().dtype(at::kLong));
+  at::Tensor p_token = at::empty({draws ? batch : 0}, y.options().dtype(at::kDouble));
   TORCH_CHECK(dry_ids.has_value() == dry_penalty.has_value(), "stack_tail_filters: dry_ids and dry_penalty go together");
   int64_t n_dry = 0;
   if (dry_ids) {
@@ -285,35 +297,83 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tai
   auto f = [](const at::Tensor& t, int64_t b) { return static_cast<double>(t.const_data_ptr<float>()[b]); };
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<double> zrow(vocab), w(vocab), key;
+    std::vector<float> yf(n_dry > 0 ? vocab : 0);
     std::vector<int64_t> alive, ids;
     alive.reserve(vocab);
     for (int64_t b = begin; b < end; ++b) {
       const float* yr = yp + b * vocab;
-      double top = -kInf;
-      for (int64_t i = 0; i < vocab; ++i) zrow[i] = static_cast<double>(yr[i]);
-      for (int64_t j = 0; j < n_dry; ++j) {  // DRY: y.scatter_add(1, ids, -penalty) in float32
-        const int64_t id = dip[b * n_dry + j];
-        TORCH_CHECK(id >= 0 && id < vocab, "stack_tail_filters: a DRY id is out of range");
-        zrow[id] = static_cast<double>(static_cast<float>(zrow[id]) + (-dpp[b * n_dry + j]));
+      // With seed/offset the op draws the Philox uniforms itself (docs/design.md section 4): XTC's at index
+      // 0xFFFFFFFF, the draws at 0..n-1 (u_xtc is then ignored).
+      const double xtc_u = seedp != nullptr ? static_cast<double>(philox_uniform(seedp[b], offp[b], 0xFFFFFFFFu))
+                                            : f(u_xtc, b);
+      const Params p{f(temperature, b), f(top_p, b), f(min_p, b), f(top_n_sigma, b), f(typical_p, b),
+                     f(epsilon, b), f(eta, b), f(xtc_probability, b), f(xtc_threshold, b), xtc_u,
+                     f(dynatemp_range, b), f(dynatemp_exponent, b), top_k.const_data_ptr<int64_t>()[b]};
+      if (n_dry > 0) {  // DRY: y.scatter_add(1, ids, -penalty) in float32, on a float copy of the row
+        std::copy(yr, yr + vocab, yf.begin());
+        for (int64_t j = 0; j < n_dry; ++j) {
+          const int64_t id = dip[b * n_dry + j];
+          TORCH_CHECK(id >= 0 && id < vocab, "stack_tail_filters: a DRY id is out of range");
+          yf[id] = yf[id] + (-dpp[b * n_dry + j]);
+        }
+        yr = yf.data();
       }
-      for (int64_t i = 0; i < vocab; ++i) top = std::max(top, zrow[i]);
-      fp[b] = top > -kInf;  // y.amax > -inf after DRY (NaN rows are invalid through `bad` anyway)
-      if (top == kInf) {  // +inf tokens share the mass
-        for (int64_t i = 0; i < vocab; ++i) zrow[i] = zrow[i] == kInf ? 0.0 : -kInf;
-      }
+      int64_t first = 0;
       alive.clear();
-      for (int64_t i = 0; i < vocab; ++i) {
-        if (!(zrow[i] == -kInf)) alive.push_back(i);  // NaN ids stay (their row is invalid anyway)
+      if (!steps.empty() && steps[0] == kTopNSigma && p.top_n_sigma > 0) {
+        // Top-n-sigma first (llama.cpp's chain): its sums straight from the float row (max, then the sum and
+        // count of the finite values, then the squares, all in id order as below), and only its survivors are
+        // copied to double: no pass over V after this one. Rows with NaN or +inf take the general path.
+        float top32 = -std::numeric_limits<float>::infinity();
+        double sum = 0.0;
+        int64_t count = 0;
+        bool odd = false;
+        for (int64_t i = 0; i < vocab; ++i) {
+          const float v = yr[i];
+          top32 = std::max(top32, v);
+          odd |= v != v;
+          if (v > -std::numeric_limits<float>::infinity()) sum += static_cast<double>(v), ++count;
+        }
+        const double top = static_cast<double>(top32);
+        if (!odd && top < kInf) {
+          fp[b] = top > -kInf;
+          const double mean = sum / static_cast<double>(count);
+          double sq = 0.0;
+          for (int64_t i = 0; i < vocab; ++i) {
+            const double v = static_cast<double>(yr[i]);
+            if (v > -kInf) sq += (v - mean) * (v - mean);
+          }
+          const double sigma = std::sqrt(sq / static_cast<double>(count));
+          const double cut = sigma > 0 ? top - p.top_n_sigma * sigma : top;
+          if (dense) std::fill(zrow.begin(), zrow.end(), -kInf);
+          for (int64_t i = 0; i < vocab; ++i) {
+            const double v = static_cast<double>(yr[i]);
+            if (v >= cut && v > -kInf) {
+              zrow[i] = v;
+              alive.push_back(i);
+            }
+          }
+          first = 1;
+        }
+      }
+      if (first == 0) {
+        double top = -kInf;
+        for (int64_t i = 0; i < vocab; ++i) zrow[i] = static_cast<double>(yr[i]);
+        for (int64_t i = 0; i < vocab; ++i) top = std::max(top, zrow[i]);
+        fp[b] = top > -kInf;  // y.amax > -inf after DRY (NaN rows are invalid through `bad` anyway)
+        if (top == kInf) {  // +inf tokens share the mass
+          for (int64_t i = 0; i < vocab; ++i) zrow[i] = zrow[i] == kInf ? 0.0 : -kInf;
+        }
+        for (int64_t i = 0; i < vocab; ++i) {
+          if (!(zrow[i] == -kInf)) alive.push_back(i);  // NaN ids stay (their row is invalid anyway)
+        }
       }
       Row r{zrow, w, alive, vocab};
-      const Params p{f(temperature, b), f(top_p, b), f(min_p, b), f(top_n_sigma, b), f(typical_p, b),
-                     f(epsilon, b), f(eta, b), f(xtc_probability, b), f(xtc_threshold, b), f(u_xtc, b),
-                     f(dynatemp_range, b), f(dynatemp_exponent, b), top_k.const_data_ptr<int64_t>()[b]};
       double mu = mirostat_mu ? f(*mirostat_mu, b) : 0.0;
-      gp[b] = run_row(r, p, steps.data(), static_cast<int64_t>(steps.size()), mirostat_mu ? &mu : nullptr, key,
+      gp[b] = run_row(r, p, steps.data(), first, static_cast<int64_t>(steps.size()), mirostat_mu ? &mu : nullptr, key,
                       ids);
       if (dense) std::copy(zrow.begin(), zrow.end(), zp + b * vocab);
-      if (up != nullptr) {
+      if (draws) {
         // The draws of tail.py over the survivors only: kept weights exp(z - max) in id order, their running
         // sum (the dropped ids would add exact zeros), the first id whose running sum is > u * total
         // (searchsorted right); greedy rows take their lowest maximum id. p_token = w[token 0] / total.
@@ -334,7 +394,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tai
             }
             if (alive.empty()) token = 0;
           } else {
-            const double target = static_cast<double>(up[b * n_draws + j]) * total;
+            const float uj = up != nullptr ? up[b * n_draws + j]
+                                           : philox_uniform(seedp[b], offp[b], static_cast<uint32_t>(j));
+            const double target = static_cast<double>(uj) * total;
             double c = 0.0;
             for (int64_t i : alive) {
               c += w[i];

@@ -279,9 +279,10 @@ def cpu_kernel_available() -> bool:
         return False
 
 
-def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | None = None, overrides=None):
+def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | int | None = None, overrides=None):
     """`filtered` in the CPU kernel: one float64 copy of each row, the steps in order on the surviving ids only,
-    rows in parallel -> (z, greedy). With the uniforms u [B, n] it also draws: -> (tokens [B, n], greedy,
+    rows in parallel -> (z, greedy). With the uniforms u [B, n] (or u = n: the op draws the Philox uniforms of
+    args.seed/offset itself, XTC's included) it also draws: -> (tokens [B, n], greedy,
     p_token float64 [B], finite [B]) without z (no [B, V] output: the draws need only the survivors); overrides
     = DRY's (ids, penalty) list, subtracted in float32 inside the op instead of a scatter into a copy of y."""
     codes = []
@@ -290,7 +291,8 @@ def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | None = N
             codes.append(CPU_STEP_CODES["dynatemp" if "dynatemp" in t.active else "temperature"])
         elif step in t.active:
             codes.append(CPU_STEP_CODES[step])
-    u_xtc = (philox_uniform(args.seed, args.offset, XTC_DRAW) if "xtc" in t.active
+    in_op = u is not None and not isinstance(u, Tensor)  # u = the number of draws: the op draws the uniforms
+    u_xtc = (philox_uniform(args.seed, args.offset, XTC_DRAW) if "xtc" in t.active and not in_op
              else torch.zeros_like(t.xtc_probability))
     row = lambda name: args.row(name)  # noqa: E731
     dry_ids, dry_penalty = (None, None) if overrides is None else overrides
@@ -299,7 +301,8 @@ def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | None = N
         t.typical_p.contiguous(), t.epsilon.contiguous(), t.eta.contiguous(), t.xtc_probability.contiguous(),
         t.xtc_threshold.contiguous(), u_xtc.contiguous(), t.dynatemp_range.contiguous(),
         t.dynatemp_exponent.contiguous(), None if t.mirostat_mu is None else t.mirostat_mu.contiguous(), codes,
-        u, u is None, dry_ids, dry_penalty)
+        None if in_op else u, u is None, dry_ids, dry_penalty, args.seed.contiguous() if in_op else None,
+        args.offset.contiguous() if in_op else None, int(u) if in_op else 0)
     return (z, greedy) if u is None else (tokens, greedy, p_token, finite)
 
 
@@ -358,9 +361,8 @@ def _sample_cpu_sparse(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor, o
     (the same uniforms, the same running sums in id order as the torch draws below)."""
     batch = y.shape[0]
     device = y.device
-    draws = torch.arange(args.num_samples, device=device)
-    u = philox_uniform(args.seed.unsqueeze(1), args.offset.unsqueeze(1), draws.unsqueeze(0))  # [B, n]
-    token, greedy, p_token, finite = filtered_cpu(y, args, t, u.to(torch.float32).contiguous(), overrides)
+    # the op draws the Philox uniforms itself (the same draws 0..n-1 and XTC's index as philox_uniform here)
+    token, greedy, p_token, finite = filtered_cpu(y, args, t, args.num_samples, overrides)
     valid = _valid_rows(args, t, y, bad, finite)
     tokens = torch.where(valid.unsqueeze(1), token, -1)
     mu = None
