@@ -296,12 +296,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tai
   bool* gp = greedy.data_ptr<bool>();
   auto f = [](const at::Tensor& t, int64_t b) { return static_cast<double>(t.const_data_ptr<float>()[b]); };
   at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-    // Per-thread buffers kept across calls: no fresh pages to fault in (and zero) on every call.
-    thread_local std::vector<double> zrow, w, key;
-    thread_local std::vector<float> yf;
-    thread_local std::vector<int64_t> alive, ids;
-    if (static_cast<int64_t>(zrow.size()) < vocab) zrow.resize(vocab), w.resize(vocab);
-    if (n_dry > 0 && static_cast<int64_t>(yf.size()) < vocab) yf.resize(vocab);
+    std::vector<double> zrow(vocab), w(vocab), key;
+    std::vector<float> yf(n_dry > 0 ? vocab : 0);
+    std::vector<int64_t> alive, ids;
     alive.reserve(vocab);
     for (int64_t b = begin; b < end; ++b) {
       const float* yr = yp + b * vocab;
@@ -348,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tai
           }
           const double sigma = std::sqrt(sq / static_cast<double>(count));
           const double cut = sigma > 0 ? top - p.top_n_sigma * sigma : top;
-          if (dense) std::fill(zrow.begin(), zrow.begin() + vocab, -kInf);
+          if (dense) std::fill(zrow.begin(), zrow.end(), -kInf);
           for (int64_t i = 0; i < vocab; ++i) {
             const double v = static_cast<double>(yr[i]);
             if (v >= cut && v > -kInf) {
@@ -375,7 +372,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> stack_tai
       double mu = mirostat_mu ? f(*mirostat_mu, b) : 0.0;
       gp[b] = run_row(r, p, steps.data(), first, static_cast<int64_t>(steps.size()), mirostat_mu ? &mu : nullptr, key,
                       ids);
-      if (dense) std::copy(zrow.begin(), zrow.begin() + vocab, zp + b * vocab);
+      if (dense) std::copy(zrow.begin(), zrow.end(), zp + b * vocab);
       if (draws) {
         // The draws of tail.py over the survivors only: kept weights exp(z - max) in id order, their running
         // sum (the dropped ids would add exact zeros), the first id whose running sum is > u * total
