@@ -69,12 +69,24 @@ TORCH_LIBRARY(fastsample, m) {
   // The filter chain of the stack sampler's long-tail route (docs/ops.md "Long-tail steps"; CPU only: other
   // devices run fastsample/stack/tail.py's torch ops): float32 processed logits y [B, V] (after DRY), per-row
   // parameters [B], the step codes to run in order (tail.CPU_STEP_CODES), mirostat's mu or None ->
-  // (z float64 [B, V] with dropped tokens -inf, greedy bool [B]).
+  // (z float64 [B, V] with dropped tokens -inf, greedy bool [B]); with uniforms u float32 [B, n] also the draws
+  // (tokens int64 [B, n], p_token float64 [B] = the kept probability of draw 0), and dense=False leaves z empty
+  // [0, V] (no pass over V after the first filters); dry_ids/dry_penalty (stack_tail_dry's list) are subtracted
+  // from y first, in float32; finite bool [B] = the row (after DRY) has a value > -inf. seed/offset int64 [B]
+  // instead of u: the op draws the Philox uniforms itself (num_draws of them, and XTC's: u_xtc is ignored).
   m.def(
       "stack_tail_filters(Tensor y, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
       "Tensor top_n_sigma, Tensor typical_p, Tensor epsilon, Tensor eta, Tensor xtc_probability, "
       "Tensor xtc_threshold, Tensor u_xtc, Tensor dynatemp_range, Tensor dynatemp_exponent, Tensor? mirostat_mu, "
-      "int[] steps) -> (Tensor z, Tensor greedy)");
+      "int[] steps, Tensor? u=None, bool dense=True, Tensor? dry_ids=None, Tensor? dry_penalty=None, "
+      "Tensor? seed=None, Tensor? offset=None, int num_draws=0) -> "
+      "(Tensor z, Tensor greedy, Tensor tokens, Tensor p_token, Tensor finite)");
+  // DRY's override list (CPU only; fastsample/stack/tail.py `dry` is the torch twin): right-aligned history h
+  // int64 [B, L], per-row parameters [B], breakers int64 [B or 1, Lb] or None, the vocabulary size ->
+  // (ids int64 [B, L], penalty float32 [B, L]) for y.scatter_add(1, ids, -penalty).
+  m.def(
+      "stack_tail_dry(Tensor h, Tensor multiplier, Tensor base, Tensor allowed_length, Tensor penalty_last_n, "
+      "Tensor? breakers, int vocab) -> (Tensor ids, Tensor penalty)");
   // Per-rank passes of vocab-parallel sampling (fastsample/distributed; rules in csrc/cpu/distributed.cpp, torch
   // reference fastsample/distributed/_local.py). Row parameters are [B] tensors; nothing is read on the host.
   m.def("dist_row_stats(Tensor x, Tensor tie_value) -> Tensor");

@@ -172,8 +172,27 @@ if AVAILABLE:
     if hasattr(torch.ops.fastsample, "stack_tail_filters"):
 
         @torch.library.register_fake("fastsample::stack_tail_filters")
-        def _stack_tail_filters_fake(y, *rest):
-            return (y.new_empty(y.shape, dtype=torch.float64), y.new_empty((y.shape[0],), dtype=torch.bool))
+        def _stack_tail_filters_fake(y, *rest, u=None, dense=True, dry_ids=None, dry_penalty=None, seed=None,
+                                     offset=None, num_draws=0):
+            named = dict(u=u, dense=dense, seed=seed, num_draws=num_draws)
+            for i, name in ((15, "u"), (16, "dense"), (19, "seed"), (21, "num_draws")):
+                if len(rest) > i:
+                    named[name] = rest[i]
+            u, dense, seed, num_draws = named["u"], named["dense"], named["seed"], named["num_draws"]
+            batch = y.shape[0]
+            n = u.shape[1] if u is not None else num_draws if seed is not None else 0
+            u = u if u is not None else seed
+            return (y.new_empty((batch if dense else 0, y.shape[1]), dtype=torch.float64),
+                    y.new_empty((batch,), dtype=torch.bool),
+                    y.new_empty((batch if u is not None else 0, n), dtype=torch.int64),
+                    y.new_empty((batch if u is not None else 0,), dtype=torch.float64),
+                    y.new_empty((batch,), dtype=torch.bool))
+
+    if hasattr(torch.ops.fastsample, "stack_tail_dry"):
+
+        @torch.library.register_fake("fastsample::stack_tail_dry")
+        def _stack_tail_dry_fake(h, *rest):
+            return h.new_empty(h.shape, dtype=torch.int64), h.new_empty(h.shape, dtype=torch.float32)
 
     @torch.library.register_fake("fastsample::stack_processed_logits")
     def _stack_processed_logits_fake(logits, *steps_2_3):

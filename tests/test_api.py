@@ -449,7 +449,19 @@ def _opcheck_cases():
                                (logits, t_arr, k_arr, p_arr, mp_arr, torch.full((batch,), -1.0), p_arr,
                                 torch.zeros(batch), torch.zeros(batch), torch.zeros(batch), torch.full((batch,), 0.1),
                                 torch.zeros(batch), torch.zeros(batch), torch.ones(batch), torch.full((batch,), 4.0),
-                                [2, 3, 6, 4, 5, 9, 0])],
+                                [2, 3, 6, 4, 5, 9, 0]),
+                               # draws on the survivors (no z) after DRY's override list
+                               (logits, t_arr, k_arr, p_arr, mp_arr, torch.full((batch,), 1.0), p_arr,
+                                torch.zeros(batch), torch.zeros(batch), torch.zeros(batch), torch.full((batch,), 0.1),
+                                torch.zeros(batch), torch.zeros(batch), torch.ones(batch), None, [2, 3, 4, 0],
+                                torch.rand(batch, 2, generator=gen), False,
+                                torch.tensor([[1, 3, 0]] * batch), torch.tensor([[0.5, 2.0, 0.0]] * batch))],
+        # DRY's override list over a right-aligned history (-1 on the left), with and without breakers
+        "stack_tail_dry": [(torch.tensor([[-1, 1, 2, 3, 1, 2, 3, 1, 2]] * batch), torch.full((batch,), 0.8),
+                            torch.full((batch,), 1.75), torch.full((batch,), 2), torch.full((batch,), -1),
+                            torch.tensor([[3, -1]] * batch), logits.shape[1]),
+                           (torch.tensor([[5, 5, 5, 5]] * batch), torch.ones(batch), torch.full((batch,), 2.0),
+                            torch.ones(batch, dtype=torch.int64), torch.full((batch,), 3), None, logits.shape[1])],
         # vocab-parallel per-rank passes (fastsample/distributed/_local.py; their own tests: test_distributed.py)
         **_dist_cases(logits, t_arr),
     }

@@ -822,6 +822,65 @@ def test_dry_in_small_blocks_equals_one_block(monkeypatch):
 
 @pytest.mark.skipif(not _ops.AVAILABLE, reason="needs the compiled extension")
 @pytest.mark.parametrize("case", range(len(TAIL_CASES)))
+def test_cpu_draws_on_survivors_equal_dense_draws(case):
+    """Without logprobs the CPU route draws inside stack_tail_filters on the surviving ids only; the tokens
+    (several draws) and mirostat's mu equal those of the dense route that logprobs take, in every order."""
+    kw = dict(TAIL_CASES[case])
+    x, args = _case(_ROWS, 1500, seed=300 + case, kind="peaked" if case % 2 else "flat")
+    args["output_ids"] = _repeating_history(_ROWS, 40, 1500, torch.Generator().manual_seed(case))
+    n = None if "mirostat_mu" in kw else 3
+    kw.pop("order", None)
+    for order in ("hf", "vllm", "llama.cpp"):
+        sparse = fastsample.sample_stack(x, **args, **kw, order=order, num_samples=n, seed=4, backend="cpu")
+        dense = fastsample.sample_stack(x, **args, **kw, order=order, num_samples=n, seed=4, backend="cpu",
+                                        logprobs="processed")
+        assert torch.equal(sparse.tokens, dense.tokens)
+        if dense.mirostat_mu is not None:
+            assert torch.equal(sparse.mirostat_mu, dense.mirostat_mu)
+
+
+@pytest.mark.skipif(not _ops.AVAILABLE, reason="needs the compiled extension")
+@pytest.mark.parametrize("seed", range(6))
+def test_cpu_dry_kernel_equals_torch_dry(seed, monkeypatch):
+    """The CPU kernel of DRY's override list (op stack_tail_dry, a Z-function over the history) gives the same
+    float32 processed logits as tail.py's torch DRY: random repeats, breakers per row and shared, per-row
+    lengths, windows shorter and longer than the history, -1 padding, a clamped exponent."""
+    from fastsample.stack import tail
+
+    if not tail.dry_kernel_available():
+        pytest.skip("fastsample._C was built before the stack_tail_dry kernel: rebuild it")
+    rows, vocab = 6, 60
+    gen = torch.Generator().manual_seed(seed)
+    x = make_logits(rows, vocab, "flat", seed)
+    hist = _repeating_history(rows, 90, vocab, gen, period=2 + seed % 5)
+    prompt = torch.randint(0, 8, (rows, 30), generator=gen)
+    prompt[0, :5] = -1
+    breakers = torch.randint(-1, vocab, (rows, 3), generator=gen)
+    calls = []
+    real = tail.dry
+
+    def both(y, p_ids, o_ids, t, kernel=False):
+        fast = real(y, p_ids, o_ids, t, kernel=True)
+        ref = real(y, p_ids, o_ids, t, kernel=False)
+        calls.append(1)
+        assert torch.equal(fast, ref)
+        return fast
+
+    monkeypatch.setattr(tail, "dry", both)
+    for kw in (dict(dry_multiplier=0.8), dict(dry_multiplier=torch.rand(rows, generator=gen) * 2, dry_base=3.0,
+                                             dry_allowed_length=torch.randint(0, 4, (rows,), generator=gen),
+                                             dry_penalty_last_n=torch.randint(-1, 100, (rows,), generator=gen)),
+               dict(dry_multiplier=1.0, dry_base=1e30, dry_allowed_length=0, dry_sequence_breakers=breakers),
+               dict(dry_multiplier=0.5, dry_base=1.2, dry_sequence_breakers=[int(hist[0, 3]), 1],
+                    dry_penalty_last_n=50)):
+        for p_ids in (None, prompt):
+            fastsample.sample_stack(x, prompt_ids=p_ids, output_ids=hist, **kw, order="llama.cpp", seed=seed,
+                                    logprobs="processed", backend="cpu")  # the route that scatters DRY's list
+    assert len(calls) == 8
+
+
+@pytest.mark.skipif(not _ops.AVAILABLE, reason="needs the compiled extension")
+@pytest.mark.parametrize("case", range(len(TAIL_CASES)))
 def test_cpu_filter_kernel_equals_torch_steps(case, monkeypatch):
     """The CPU kernel of the long-tail filter chain (op stack_tail_filters) keeps the same tokens, with the same
     float64 logits, as tail.py's torch steps, in every order."""
@@ -835,13 +894,18 @@ def test_cpu_filter_kernel_equals_torch_steps(case, monkeypatch):
     calls = []
     real = tail.filtered_cpu
 
-    def both(y, op_args, t):
+    def both(y_in, op_args, t, u=None, overrides=None):
+        y = y_in if overrides is None else y_in.scatter_add(1, overrides[0], -overrides[1])  # DRY as torch does
         z_cpu, g_cpu = real(y, op_args, t)
         z_ref, g_ref = tail.filtered(y, op_args, t)
         calls.append(1)
         assert torch.equal(g_cpu, g_ref)
         assert torch.equal(z_cpu > -math.inf, z_ref > -math.inf), "kept sets differ"
         torch.testing.assert_close(z_cpu, z_ref, rtol=1e-12, atol=1e-12)
+        if u is not None:  # the draws on the survivors (no logprobs): the same greedy rows
+            drawn = real(y_in, op_args, t, u, overrides)
+            assert torch.equal(drawn[1], g_ref)
+            return drawn
         return z_cpu, g_cpu
 
     monkeypatch.setattr(tail, "filtered_cpu", both)

@@ -55,17 +55,39 @@ def history(prompt_ids: Tensor | None, output_ids: Tensor | None, batch: int, de
     return h.gather(1, order)
 
 
-def dry(y: Tensor, prompt_ids: Tensor | None, output_ids: Tensor | None, t: TailArgs) -> Tensor:
+def dry_kernel_available() -> bool:
+    """Whether the extension has the CPU kernel of DRY's override list (op stack_tail_dry)."""
+    try:
+        return hasattr(torch.ops.fastsample, "stack_tail_dry")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def dry_overrides(h: Tensor, t: TailArgs, vocab: int) -> tuple[Tensor, Tensor]:
+    """DRY's override list from the C++ op stack_tail_dry (CPU): (ids int64 [B, L], penalty float32 [B, L]) for
+    y.scatter_add(1, ids, -penalty); h the right-aligned history of `history`."""
+    breakers = t.dry_sequence_breakers
+    return torch.ops.fastsample.stack_tail_dry(
+        h.contiguous(), t.dry_multiplier.contiguous(), t.dry_base.contiguous(), t.dry_allowed_length.contiguous(),
+        t.dry_penalty_last_n.contiguous(), None if breakers is None else breakers.contiguous(), vocab)
+
+
+def dry(y: Tensor, prompt_ids: Tensor | None, output_ids: Tensor | None, t: TailArgs,
+        kernel: bool = False) -> Tensor:
     """DRY (llama.cpp's rule, docs/ops.md): y - penalty on each token that would extend a repeat of the end of
     the history of at least dry_allowed_length tokens. Work O(L^2) compares on the history [B, L] (in blocks), then one scatter of at
     most L values per row (memory O(B * L) plus one bounded block); y float32 [B, V] in, float32 out (the penalty rounded to float32 and subtracted in
-    float32, as llama.cpp does)."""
+    float32, as llama.cpp does). kernel=True (CPU): the override list from the C++ op stack_tail_dry instead
+    (O(L) per row: the Z-function of the reversed window), the same scatter."""
     batch, vocab = y.shape
     device = y.device
     h = history(prompt_ids, output_ids, batch, device)
     L = h.shape[1]
     if L < 2:
         return y
+    if kernel:
+        ids, penalty = dry_overrides(h, t, vocab)
+        return y.scatter_add(1, ids, -penalty)
     cols = torch.arange(L, device=device)
     count = (h != -1).sum(dim=1)
     last_n = t.dry_penalty_last_n
@@ -257,22 +279,31 @@ def cpu_kernel_available() -> bool:
         return False
 
 
-def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]:
-    """`filtered` in the CPU kernel: one float64 copy of each row, the steps in order, rows in parallel."""
+def filtered_cpu(y: Tensor, args: StackOpArgs, t: TailArgs, u: Tensor | int | None = None, overrides=None):
+    """`filtered` in the CPU kernel: one float64 copy of each row, the steps in order on the surviving ids only,
+    rows in parallel -> (z, greedy). With the uniforms u [B, n] (or u = n: the op draws the Philox uniforms of
+    args.seed/offset itself, XTC's included) it also draws: -> (tokens [B, n], greedy,
+    p_token float64 [B], finite [B]) without z (no [B, V] output: the draws need only the survivors); overrides
+    = DRY's (ids, penalty) list, subtracted in float32 inside the op instead of a scatter into a copy of y."""
     codes = []
     for step in ORDER_STEPS[t.order]:
         if step == "temperature":
             codes.append(CPU_STEP_CODES["dynatemp" if "dynatemp" in t.active else "temperature"])
         elif step in t.active:
             codes.append(CPU_STEP_CODES[step])
-    u_xtc = (philox_uniform(args.seed, args.offset, XTC_DRAW) if "xtc" in t.active
+    in_op = u is not None and not isinstance(u, Tensor)  # u = the number of draws: the op draws the uniforms
+    u_xtc = (philox_uniform(args.seed, args.offset, XTC_DRAW) if "xtc" in t.active and not in_op
              else torch.zeros_like(t.xtc_probability))
     row = lambda name: args.row(name)  # noqa: E731
-    return torch.ops.fastsample.stack_tail_filters(
+    dry_ids, dry_penalty = (None, None) if overrides is None else overrides
+    z, greedy, tokens, p_token, finite = torch.ops.fastsample.stack_tail_filters(
         y.contiguous(), row("temperature"), row("top_k"), row("top_p"), row("min_p"), row("top_n_sigma"),
         t.typical_p.contiguous(), t.epsilon.contiguous(), t.eta.contiguous(), t.xtc_probability.contiguous(),
         t.xtc_threshold.contiguous(), u_xtc.contiguous(), t.dynatemp_range.contiguous(),
-        t.dynatemp_exponent.contiguous(), None if t.mirostat_mu is None else t.mirostat_mu.contiguous(), codes)
+        t.dynatemp_exponent.contiguous(), None if t.mirostat_mu is None else t.mirostat_mu.contiguous(), codes,
+        None if in_op else u, u is None, dry_ids, dry_penalty, args.seed.contiguous() if in_op else None,
+        args.offset.contiguous() if in_op else None, int(u) if in_op else 0)
+    return (z, greedy) if u is None else (tokens, greedy, p_token, finite)
 
 
 def filtered(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]:
@@ -311,19 +342,10 @@ def filtered(y: Tensor, args: StackOpArgs, t: TailArgs) -> tuple[Tensor, Tensor]
     return z, greedy
 
 
-def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
-    """The stack sampler with long-tail steps. Returns (tokens, logprobs, ranks, top_ids, top_logprobs, mu)
-    as the op `sample_stack` does, mu the updated mirostat state (float32 [B]) or None."""
-    x = args.logits
-    batch, vocab = x.shape
-    device = x.device
-    y, bad = steps_1_3(args, backend)
-    if "dry" in t.active and (args.prompt_ids is not None or args.output_ids is not None):
-        y = dry(y, args.prompt_ids, args.output_ids, t)
-    if backend == "cpu" and cpu_kernel_available():
-        z, greedy = filtered_cpu(y, args, t)
-    else:
-        z, greedy = filtered(y, args, t)
+def _valid_rows(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor, finite: Tensor | None = None) -> Tensor:
+    """Rows whose parameters are in range, with no NaN (`bad`, from steps 1-3) and a finite token left (`finite`
+    when the caller has it: the CPU op's y.amax > -inf)."""
+    vocab = y.shape[1]
     temp, top_p_, min_p_ = args.row("temperature"), args.row("top_p"), args.row("min_p")
     params_ok = (penalties_ok(args.row("repetition"), args.row("frequency"), args.row("presence"))
                  & (top_p_ >= 0) & (top_p_ <= 1) & (min_p_ >= 0) & (min_p_ <= 1) & args.row("top_n_sigma").isfinite()
@@ -331,7 +353,50 @@ def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
     if t.dry_sequence_breakers is not None:  # a breaker id outside [-1, V) makes its row invalid
         br = t.dry_sequence_breakers
         params_ok = params_ok & ~((br < -1) | (br >= vocab)).any(dim=1)
-    valid = params_ok & ~bad & (y.amax(dim=1) > -_INF)  # `bad` has the NaN rows (steps_1_3)
+    return params_ok & ~bad & ((y.amax(dim=1) > -_INF) if finite is None else finite)
+
+
+def _sample_cpu_sparse(args: StackOpArgs, t: TailArgs, y: Tensor, bad: Tensor, overrides=None):
+    """`sample_stack` without logprobs on CPU: the filters and the draws in the C++ op on the survivors only
+    (the same uniforms, the same running sums in id order as the torch draws below)."""
+    batch = y.shape[0]
+    device = y.device
+    # the op draws the Philox uniforms itself (the same draws 0..n-1 and XTC's index as philox_uniform here)
+    token, greedy, p_token, finite = filtered_cpu(y, args, t, args.num_samples, overrides)
+    valid = _valid_rows(args, t, y, bad, finite)
+    tokens = torch.where(valid.unsqueeze(1), token, -1)
+    mu = None
+    if t.mirostat_mu is not None:
+        surprise = -torch.log(p_token) / _LN2
+        new_mu = t.mirostat_mu.double() - t.mirostat_eta.double() * (surprise - t.mirostat_tau.double())
+        mu = torch.where(valid, new_mu.float(), t.mirostat_mu)
+    empty = torch.empty(0, args.num_samples, device=device)
+    return (tokens, empty, empty.long(), torch.empty(batch, 0, dtype=torch.int64, device=device),
+            torch.empty(batch, 0, device=device), mu)
+
+
+def sample_stack(args: StackOpArgs, t: TailArgs, backend: str):
+    """The stack sampler with long-tail steps. Returns (tokens, logprobs, ranks, top_ids, top_logprobs, mu)
+    as the op `sample_stack` does, mu the updated mirostat state (float32 [B]) or None."""
+    x = args.logits
+    batch, vocab = x.shape
+    device = x.device
+    y, bad = steps_1_3(args, backend)
+    dry_on = "dry" in t.active and (args.prompt_ids is not None or args.output_ids is not None)
+    if backend == "cpu" and cpu_kernel_available() and dry_kernel_available() and args.logprobs_mode == 0:
+        # DRY's list, the filters and the draws in the C++ ops: no [B, V] pass after steps 1-3 but the op's own
+        overrides = None
+        if dry_on:
+            h = history(args.prompt_ids, args.output_ids, batch, device)
+            overrides = dry_overrides(h, t, vocab) if h.shape[1] >= 2 else None
+        return _sample_cpu_sparse(args, t, y, bad, overrides)
+    if dry_on:
+        y = dry(y, args.prompt_ids, args.output_ids, t, kernel=backend == "cpu" and dry_kernel_available())
+    if backend == "cpu" and cpu_kernel_available():
+        z, greedy = filtered_cpu(y, args, t)
+    else:
+        z, greedy = filtered(y, args, t)
+    valid = _valid_rows(args, t, y, bad)
     zmax = z.amax(dim=1, keepdim=True)
     kept_w = torch.where(z > -_INF, torch.exp(z - zmax), 0.0)
     draws = torch.arange(args.num_samples, device=device)
