@@ -18,7 +18,7 @@ import torch
 
 from .. import _ops
 from ..stack import reference as _stack_reference
-from ..stack.api import StackSample, _ids, _penalty
+from ..stack.api import StackSample, _bias, _ids, _penalty
 from ..stack.spec import LOGPROBS_MODES, penalties_ok
 from . import _exact, _exchange
 from ._exchange import ROUNDS, WIDTH
@@ -115,15 +115,7 @@ def sample_stack(local_logits: Tensor, *, allowed_mask: Tensor | None = None, bi
             if allowed_mask.dim() != 2 or allowed_mask.shape[0] != batch or allowed_mask.device != device:
                 raise ValueError(f"allowed_mask must have shape [{batch}, ceil(V / 32)] on {device}, got "
                                  f"{list(allowed_mask.shape)} on {allowed_mask.device}")
-        bias_ids = _ids("bias_ids", bias_ids, batch, device)
-        if (bias_ids is None) != (bias_values is None):
-            raise ValueError("bias_ids and bias_values must be given together")
-        if bias_values is not None:
-            if not isinstance(bias_values, torch.Tensor) or not bias_values.dtype.is_floating_point:
-                raise TypeError("bias_values must be a floating-point tensor [B, L]")
-            if bias_values.shape != bias_ids.shape or bias_values.device != device:
-                raise ValueError(f"bias_values must have bias_ids' shape {list(bias_ids.shape)} and device {device}")
-            bias_values = bias_values.to(torch.float32).contiguous()
+        bias_ids, bias_values = _bias(bias_ids, bias_values, batch, device)
         prompt_ids = _ids("prompt_ids", prompt_ids, batch, device)
         output_ids = _ids("output_ids", output_ids, batch, device)
         penalties = (*_penalty("repetition_penalty", repetition_penalty, batch, device, True),

@@ -37,6 +37,21 @@ class StackSample(NamedTuple):
     mirostat_mu: Tensor | None = None  # float32 [B]: the updated mirostat state when mirostat_mu was given
 
 
+def _bias(bias_ids, bias_values, batch: int, device) -> tuple[Tensor | None, Tensor | None]:
+    """Checked (bias_ids int64 [B, L], bias_values float32 [B, L]), or (None, None)."""
+    bias_ids = _ids("bias_ids", bias_ids, batch, device)
+    if (bias_ids is None) != (bias_values is None):
+        raise ValueError("bias_ids and bias_values must be given together")
+    if bias_values is not None:
+        if not isinstance(bias_values, torch.Tensor) or not bias_values.dtype.is_floating_point:
+            raise TypeError("bias_values must be a floating-point tensor [B, L]")
+        if bias_values.shape != bias_ids.shape or bias_values.device != device:
+            raise ValueError(f"bias_values must have bias_ids' shape {list(bias_ids.shape)} and device {device}, "
+                             f"got {list(bias_values.shape)} on {bias_values.device}")
+        bias_values = bias_values.to(torch.float32).contiguous()
+    return bias_ids, bias_values
+
+
 def _ids(name: str, ids, batch: int, device: torch.device) -> Tensor | None:
     """An id list [B, L] (-1 padding) as contiguous int64, or None."""
     if ids is None:
@@ -156,16 +171,7 @@ def sample_stack(logits: Tensor, *, allowed_mask: Tensor | None = None, bias_ids
     batch, vocab = logits.shape
     device = logits.device
     mask = _mask(allowed_mask, batch, vocab, device)
-    bias_ids = _ids("bias_ids", bias_ids, batch, device)
-    if (bias_ids is None) != (bias_values is None):
-        raise ValueError("bias_ids and bias_values must be given together")
-    if bias_values is not None:
-        if not isinstance(bias_values, torch.Tensor) or not bias_values.dtype.is_floating_point:
-            raise TypeError("bias_values must be a floating-point tensor [B, L]")
-        if bias_values.shape != bias_ids.shape or bias_values.device != device:
-            raise ValueError(f"bias_values must have bias_ids' shape {list(bias_ids.shape)} and device {device}, "
-                             f"got {list(bias_values.shape)} on {bias_values.device}")
-        bias_values = bias_values.to(torch.float32).contiguous()
+    bias_ids, bias_values = _bias(bias_ids, bias_values, batch, device)
     prompt_ids = _ids("prompt_ids", prompt_ids, batch, device)
     output_ids = _ids("output_ids", output_ids, batch, device)
     penalties = (*_penalty("repetition_penalty", repetition_penalty, batch, device, True),
